@@ -1,0 +1,114 @@
+/**
+ * Applies the hub's transactions to the branch database.
+ *
+ * Invariants:
+ *  - Atomic: every source transaction is applied inside one local database
+ *    transaction; a chunked one keeps that transaction open across
+ *    messages, holding only the current chunk in memory.
+ *  - Durable cursor: the cursor advances in the same local transaction as
+ *    the rows, so a crash either keeps both or neither; redelivery after a
+ *    crash starts after the cursor, never applying anything twice.
+ *  - No echo: changes are written with branchsync.applying = on, which the
+ *    capture triggers skip.
+ *  - Exact values: rows go to PostgreSQL as the to_jsonb text they were
+ *    captured as, and jsonb_populate_recordset parses each value with its
+ *    column type's own input function; nothing passes through a JS number.
+ */
+import type pg from "pg";
+import { Op, type ChangeBatch, type Change } from "../../gen/branchsync/v1/sync_pb.ts";
+import { quoteIdent } from "../../lib/ident.ts";
+import type { LocalTable } from "../capture/introspect.ts";
+
+interface TableSql { upsert: string; del: string }
+
+function tableSql(t: LocalTable): TableSql {
+  const q = `${quoteIdent(t.schema)}.${quoteIdent(t.table)}`;
+  const pk = t.primaryKey.map(quoteIdent).join(", ");
+  const rest = t.columns.filter((c) => !t.primaryKey.includes(c.name)).map((c) => quoteIdent(c.name));
+  const onConflict = rest.length === 0 ? "DO NOTHING" : `DO UPDATE SET ${rest.map((c) => `${c} = EXCLUDED.${c}`).join(", ")}`;
+  const cols = t.columns.map((c) => quoteIdent(c.name)).join(", ");
+  return {
+    upsert: `INSERT INTO ${q} (${cols}) SELECT ${cols} FROM jsonb_populate_recordset(NULL::${q}, $1::jsonb) ON CONFLICT (${pk}) ${onConflict}`,
+    del: `DELETE FROM ${q} WHERE (${pk}) IN (SELECT ${pk} FROM jsonb_populate_recordset(NULL::${q}, $1::jsonb))`,
+  };
+}
+
+export class ApplyError extends Error {}
+
+export interface Applier {
+  /** Applies a batch; returns the new cursor once committed, or null while a chunked transaction is still open. */
+  apply(batch: ChangeBatch): Promise<bigint | null>;
+  /** Rolls back a half-received chunked transaction (stream ended). */
+  abort(): Promise<void>;
+}
+
+export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
+  const sql = new Map<string, TableSql & { idx: number }>();
+  tables.forEach((t, idx) => sql.set(t.name, { ...tableSql(t), idx }));
+  let open: pg.PoolClient | null = null;
+
+  async function runOf(c: pg.PoolClient, table: string, del: boolean, changes: Change[]) {
+    const s = sql.get(table);
+    if (!s) throw new ApplyError(`received a change for ${table}, which this branch does not track`);
+    let rows: string[];
+    if (del) {
+      rows = changes.map((ch) => ch.row);
+    } else {
+      // One statement cannot upsert a key twice; the last full image wins.
+      const last = new Map<string, string>();
+      for (const ch of changes) last.set(ch.key, ch.row);
+      rows = [...last.values()];
+    }
+    await c.query({ name: `bs-${del ? "del" : "up"}-${s.idx}`, text: del ? s.del : s.upsert, values: [`[${rows.join(",")}]`] });
+  }
+
+  async function applyChanges(c: pg.PoolClient, changes: Change[]) {
+    let start = 0;
+    for (let i = 1; i <= changes.length; i++) {
+      const prev = changes[i - 1];
+      const cur = changes[i];
+      if (cur && cur.table === prev.table && (cur.op === Op.DELETE) === (prev.op === Op.DELETE)) continue;
+      await runOf(c, prev.table, prev.op === Op.DELETE, changes.slice(start, i));
+      start = i;
+    }
+  }
+
+  return {
+    async apply(batch) {
+      if (!open) {
+        open = await pool.connect();
+        try {
+          await open.query("BEGIN");
+          await open.query("SET LOCAL branchsync.applying = 'on'");
+        } catch (e) {
+          open.release(true);
+          open = null;
+          throw e;
+        }
+      }
+      const c = open;
+      try {
+        for (const t of batch.transactions) await applyChanges(c, t.changes);
+        const lastTxn = batch.transactions.at(-1);
+        if (lastTxn && !lastTxn.lastChunk) return null;
+        await c.query({ name: "bs-cursor", text: "UPDATE _branchsync.state SET cursor = $1", values: [batch.cursorAfter.toString()] });
+        await c.query("COMMIT");
+        open = null;
+        c.release();
+        return batch.cursorAfter;
+      } catch (e) {
+        open = null;
+        await c.query("ROLLBACK").catch(() => undefined);
+        c.release();
+        throw e;
+      }
+    },
+    async abort() {
+      if (!open) return;
+      const c = open;
+      open = null;
+      await c.query("ROLLBACK").catch(() => undefined);
+      c.release();
+    },
+  };
+}

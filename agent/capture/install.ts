@@ -1,0 +1,135 @@
+/**
+ * Installs change capture in the branch database: the _branchsync schema
+ * (local change log, transaction index, cursor) and statement-level
+ * triggers with transition tables on every tracked table. Statement-level
+ * triggers write a 100-row statement's changes with one INSERT ... SELECT,
+ * which is what keeps capture cheap for the writer.
+ *
+ * Echo suppression: the agent applies incoming changes with the setting
+ * branchsync.applying = on, and the triggers record nothing then.
+ */
+import type pg from "pg";
+import { createHash } from "node:crypto";
+import { quoteIdent } from "../../lib/ident.ts";
+import type { LocalTable } from "./introspect.ts";
+
+export const NOTIFY_CHANNEL = "branchsync_changes";
+
+const BASE_DDL = `
+CREATE SCHEMA IF NOT EXISTS _branchsync;
+CREATE TABLE IF NOT EXISTS _branchsync.changes (
+  id bigserial PRIMARY KEY,
+  txid xid8 NOT NULL,
+  tbl text NOT NULL,
+  op "char" NOT NULL,
+  key text NOT NULL,
+  row jsonb NOT NULL);
+CREATE INDEX IF NOT EXISTS changes_txid ON _branchsync.changes (txid, id);
+-- One row per captured local transaction. last_id orders transactions so
+-- that one which depends on another (touched a row after it committed)
+-- always comes after it.
+CREATE TABLE IF NOT EXISTS _branchsync.txns (
+  txid xid8 PRIMARY KEY,
+  last_id bigint NOT NULL,
+  n int NOT NULL,
+  started_at timestamptz NOT NULL DEFAULT now());
+CREATE INDEX IF NOT EXISTS txns_last_id ON _branchsync.txns (last_id);
+CREATE TABLE IF NOT EXISTS _branchsync.state (
+  one boolean PRIMARY KEY DEFAULT true CHECK (one),
+  cursor bigint NOT NULL DEFAULT 0,
+  tenant_id text NOT NULL,
+  branch_id text NOT NULL);
+-- Local transactions the hub rejected, kept whole for an operator.
+CREATE TABLE IF NOT EXISTS _branchsync.rejected (
+  txid xid8 NOT NULL,
+  tbl text NOT NULL,
+  op "char" NOT NULL,
+  key text NOT NULL,
+  row jsonb NOT NULL,
+  error text NOT NULL,
+  rejected_at timestamptz NOT NULL DEFAULT now());
+CREATE OR REPLACE FUNCTION _branchsync.note_txn(x xid8, m bigint, c int) RETURNS void LANGUAGE sql AS $$
+  INSERT INTO _branchsync.txns(txid, last_id, n) VALUES (x, m, c)
+  ON CONFLICT (txid) DO UPDATE SET last_id = greatest(_branchsync.txns.last_id, excluded.last_id), n = _branchsync.txns.n + excluded.n;
+  SELECT pg_notify('${NOTIFY_CHANNEL}', '');
+$$;
+CREATE OR REPLACE FUNCTION _branchsync.refuse_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF current_setting('branchsync.applying', true) = 'on' THEN RETURN NULL; END IF;
+  RAISE EXCEPTION 'TRUNCATE of %.% is not synced by branchsync; use DELETE', TG_TABLE_SCHEMA, TG_TABLE_NAME;
+END $$;
+`;
+
+function fnName(t: LocalTable, op: string): string {
+  return quoteIdent(`cap_${op}_${createHash("md5").update(t.name).digest("hex").slice(0, 16)}`);
+}
+
+function captureFunction(t: LocalTable, op: "ins" | "upd" | "del"): string {
+  const keyOf = (alias: string) => `jsonb_build_array(${t.primaryKey.map((k) => `${alias}.${quoteIdent(k)}`).join(", ")})::text`;
+  const name = t.name.replace(/'/g, "");
+  let select: string;
+  if (op === "ins") {
+    select = `SELECT x, '${name}', 'I', ${keyOf("n")}, to_jsonb(n) FROM new_rows n`;
+  } else if (op === "del") {
+    select = `SELECT x, '${name}', 'D', ${keyOf("o")}, to_jsonb(o) FROM old_rows o`;
+  } else {
+    // A changed primary key is a delete of the old key plus the new row.
+    const same = t.primaryKey.map((k) => `n2.${quoteIdent(k)} = o.${quoteIdent(k)}`).join(" AND ");
+    select = `SELECT x, '${name}', op, key, row FROM (
+        SELECT 1 AS ord, 'D'::"char" AS op, ${keyOf("o")} AS key, to_jsonb(o) AS row FROM old_rows o
+         WHERE NOT EXISTS (SELECT 1 FROM new_rows n2 WHERE ${same})
+        UNION ALL
+        SELECT 2, 'U'::"char", ${keyOf("n")}, to_jsonb(n) FROM new_rows n) s ORDER BY ord`;
+  }
+  return `CREATE OR REPLACE FUNCTION _branchsync.${fnName(t, op)}() RETURNS trigger LANGUAGE plpgsql AS $f$
+DECLARE x xid8 := pg_current_xact_id(); m bigint; c int;
+BEGIN
+  IF current_setting('branchsync.applying', true) = 'on' THEN RETURN NULL; END IF;
+  WITH ins AS (INSERT INTO _branchsync.changes(txid, tbl, op, key, row) ${select} RETURNING id)
+  SELECT max(id), count(*) INTO m, c FROM ins;
+  IF c > 0 THEN PERFORM _branchsync.note_txn(x, m, c); END IF;
+  RETURN NULL;
+END $f$`;
+}
+
+function triggers(t: LocalTable): string[] {
+  const q = `${quoteIdent(t.schema)}.${quoteIdent(t.table)}`;
+  return [
+    captureFunction(t, "ins"), captureFunction(t, "upd"), captureFunction(t, "del"),
+    `DROP TRIGGER IF EXISTS _branchsync_ins ON ${q}`,
+    `DROP TRIGGER IF EXISTS _branchsync_upd ON ${q}`,
+    `DROP TRIGGER IF EXISTS _branchsync_del ON ${q}`,
+    `DROP TRIGGER IF EXISTS _branchsync_trunc ON ${q}`,
+    `CREATE TRIGGER _branchsync_ins AFTER INSERT ON ${q} REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION _branchsync.${fnName(t, "ins")}()`,
+    `CREATE TRIGGER _branchsync_upd AFTER UPDATE ON ${q} REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION _branchsync.${fnName(t, "upd")}()`,
+    `CREATE TRIGGER _branchsync_del AFTER DELETE ON ${q} REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION _branchsync.${fnName(t, "del")}()`,
+    `CREATE TRIGGER _branchsync_trunc BEFORE TRUNCATE ON ${q} FOR EACH STATEMENT EXECUTE FUNCTION _branchsync.refuse_truncate()`,
+  ];
+}
+
+export class BindingError extends Error {}
+
+/**
+ * Installs (idempotently) and binds the database to one tenant and branch.
+ * A database already bound to another branch is refused: its cursor and
+ * change log belong to that branch.
+ */
+export async function installCapture(db: pg.ClientBase, tables: LocalTable[], tenantId: string, branchId: string): Promise<bigint> {
+  await db.query("BEGIN");
+  try {
+    await db.query("SELECT pg_advisory_xact_lock(hashtext('_branchsync install'))");
+    await db.query(BASE_DDL);
+    for (const t of tables) for (const stmt of triggers(t)) await db.query(stmt);
+    await db.query(
+      "INSERT INTO _branchsync.state(tenant_id, branch_id) VALUES ($1, $2) ON CONFLICT (one) DO NOTHING", [tenantId, branchId]);
+    const { rows } = await db.query("SELECT cursor, tenant_id, branch_id FROM _branchsync.state");
+    if (rows[0].tenant_id !== tenantId || rows[0].branch_id !== branchId) {
+      throw new BindingError(`this database is bound to tenant "${rows[0].tenant_id}" branch "${rows[0].branch_id}", not "${tenantId}"/"${branchId}"; use that branch's API key or a fresh database`);
+    }
+    await db.query("COMMIT");
+    return BigInt(rows[0].cursor);
+  } catch (e) {
+    await db.query("ROLLBACK");
+    throw e;
+  }
+}

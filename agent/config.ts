@@ -1,0 +1,16 @@
+import { int, list, pattern, str, url } from "../lib/config.ts";
+import { TENANT_ID, BRANCH_ID } from "../lib/ident.ts";
+
+export const agentSpec = {
+  hubUrl: url("hub data plane (SyncStream), e.g. http://127.0.0.1:50051 or https://sync.example.com", "HUB_URL", "hub-url", ["http:", "https:"]),
+  authUrl: url("hub control plane for AuthService; defaults to HUB_URL (right behind Envoy)", "HUB_AUTH_URL", "hub-auth-url", ["http:", "https:"], ""),
+  tenantId: pattern("tenant this branch belongs to (checked against the token)", "TENANT_ID", "tenant-id", TENANT_ID),
+  branchId: pattern("this branch's id (checked against the token)", "BRANCH_ID", "branch-id", BRANCH_ID),
+  apiKey: str("branch API key from `branchsync admin branch create`", "API_KEY", "api-key"),
+  localDatabaseUrl: url("the branch's PostgreSQL", "LOCAL_DATABASE_URL", "local-database-url", ["postgres:", "postgresql:"]),
+  databaseSchema: pattern("schema of unqualified TRACKED_TABLES", "DATABASE_SCHEMA", "database-schema", /^[a-z_][a-z0-9_$]{0,62}$/, "public"),
+  trackedTables: list("comma-separated tables to sync, e.g. items,orders or public.items", "TRACKED_TABLES", "tracked-tables", /^([a-z_][a-z0-9_$]{0,62}\.)?[a-z_][a-z0-9_$]{0,62}$/),
+  batchMaxChanges: int("most changes in one upstream batch (larger transactions travel in chunks)", "BATCH_MAX_CHANGES", "batch-max-changes", 500, 1, 20_000),
+  batchLingerMs: int("how long a partial batch may wait for more changes while another is in flight", "BATCH_LINGER_MS", "batch-linger-ms", 50, 0, 10_000),
+  pollMs: int("fallback poll of the local change log when no NOTIFY arrives", "POLL_MS", "poll-ms", 1000, 10, 60_000),
+};

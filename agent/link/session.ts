@@ -1,0 +1,200 @@
+/**
+ * One SyncStream session from the agent's side: Hello/Welcome, then the
+ * upstream sender and the downstream applier run side by side until the
+ * stream ends. Everything not acknowledged is simply sent again by the next
+ * session (the hub deduplicates), so ending a session never loses data.
+ */
+import type pg from "pg";
+import * as grpc from "@grpc/grpc-js";
+import { create } from "@bufbuild/protobuf";
+import {
+  AgentMessageSchema, Outcome, type HubMessage, type AgentMessage, type BatchAck, type ChangeBatch, type ConflictNotice,
+} from "../../gen/branchsync/v1/sync_pb.ts";
+import { openSyncStream, type AgentCall } from "../../lib/wire.ts";
+import type { Logger } from "../../lib/log.ts";
+import type { LocalTable } from "../capture/introspect.ts";
+import { readBatch, forget, setAside, type Chunking } from "../capture/reader.ts";
+import type { Applier } from "../apply/applier.ts";
+
+export interface SessionEnv {
+  pool: pg.Pool;
+  client: grpc.Client;
+  tables: LocalTable[];
+  tenantId: string;
+  branchId: string;
+  batchMaxChanges: number;
+  batchLingerMs: number;
+  pollMs: number;
+  applier: Applier;
+  log: Logger;
+  /** Resolves when the local change log may have grown (NOTIFY) or on timeout. */
+  waitLocal(timeoutMs: number, abort: AbortSignal): Promise<void>;
+  onCursor(cursor: bigint): void;
+  onConflict?(n: ConflictNotice): void;
+}
+
+/** Upstream batches in flight at once: enough to hide a round trip. */
+const UPSTREAM_WINDOW = 4;
+/** Downstream batches buffered before we pause reading from the socket. */
+const APPLY_QUEUE_HIGH = 4;
+
+export interface SessionResult { established: boolean; error?: grpc.ServiceError }
+
+export async function runSession(env: SessionEnv, token: string, version: string): Promise<SessionResult> {
+  const call: AgentCall = openSyncStream(env.client, token, env.tenantId);
+  const abort = new AbortController();
+  const send = (m: AgentMessage) => { if (!abort.signal.aborted) call.write(m); };
+  const log = env.log;
+  const cursorRow = await env.pool.query("SELECT cursor FROM _branchsync.state");
+  let established = false;
+  let heartbeatMs = 15_000;
+  let lastHeard = Date.now();
+  let nextBatchId = 1n;
+  const awaiting = new Map<bigint, { complete: string[]; chunked: boolean }>();
+  const inFlight = new Set<string>();
+  let chunking: Chunking | null = null;
+  let wakeSender: (() => void) | null = null;
+  const wakeUp = () => { const w = wakeSender; wakeSender = null; w?.(); };
+  const applyQueue: ChangeBatch[] = [];
+  let applying = false;
+  let fatal: Error | null = null;
+
+  send(create(AgentMessageSchema, { payload: { case: "hello", value: {
+    agentVersion: version, resumeCursor: BigInt(cursorRow.rows[0].cursor),
+    expectedTenantId: env.tenantId, expectedBranchId: env.branchId,
+    tables: env.tables.map((t) => ({ name: t.name, columns: t.columns, primaryKey: t.primaryKey })),
+  } } }));
+
+  const stop = (why: Error) => {
+    if (abort.signal.aborted) return;
+    fatal ??= why;
+    abort.abort();
+    wakeUp();
+    call.cancel();
+  };
+
+  async function onBatchAck(a: BatchAck) {
+    const sent = awaiting.get(a.batchId);
+    if (!sent) throw new Error(`BatchAck for unknown batch ${a.batchId}`);
+    awaiting.delete(a.batchId);
+    const done: string[] = [];
+    for (const o of a.outcomes) {
+      const txid = o.originTxn.toString();
+      if (o.outcome === Outcome.REJECTED) {
+        log.error({ txid, error: o.error }, "hub rejected a local transaction; moved to _branchsync.rejected");
+        await setAside(env.pool, txid, o.error);
+        inFlight.delete(txid);
+        if (chunking?.txid === txid) chunking = null;
+      } else if (o.outcome === Outcome.ACCEPTED || o.outcome === Outcome.DUPLICATE) {
+        done.push(txid);
+      }
+    }
+    await forget(env.pool, done);
+    for (const t of done) inFlight.delete(t);
+    wakeUp();
+  }
+
+  async function sender() {
+    while (!abort.signal.aborted) {
+      if (awaiting.size >= UPSTREAM_WINDOW) { await new Promise<void>((r) => { wakeSender = r; }); wakeSender = null; continue; }
+      let batch = await readBatch(env.pool, [...inFlight], env.batchMaxChanges, chunking);
+      if (abort.signal.aborted) return;
+      if (batch.transactions.length === 0) {
+        await Promise.race([env.waitLocal(env.pollMs, abort.signal), new Promise<void>((r) => { wakeSender = r; })]);
+        wakeSender = null;
+        continue;
+      }
+      const n = batch.transactions.reduce((s, t) => s + t.changes.length, 0);
+      if (!batch.chunking && n < env.batchMaxChanges && awaiting.size > 0 && env.batchLingerMs > 0) {
+        // Another batch is on its way: give this one a moment to fill up.
+        await Promise.race([new Promise((r) => setTimeout(r, env.batchLingerMs)), new Promise<void>((r) => { wakeSender = r; })]);
+        wakeSender = null;
+        batch = await readBatch(env.pool, [...inFlight], env.batchMaxChanges, chunking);
+        if (batch.transactions.length === 0) continue;
+      }
+      const id = nextBatchId++;
+      for (const t of batch.transactions) inFlight.add(t.originTxn.toString());
+      chunking = batch.chunking;
+      awaiting.set(id, { complete: batch.complete, chunked: batch.chunking !== null });
+      send(create(AgentMessageSchema, { payload: { case: "changes", value: { batchId: id, transactions: batch.transactions } } }));
+    }
+  }
+
+  let applyRun: Promise<void> = Promise.resolve();
+  function applier() {
+    if (applying) return;
+    applying = true;
+    applyRun = applyLoop();
+  }
+
+  async function applyLoop() {
+    try {
+      while (applyQueue.length > 0 && !abort.signal.aborted) {
+        const b = applyQueue.shift()!;
+        if (applyQueue.length < APPLY_QUEUE_HIGH / 2) call.resume();
+        const cursor = await env.applier.apply(b);
+        if (cursor !== null) {
+          env.onCursor(cursor);
+          send(create(AgentMessageSchema, { payload: { case: "ack", value: { cursor } } }));
+        }
+      }
+    } catch (e) {
+      log.error({ err: e }, "applying changes from the hub failed; will reconnect and retry from the durable cursor");
+      stop(e as Error);
+    } finally {
+      applying = false;
+    }
+  }
+
+  const heartbeat = setInterval(() => {
+    if (Date.now() - lastHeard > 3 * heartbeatMs) stop(new Error("hub silent for three heartbeat intervals"));
+  }, 1000);
+
+  const ended = new Promise<grpc.ServiceError | undefined>((resolve) => {
+    call.on("error", (e: grpc.ServiceError) => resolve(e));
+    call.on("end", () => resolve(undefined));
+  });
+
+  call.on("data", (m: HubMessage) => {
+    if (abort.signal.aborted) return;
+    lastHeard = Date.now();
+    const p = m.payload;
+    switch (p.case) {
+      case "welcome":
+        established = true;
+        heartbeatMs = p.value.heartbeatIntervalMs || heartbeatMs;
+        log.info({ session: p.value.sessionId, head: p.value.headSeq.toString(), resume: p.value.resumeFrom.toString() }, "connected to hub");
+        sender().catch((e) => { log.error({ err: e }, "sending local changes failed"); stop(e); });
+        return;
+      case "changes":
+        applyQueue.push(p.value);
+        if (applyQueue.length >= APPLY_QUEUE_HIGH) call.pause();
+        applier();
+        return;
+      case "batchAck":
+        onBatchAck(p.value).catch((e) => { log.error({ err: e }, "handling BatchAck failed"); stop(e); });
+        return;
+      case "ping":
+        send(create(AgentMessageSchema, { payload: { case: "pong", value: { nonce: p.value.nonce, sentAtUs: p.value.sentAtUs } } }));
+        return;
+      case "drain":
+        log.info({ reason: p.value.reason }, "hub asked us to reconnect");
+        call.end();
+        return;
+      case "conflict":
+        env.onConflict?.(p.value);
+        return;
+      default:
+        return;
+    }
+  });
+
+  const err = await ended;
+  clearInterval(heartbeat);
+  abort.abort();
+  wakeUp();
+  await applyRun;
+  await env.applier.abort();
+  if (fatal && !err) return { established, error: undefined };
+  return { established, error: err };
+}

@@ -1,0 +1,165 @@
+/**
+ * The branch agent: installs capture, then keeps one SyncStream to the hub
+ * alive, reconnecting with exponential backoff and full jitter.
+ */
+import pg from "pg";
+import * as grpc from "@grpc/grpc-js";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { AuthService } from "../gen/branchsync/v1/auth_pb.ts";
+import type { ConflictNotice } from "../gen/branchsync/v1/sync_pb.ts";
+import { makeSyncClient } from "../lib/wire.ts";
+import { makeBackoff } from "../lib/backoff.ts";
+import { makeLogger, type Logger } from "../lib/log.ts";
+import { introspect, type LocalTable } from "./capture/introspect.ts";
+import { installCapture, NOTIFY_CHANNEL } from "./capture/install.ts";
+import { makeApplier } from "./apply/applier.ts";
+import { runSession } from "./link/session.ts";
+
+export const AGENT_VERSION = "branchsync-agent/0.1.0";
+
+export interface AgentConfig {
+  hubUrl: string;
+  authUrl: string;
+  tenantId: string;
+  branchId: string;
+  apiKey: string;
+  localDatabaseUrl: string;
+  databaseSchema: string;
+  trackedTables: string[];
+  batchMaxChanges: number;
+  batchLingerMs: number;
+  pollMs: number;
+}
+
+export interface AgentStatus { connected: boolean; cursor: bigint; sessions: number; lastError: string | null }
+
+export interface Agent {
+  status(): AgentStatus;
+  /** Pending local changes not yet acknowledged by the hub. */
+  pendingLocal(): Promise<number>;
+  stop(): Promise<void>;
+  onConflict?: (n: ConflictNotice) => void;
+}
+
+function grpcTarget(hubUrl: string): { target: string; creds: grpc.ChannelCredentials } {
+  const u = new URL(hubUrl);
+  const tls = u.protocol === "https:";
+  const port = u.port || (tls ? "443" : "80");
+  return { target: `${u.hostname}:${port}`, creds: tls ? grpc.credentials.createSsl() : grpc.credentials.createInsecure() };
+}
+
+/** Waits for NOTIFY on the local change channel, via one dedicated connection. */
+async function listenLocal(url: string, log: Logger) {
+  const waiters = new Set<() => void>();
+  let client: pg.Client | null = null;
+  let stopped = false;
+  const connect = async () => {
+    const c = new pg.Client({ connectionString: url });
+    c.on("notification", () => { for (const w of waiters) w(); });
+    c.on("error", (err) => {
+      log.warn({ err: err.message }, "LISTEN connection lost; polling until it is back");
+      client = null;
+      if (!stopped) setTimeout(() => connect().catch(() => undefined), 1000);
+    });
+    await c.connect();
+    await c.query(`LISTEN ${NOTIFY_CHANNEL}`);
+    client = c;
+  };
+  await connect();
+  return {
+    wait(timeoutMs: number, abort: AbortSignal): Promise<void> {
+      return new Promise((resolve) => {
+        const done = () => { clearTimeout(t); waiters.delete(done); abort.removeEventListener("abort", done); resolve(); };
+        const t = setTimeout(done, timeoutMs);
+        waiters.add(done);
+        abort.addEventListener("abort", done, { once: true });
+      });
+    },
+    async close() { stopped = true; await client?.end().catch(() => undefined); },
+  };
+}
+
+export async function startAgent(cfg: AgentConfig, log: Logger = makeLogger("agent")): Promise<Agent> {
+  log = log.child({ tenant: cfg.tenantId, branch: cfg.branchId });
+  const pool = new pg.Pool({ connectionString: cfg.localDatabaseUrl, max: 4 });
+  pool.on("error", (err) => log.warn({ err: err.message }, "idle branch database connection failed"));
+  const names = cfg.trackedTables.map((t) => (t.includes(".") ? t : `${cfg.databaseSchema}.${t}`));
+  let tables: LocalTable[];
+  let cursor: bigint;
+  const db = await pool.connect();
+  try {
+    tables = [];
+    for (const n of names) tables.push(await introspect(db, n));
+    cursor = await installCapture(db, tables, cfg.tenantId, cfg.branchId);
+  } finally {
+    db.release();
+  }
+  const listener = await listenLocal(cfg.localDatabaseUrl, log);
+  const { target, creds } = grpcTarget(cfg.hubUrl);
+  const client = makeSyncClient(target, creds);
+  const auth = createClient(AuthService, createConnectTransport({ baseUrl: cfg.authUrl || cfg.hubUrl, httpVersion: "1.1" }));
+  const applier = makeApplier(pool, tables);
+  const backoff = makeBackoff();
+  const state: AgentStatus = { connected: false, cursor, sessions: 0, lastError: null };
+  let token: { value: string; expiresAt: number } | null = null;
+  let stopped = false;
+  let wakeFromSleep: (() => void) | null = null;
+  const agent: Agent = {
+    status: () => ({ ...state }),
+    async pendingLocal() {
+      const { rows } = await pool.query("SELECT count(*)::int AS n FROM _branchsync.changes");
+      return rows[0].n;
+    },
+    async stop() {
+      stopped = true;
+      client.close();
+      wakeFromSleep?.();
+      await loop;
+      await listener.close();
+      await pool.end();
+    },
+  };
+
+  async function getToken(): Promise<string> {
+    if (token && token.expiresAt - 60 > Date.now() / 1000) return token.value;
+    const r = await auth.issueToken({ apiKey: cfg.apiKey });
+    if (r.tenantId !== cfg.tenantId || r.branchId !== cfg.branchId) {
+      throw new Error(`API_KEY belongs to tenant "${r.tenantId}" branch "${r.branchId}", not the configured "${cfg.tenantId}"/"${cfg.branchId}"`);
+    }
+    token = { value: r.token, expiresAt: Number(r.expiresAt) };
+    return token.value;
+  }
+
+  const loop = (async () => {
+    while (!stopped) {
+      try {
+        const t = await getToken();
+        state.sessions++;
+        const res = await runSession({
+          pool, client, tables, tenantId: cfg.tenantId, branchId: cfg.branchId,
+          batchMaxChanges: cfg.batchMaxChanges, batchLingerMs: cfg.batchLingerMs, pollMs: cfg.pollMs,
+          applier, log, waitLocal: listener.wait,
+          onCursor: (c) => { state.cursor = c; state.connected = true; },
+          onConflict: (n) => agent.onConflict?.(n),
+        }, t, AGENT_VERSION);
+        state.connected = false;
+        if (res.established) backoff.reset();
+        if (res.error && !stopped) {
+          state.lastError = `${grpc.status[res.error.code] ?? res.error.code}: ${res.error.details}`;
+          if (res.error.code === grpc.status.UNAUTHENTICATED) token = null;
+          log.warn({ code: res.error.code, details: res.error.details }, "stream ended");
+        }
+      } catch (e) {
+        state.connected = false;
+        state.lastError = (e as Error).message;
+        if (!stopped) log.warn({ err: (e as Error).message }, "cannot reach the hub");
+      }
+      if (stopped) break;
+      const wait = backoff.next();
+      await new Promise<void>((r) => { const t = setTimeout(r, wait); wakeFromSleep = () => { clearTimeout(t); r(); }; });
+      wakeFromSleep = null;
+    }
+  })();
+  return agent;
+}

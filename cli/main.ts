@@ -1,0 +1,99 @@
+/**
+ * The one CLI: `branchsync hub|agent|migrate|admin ...`. All config is
+ * parsed and validated here, before anything starts; bad config is one line
+ * on stderr and exit code 2.
+ */
+import pg from "pg";
+import { ConfigError, parseConfig, splitArgs, helpText } from "../lib/config.ts";
+import { makeLogger } from "../lib/log.ts";
+import { hubSpec } from "../hub/config.ts";
+import { startHub } from "../hub/main.ts";
+import { migrate } from "../hub/store/migrate.ts";
+import { ensureDatabase } from "../hub/store/database.ts";
+import { agentSpec } from "../agent/config.ts";
+import { startAgent } from "../agent/main.ts";
+import { SchemaError } from "../agent/capture/introspect.ts";
+import { BindingError } from "../agent/capture/install.ts";
+import { runAdmin, ADMIN_USAGE } from "./admin.ts";
+import { ensureAdminTokenFile } from "./adminToken.ts";
+
+const USAGE = `branchsync — keeps branch PostgreSQL databases in sync through a hub
+
+usage: branchsync <command> [flags]   (every flag also has an env var; see <command> --help)
+  hub       run a hub replica (SyncStream data plane + Auth/Admin control plane)
+  agent     run a branch agent next to a branch database
+  migrate   create or upgrade the hub database schema, then exit
+  admin     manage tenants and branches through a running hub
+${ADMIN_USAGE}`;
+
+function onSignals(stop: () => Promise<void>) {
+  let stopping = false;
+  const handler = () => {
+    if (stopping) process.exit(130);
+    stopping = true;
+    stop().then(() => process.exit(0), (e) => { console.error(`branchsync: ${e.message}`); process.exit(1); });
+  };
+  process.on("SIGINT", handler);
+  process.on("SIGTERM", handler);
+}
+
+async function main(argv: string[]): Promise<void> {
+  const [cmd, ...rest] = argv;
+  const { flags, positional } = splitArgs(rest);
+  switch (cmd) {
+    case "hub": {
+      if (flags.has("help")) { console.log(helpText("branchsync hub", hubSpec)); return; }
+      const cfg = parseConfig(hubSpec, flags, process.env);
+      if (!cfg.adminToken) {
+        const { token, file } = ensureAdminTokenFile();
+        cfg.adminToken = token;
+        console.log(`admin token: in ${file} (set ADMIN_TOKEN to choose one)`);
+      }
+      const hub = await startHub(cfg);
+      const shown = cfg.host === "0.0.0.0" ? "127.0.0.1" : cfg.host;
+      console.log(`branchsync hub ready: SyncStream grpc://${shown}:${hub.grpcPort}  control http://${shown}:${hub.httpPort} (Auth/Admin, /healthz, /metrics)`);
+      onSignals(() => hub.close());
+      return;
+    }
+    case "agent": {
+      if (flags.has("help")) { console.log(helpText("branchsync agent", agentSpec)); return; }
+      const cfg = parseConfig(agentSpec, flags, process.env);
+      const agent = await startAgent(cfg);
+      console.log(`branchsync agent running for ${cfg.tenantId}/${cfg.branchId}, tables ${cfg.trackedTables.join(", ")}`);
+      onSignals(() => agent.stop());
+      return;
+    }
+    case "migrate": {
+      const spec = { databaseUrl: hubSpec.databaseUrl };
+      if (flags.has("help")) { console.log(helpText("branchsync migrate", spec)); return; }
+      const cfg = parseConfig(spec, flags, process.env);
+      await ensureDatabase(cfg.databaseUrl, makeLogger("migrate"));
+      const pool = new pg.Pool({ connectionString: cfg.databaseUrl, max: 1 });
+      try {
+        console.log(`hub schema at version ${await migrate(pool)}`);
+      } finally {
+        await pool.end();
+      }
+      return;
+    }
+    case "admin":
+      await runAdmin(positional, flags, (s) => console.log(s));
+      return;
+    case undefined:
+    case "help":
+    case "--help":
+      console.log(USAGE);
+      return;
+    default:
+      throw new ConfigError(`unknown command "${cmd}" (try --help)`);
+  }
+}
+
+main(process.argv.slice(2)).catch((e) => {
+  if (e instanceof ConfigError || e instanceof SchemaError || e instanceof BindingError) {
+    console.error(`branchsync: ${e.message}`);
+    process.exit(2);
+  }
+  console.error(`branchsync: ${e instanceof Error ? e.message : String(e)}`);
+  process.exit(1);
+});

@@ -1,0 +1,14 @@
+import { int, str, url } from "../lib/config.ts";
+
+export const hubSpec = {
+  databaseUrl: url("hub PostgreSQL", "DATABASE_URL", "database-url", ["postgres:", "postgresql:"], "postgresql://postgres@127.0.0.1:5432/branchsync"),
+  redisUrl: url("Redis for the replica bridge", "REDIS_URL", "redis-url", ["redis:", "rediss:"], "redis://127.0.0.1:6379"),
+  host: str("address to listen on", "HOST", "host", "0.0.0.0"),
+  grpcPort: int("SyncStream (grpc-js) port", "GRPC_PORT", "grpc-port", 50051, 0, 65535),
+  httpPort: int("control plane port: Auth/Admin (Connect, gRPC, gRPC-Web), /healthz, /metrics, JWKS", "HTTP_PORT", "http-port", 8080, 0, 65535),
+  adminToken: str("bearer token for AdminService; generated into .branchsync/admin-token if unset", "ADMIN_TOKEN", "admin-token", ""),
+  tokenTtlSeconds: int("access token lifetime", "TOKEN_TTL_SECONDS", "token-ttl-seconds", 900, 30, 86_400),
+  drainSeconds: int("how long shutdown waits for sessions to move away", "DRAIN_SECONDS", "drain-seconds", 10, 0, 600),
+  maxBatchChanges: int("largest ChangeBatch accepted", "MAX_BATCH_CHANGES", "max-batch-changes", 2000, 10, 20_000),
+  poolSize: int("PostgreSQL connections per replica", "PG_POOL_SIZE", "pg-pool-size", 20, 2, 500),
+};

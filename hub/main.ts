@@ -1,0 +1,81 @@
+/**
+ * Starts one hub replica: migrations, token keys, the grpc-js data plane,
+ * the connect-node control plane and the Redis bridge; stops it gracefully.
+ */
+import pg from "pg";
+import * as grpc from "@grpc/grpc-js";
+import type net from "node:net";
+import { makeLogger, type Logger } from "../lib/log.ts";
+import { migrate } from "./store/migrate.ts";
+import { ensureDatabase } from "./store/database.ts";
+import { makeTokenService } from "./auth/tokens.ts";
+import { makeFeed } from "./stream/feed.ts";
+import { startBridge } from "./bridge/redis.ts";
+import { makeStreamServer } from "./stream/server.ts";
+import { DEFAULT_LIMITS } from "./stream/session.ts";
+import { startControl } from "./control/server.ts";
+
+// bigint columns come back as strings; we convert where we read them.
+export interface HubConfig {
+  databaseUrl: string;
+  redisUrl: string;
+  host: string;
+  grpcPort: number;
+  httpPort: number;
+  adminToken: string;
+  tokenTtlSeconds: number;
+  drainSeconds: number;
+  maxBatchChanges: number;
+  poolSize: number;
+}
+
+export interface Hub {
+  grpcPort: number;
+  httpPort: number;
+  pool: pg.Pool;
+  sessionCount(): number;
+  /** Graceful: health goes NOT_SERVING, sessions get Drain, then stop. */
+  close(): Promise<void>;
+}
+
+export async function startHub(cfg: HubConfig, log: Logger = makeLogger("hub")): Promise<Hub> {
+  await ensureDatabase(cfg.databaseUrl, log);
+  const pool = new pg.Pool({ connectionString: cfg.databaseUrl, max: cfg.poolSize });
+  pool.on("error", (err) => log.warn({ err: err.message }, "idle PostgreSQL connection failed"));
+  await migrate(pool);
+  const tokens = await makeTokenService(pool, cfg.tokenTtlSeconds);
+  const feed = makeFeed();
+  const bridge = startBridge(cfg.redisUrl, feed, log);
+  const limits = { ...DEFAULT_LIMITS, maxBatchChanges: cfg.maxBatchChanges };
+  const stream = makeStreamServer({ pool, feed, publish: bridge.publish, log, limits }, tokens);
+  const grpcPort = await new Promise<number>((resolve, reject) =>
+    stream.server.bindAsync(`${cfg.host}:${cfg.grpcPort}`, grpc.ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(port))));
+  let serving = true;
+  let control: net.Server;
+  try {
+    control = await startControl({ pool, tokens, adminToken: cfg.adminToken, log, isServing: () => serving }, cfg.httpPort, cfg.host);
+  } catch (e) {
+    stream.server.forceShutdown();
+    throw e;
+  }
+  const httpPort = (control.address() as net.AddressInfo).port;
+  log.info({ grpcPort, httpPort }, "hub serving");
+  return {
+    grpcPort, httpPort, pool,
+    sessionCount: () => stream.sessions.size,
+    async close() {
+      serving = false;
+      stream.health.setStatus("", "NOT_SERVING");
+      stream.health.setStatus("branchsync.v1.SyncService", "NOT_SERVING");
+      for (const s of stream.sessions) s.drain("hub replica shutting down");
+      const deadline = Date.now() + cfg.drainSeconds * 1000;
+      while (stream.sessions.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      await new Promise<void>((resolve) => stream.server.tryShutdown(() => resolve()));
+      stream.server.forceShutdown();
+      await new Promise<void>((resolve) => control.close(() => resolve()));
+      await bridge.close();
+      await pool.end();
+      log.info("hub stopped");
+    },
+  };
+}

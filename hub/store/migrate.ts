@@ -1,0 +1,60 @@
+/**
+ * Control-schema migrations, run at start by every replica. An advisory lock
+ * makes concurrent replicas take turns; each step runs once, in order.
+ */
+import type pg from "pg";
+
+const MIGRATIONS: string[] = [
+  `CREATE TABLE branchsync.tenants (
+     id text PRIMARY KEY,
+     name text NOT NULL,
+     created_at timestamptz NOT NULL DEFAULT now())`,
+  `CREATE TABLE branchsync.branches (
+     tenant_id text NOT NULL REFERENCES branchsync.tenants(id),
+     id text NOT NULL,
+     name text NOT NULL,
+     created_at timestamptz NOT NULL DEFAULT now(),
+     PRIMARY KEY (tenant_id, id))`,
+  `CREATE TABLE branchsync.api_keys (
+     key_id text PRIMARY KEY,
+     tenant_id text NOT NULL,
+     branch_id text NOT NULL,
+     secret_sha256 bytea NOT NULL,
+     created_at timestamptz NOT NULL DEFAULT now(),
+     revoked_at timestamptz,
+     FOREIGN KEY (tenant_id, branch_id) REFERENCES branchsync.branches(tenant_id, id))`,
+  `CREATE TABLE branchsync.signing_keys (
+     kid text PRIMARY KEY,
+     private_jwk jsonb NOT NULL,
+     public_jwk jsonb NOT NULL,
+     created_at timestamptz NOT NULL DEFAULT now())`,
+];
+
+const LOCK_KEY = 0x6272_5359; // "brSY"
+
+export async function migrate(pool: pg.Pool): Promise<number> {
+  const c = await pool.connect();
+  try {
+    await c.query("SELECT pg_advisory_lock($1)", [LOCK_KEY]);
+    await c.query("CREATE SCHEMA IF NOT EXISTS branchsync");
+    await c.query(`CREATE TABLE IF NOT EXISTS branchsync.schema_migrations (
+      version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`);
+    const { rows } = await c.query("SELECT coalesce(max(version), 0) AS v FROM branchsync.schema_migrations");
+    const current = Number(rows[0].v);
+    for (let v = current + 1; v <= MIGRATIONS.length; v++) {
+      await c.query("BEGIN");
+      try {
+        await c.query(MIGRATIONS[v - 1]);
+        await c.query("INSERT INTO branchsync.schema_migrations(version) VALUES ($1)", [v]);
+        await c.query("COMMIT");
+      } catch (e) {
+        await c.query("ROLLBACK");
+        throw e;
+      }
+    }
+    return MIGRATIONS.length;
+  } finally {
+    await c.query("SELECT pg_advisory_unlock($1)", [LOCK_KEY]).catch(() => undefined);
+    c.release();
+  }
+}

@@ -1,0 +1,125 @@
+/**
+ * Tenants and branches. Each tenant's data lives in its own PostgreSQL schema
+ * ("tenant_<id>"): its change log, sequence head, cursors and table registry.
+ * We chose schema-per-tenant over row-level security because the schema name
+ * is derived from the verified token in exactly one function (tenantSchema),
+ * a tenant's hot rows (the head row lock, the log's indexes) never contend
+ * with another tenant's, and exporting or deleting a tenant is one schema.
+ */
+import type pg from "pg";
+import { quoteIdent, TENANT_ID, BRANCH_ID } from "../../lib/ident.ts";
+import { StatusError, Status } from "../errors.ts";
+
+export function tenantSchema(tenantId: string): string {
+  if (!TENANT_ID.test(tenantId)) throw new StatusError(Status.INVALID_ARGUMENT, `invalid tenant id "${tenantId}"`);
+  return quoteIdent(`tenant_${tenantId}`);
+}
+
+function tenantDdl(s: string): string[] {
+  return [
+    `CREATE SCHEMA ${s}`,
+    // One row; its row lock serialises sequence assignment, which makes the
+    // tenant sequence gap-free and visible in order (see store/log.ts).
+    `CREATE TABLE ${s}.head (one boolean PRIMARY KEY DEFAULT true CHECK (one), seq bigint NOT NULL)`,
+    `INSERT INTO ${s}.head VALUES (true, 0)`,
+    `CREATE TABLE ${s}.log (
+       seq bigint NOT NULL,
+       part int NOT NULL,
+       origin_branch text NOT NULL,
+       origin_txn bigint NOT NULL,
+       last_part boolean NOT NULL,
+       n_changes int NOT NULL,
+       body bytea NOT NULL,
+       committed_at timestamptz NOT NULL DEFAULT now(),
+       PRIMARY KEY (seq, part))`,
+    `CREATE UNIQUE INDEX ON ${s}.log (origin_branch, origin_txn, part)`,
+    `CREATE TABLE ${s}.pending_chunks (
+       origin_branch text NOT NULL,
+       origin_txn bigint NOT NULL,
+       part int NOT NULL,
+       n_changes int NOT NULL,
+       body bytea NOT NULL,
+       received_at timestamptz NOT NULL DEFAULT now(),
+       PRIMARY KEY (origin_branch, origin_txn, part))`,
+    `CREATE TABLE ${s}.cursors (
+       branch_id text PRIMARY KEY,
+       acked_seq bigint NOT NULL,
+       updated_at timestamptz NOT NULL DEFAULT now())`,
+    `CREATE TABLE ${s}.tables (
+       name text PRIMARY KEY,
+       definition jsonb NOT NULL,
+       registered_by text NOT NULL,
+       registered_at timestamptz NOT NULL DEFAULT now())`,
+  ];
+}
+
+export interface TenantRow { id: string; name: string; createdAt: Date; headSeq: bigint }
+export interface BranchRow { tenantId: string; id: string; name: string; createdAt: Date; ackedSeq: bigint; lastSeenAt: Date | null }
+
+export async function createTenant(pool: pg.Pool, id: string, name: string): Promise<TenantRow> {
+  if (!TENANT_ID.test(id)) {
+    throw new StatusError(Status.INVALID_ARGUMENT, `tenant id "${id}" must match ${TENANT_ID}`);
+  }
+  const s = tenantSchema(id);
+  const c = await pool.connect();
+  try {
+    await c.query("BEGIN");
+    const r = await c.query(
+      "INSERT INTO branchsync.tenants(id, name) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING created_at",
+      [id, name || id]);
+    if (r.rowCount === 0) throw new StatusError(Status.ALREADY_EXISTS, `tenant "${id}" already exists`);
+    for (const stmt of tenantDdl(s)) await c.query(stmt);
+    await c.query("COMMIT");
+    return { id, name: name || id, createdAt: r.rows[0].created_at, headSeq: 0n };
+  } catch (e) {
+    await c.query("ROLLBACK");
+    throw e;
+  } finally {
+    c.release();
+  }
+}
+
+export async function listTenants(pool: pg.Pool): Promise<TenantRow[]> {
+  const { rows } = await pool.query("SELECT id, name, created_at FROM branchsync.tenants ORDER BY id");
+  const out: TenantRow[] = [];
+  for (const r of rows) {
+    const h = await pool.query(`SELECT seq FROM ${tenantSchema(r.id)}.head`);
+    out.push({ id: r.id, name: r.name, createdAt: r.created_at, headSeq: BigInt(h.rows[0].seq) });
+  }
+  return out;
+}
+
+export async function tenantExists(pool: pg.Pool, id: string): Promise<boolean> {
+  const { rowCount } = await pool.query("SELECT 1 FROM branchsync.tenants WHERE id = $1", [id]);
+  return rowCount === 1;
+}
+
+export async function createBranch(pool: pg.Pool, tenantId: string, id: string, name: string): Promise<BranchRow> {
+  if (!BRANCH_ID.test(id)) {
+    throw new StatusError(Status.INVALID_ARGUMENT, `branch id "${id}" must match ${BRANCH_ID}`);
+  }
+  if (!(await tenantExists(pool, tenantId))) throw new StatusError(Status.NOT_FOUND, `tenant "${tenantId}" does not exist`);
+  const r = await pool.query(
+    "INSERT INTO branchsync.branches(tenant_id, id, name) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING created_at",
+    [tenantId, id, name || id]);
+  if (r.rowCount === 0) throw new StatusError(Status.ALREADY_EXISTS, `branch "${id}" already exists in tenant "${tenantId}"`);
+  return { tenantId, id, name: name || id, createdAt: r.rows[0].created_at, ackedSeq: 0n, lastSeenAt: null };
+}
+
+export async function listBranches(pool: pg.Pool, tenantId: string): Promise<BranchRow[]> {
+  if (!(await tenantExists(pool, tenantId))) throw new StatusError(Status.NOT_FOUND, `tenant "${tenantId}" does not exist`);
+  const { rows } = await pool.query(
+    `SELECT b.id, b.name, b.created_at, c.acked_seq, c.updated_at
+       FROM branchsync.branches b LEFT JOIN ${tenantSchema(tenantId)}.cursors c ON c.branch_id = b.id
+      WHERE b.tenant_id = $1 ORDER BY b.id`, [tenantId]);
+  return rows.map((r) => ({
+    tenantId, id: r.id, name: r.name, createdAt: r.created_at,
+    ackedSeq: BigInt(r.acked_seq ?? 0), lastSeenAt: r.updated_at ?? null,
+  }));
+}
+
+export async function branchExists(pool: pg.Pool, tenantId: string, branchId: string): Promise<boolean> {
+  const { rowCount } = await pool.query(
+    "SELECT 1 FROM branchsync.branches WHERE tenant_id = $1 AND id = $2", [tenantId, branchId]);
+  return rowCount === 1;
+}

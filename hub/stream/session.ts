@@ -1,0 +1,314 @@
+/**
+ * One branch session of SyncStream, independent of the transport: the
+ * server hands it decoded AgentMessages and a way to send HubMessages.
+ *
+ * Upstream, batches are processed one at a time in arrival order, and each
+ * BatchAck is sent only after its transactions are committed to the log.
+ * Downstream, a pump reads the tenant log after the branch's cursor and
+ * sends it in order, with at most DOWNSTREAM_WINDOW batches unacknowledged,
+ * and waits on transport backpressure, so a slow branch costs the hub a
+ * bounded amount of memory.
+ */
+import { create, toBinary, fromBinary } from "@bufbuild/protobuf";
+import type pg from "pg";
+import { randomUUID } from "node:crypto";
+import {
+  HubMessageSchema, TransactionSchema, Outcome, type AgentMessage, type HubMessage,
+  type Hello, type ChangeBatch, type Transaction,
+} from "../../gen/branchsync/v1/sync_pb.ts";
+import { Status, StatusError, toPublicError, type PublicError } from "../errors.ts";
+import type { Logger } from "../../lib/log.ts";
+import type { Identity } from "../auth/tokens.ts";
+import { tenantSchema, branchExists } from "../store/tenants.ts";
+import { registerTables, type TableDef } from "../store/tables.ts";
+import { appendBatch, readAfter, readHead, saveCursor, type AppendOutcome } from "../store/log.ts";
+import { checkTransaction, batchSize } from "./validate.ts";
+import type { Feed } from "./feed.ts";
+import { MAX_MESSAGE_BYTES } from "../../lib/wire.ts";
+import { metrics } from "../metrics.ts";
+
+/** Part number past any real part: "after (seq, AFTER_ALL_PARTS)" means the next seq. */
+const AFTER_ALL_PARTS = 2_147_483_647;
+
+export interface SessionLimits {
+  maxBatchChanges: number;
+  heartbeatMs: number;
+  /** Upstream batches an agent may have outstanding before it is told to slow down. */
+  maxUpstreamQueue: number;
+  downstreamWindow: number;
+  /** Fallback poll of the log when no wake-up arrives. */
+  pollMs: number;
+}
+
+export const DEFAULT_LIMITS: SessionLimits = {
+  maxBatchChanges: 2000, heartbeatMs: 15_000, maxUpstreamQueue: 16, downstreamWindow: 8, pollMs: 1000,
+};
+
+export interface SessionIO {
+  /** Resolves once the transport accepted the message (backpressure). */
+  send(m: HubMessage): Promise<void>;
+  /** Ends the stream, with an error status or OK. */
+  close(err?: PublicError): void;
+}
+
+export interface SessionDeps {
+  pool: pg.Pool;
+  feed: Feed;
+  publish(tenantId: string, seq: bigint): void;
+  log: Logger;
+  limits: SessionLimits;
+}
+
+export interface Session {
+  readonly id: string;
+  readonly identity: Identity;
+  onMessage(m: AgentMessage): void;
+  /** The transport ended (client closed or network dropped). */
+  onEnd(): void;
+  drain(reason: string): void;
+  info(): { id: string; tenantId: string; branchId: string; sentSeq: bigint; ackedSeq: bigint; startedAt: Date };
+}
+
+export function startSession(identity: Identity, deps: SessionDeps, io: SessionIO): Session {
+  const id = randomUUID();
+  const log = deps.log.child({ session: id, tenant: identity.tenantId, branch: identity.branchId });
+  const schema = tenantSchema(identity.tenantId);
+  const abort = new AbortController();
+  const startedAt = new Date();
+  let tables: Map<string, TableDef> | null = null;
+  let helloSeen = false;
+  let upstream: Promise<void> = Promise.resolve();
+  let queued = 0;
+  let sentSeq = 0n;
+  let sentPart = AFTER_ALL_PARTS;
+  let ackedSeq = 0n;
+  let lastHeard = Date.now();
+  const inFlight: bigint[] = [];
+  let ackWake: (() => void) | null = null;
+  let cursorTimer: NodeJS.Timeout | null = null;
+  let heartbeat: NodeJS.Timeout | null = null;
+  let closed = false;
+  metrics.sessions.inc();
+
+  const fail = (err: unknown) => {
+    if (closed) return;
+    const pe = toPublicError(err, log);
+    log.info({ code: pe.code, msg: pe.message }, "session ends with error");
+    finish(pe);
+  };
+
+  function finish(err?: PublicError) {
+    if (closed) return;
+    closed = true;
+    abort.abort();
+    ackWake?.();
+    if (heartbeat) clearInterval(heartbeat);
+    if (cursorTimer) { clearTimeout(cursorTimer); cursorTimer = null; }
+    metrics.sessions.dec();
+    flushCursor();
+    io.close(err);
+  }
+
+  const send = (m: HubMessage) => (closed ? Promise.resolve() : io.send(m));
+
+  async function onHello(h: Hello) {
+    if (h.expectedTenantId && h.expectedTenantId !== identity.tenantId) {
+      throw new StatusError(Status.PERMISSION_DENIED, "the token is not for the tenant this agent is configured for; use the API key of this branch");
+    }
+    if (h.expectedBranchId && h.expectedBranchId !== identity.branchId) {
+      throw new StatusError(Status.PERMISSION_DENIED, "the token is not for the branch this agent is configured for; use the API key of this branch");
+    }
+    if (!(await branchExists(deps.pool, identity.tenantId, identity.branchId))) {
+      throw new StatusError(Status.PERMISSION_DENIED, "the branch of this token no longer exists");
+    }
+    if (h.tables.length === 0) throw new StatusError(Status.INVALID_ARGUMENT, "Hello must declare at least one tracked table");
+    tables = await registerTables(deps.pool, schema, identity.branchId, h.tables.map((t) => ({
+      name: t.name, columns: t.columns.map((c) => ({ name: c.name, type: c.type, nullable: c.nullable })), primaryKey: [...t.primaryKey],
+    })));
+    const head = await readHead(deps.pool, schema);
+    deps.feed.advance(identity.tenantId, head);
+    if (h.resumeCursor > head) {
+      throw new StatusError(Status.FAILED_PRECONDITION,
+        `resume cursor ${h.resumeCursor} is ahead of the tenant log head ${head}; was the hub database restored from an older backup?`);
+    }
+    sentSeq = ackedSeq = h.resumeCursor;
+    await send(create(HubMessageSchema, { payload: { case: "welcome", value: {
+      sessionId: id, tenantId: identity.tenantId, branchId: identity.branchId, headSeq: head, resumeFrom: h.resumeCursor,
+      maxBatchChanges: deps.limits.maxBatchChanges, maxMessageBytes: MAX_MESSAGE_BYTES, heartbeatIntervalMs: deps.limits.heartbeatMs,
+    } } }));
+    log.info({ agent: h.agentVersion, resume: h.resumeCursor.toString(), head: head.toString() }, "session started");
+    heartbeat = setInterval(beat, deps.limits.heartbeatMs);
+    pump().catch(fail);
+  }
+
+  function beat() {
+    if (Date.now() - lastHeard > 3 * deps.limits.heartbeatMs) {
+      fail(new StatusError(Status.UNAVAILABLE, "no message from the agent for three heartbeat intervals"));
+      return;
+    }
+    send(create(HubMessageSchema, { payload: { case: "ping", value: { nonce: BigInt(Date.now()), sentAtUs: BigInt(Date.now()) * 1000n } } })).catch(fail);
+  }
+
+  async function onChanges(b: ChangeBatch) {
+    if (!tables) throw new StatusError(Status.FAILED_PRECONDITION, "send Hello before changes");
+    const n = batchSize(b);
+    if (n > deps.limits.maxBatchChanges) {
+      throw new StatusError(Status.INVALID_ARGUMENT, `batch has ${n} changes; the limit is ${deps.limits.maxBatchChanges} (send large transactions in chunks)`);
+    }
+    const outcomes: (AppendOutcome | null)[] = [];
+    const valid: { t: Transaction; body: Uint8Array }[] = [];
+    for (const t of b.transactions) {
+      const err = checkTransaction(t, tables);
+      if (err) { outcomes.push({ kind: "rejected", error: err }); continue; }
+      // The origin is the session's branch, whatever the message said.
+      t.originBranch = identity.branchId;
+      t.seq = 0n;
+      valid.push({ t, body: toBinary(TransactionSchema, t) });
+      outcomes.push(null);
+    }
+    const res = valid.length === 0 ? { outcomes: [], head: 0n } : await appendBatch(deps.pool, schema, identity.branchId,
+      valid.map(({ t, body }) => ({ originTxn: t.originTxn, chunkIndex: t.chunkIndex, lastChunk: t.lastChunk, nChanges: t.changes.length, body })));
+    let j = 0;
+    const final = outcomes.map((o) => o ?? res.outcomes[j++]);
+    if (res.outcomes.some((o) => o.kind === "accepted")) {
+      deps.feed.advance(identity.tenantId, res.head);
+      deps.publish(identity.tenantId, res.head);
+    }
+    metrics.changesIn.inc(valid.reduce((s, v) => s + (v.t.lastChunk ? v.t.changes.length : 0), 0));
+    await send(create(HubMessageSchema, { payload: { case: "batchAck", value: {
+      batchId: b.batchId,
+      outcomes: final.map((o, i) => ({
+        originTxn: b.transactions[i].originTxn, chunkIndex: b.transactions[i].chunkIndex,
+        outcome: o.kind === "accepted" ? Outcome.ACCEPTED : o.kind === "duplicate" ? Outcome.DUPLICATE : o.kind === "staged" ? Outcome.STAGED : Outcome.REJECTED,
+        seq: o.kind === "accepted" || o.kind === "duplicate" ? o.seq : 0n,
+        error: o.kind === "rejected" ? o.error : "",
+      })),
+    } } }));
+  }
+
+  function onAck(cursor: bigint) {
+    if (cursor > sentSeq) {
+      throw new StatusError(Status.INVALID_ARGUMENT, `ack cursor ${cursor} is beyond what was sent (${sentSeq})`);
+    }
+    if (cursor <= ackedSeq) return;
+    ackedSeq = cursor;
+    while (inFlight.length > 0 && inFlight[0] <= cursor) inFlight.shift();
+    ackWake?.();
+    if (!cursorTimer) cursorTimer = setTimeout(() => { cursorTimer = null; flushCursor(); }, 500);
+  }
+
+  let savedCursor = -1n;
+  function flushCursor() {
+    if (ackedSeq === savedCursor || !helloSeen) return;
+    const v = ackedSeq;
+    saveCursor(deps.pool, schema, identity.branchId, v).then(() => { savedCursor = v; })
+      .catch((err) => log.warn({ err }, "could not save branch cursor"));
+  }
+
+  /** Sends the log after the cursor, forever, within the window. */
+  async function pump() {
+    const limit = deps.limits.maxBatchChanges;
+    let lastComplete = sentSeq;
+    advertised = sentSeq;
+    while (!closed) {
+      if (inFlight.length >= deps.limits.downstreamWindow) {
+        await new Promise<void>((r) => { ackWake = r; });
+        ackWake = null;
+        continue;
+      }
+      const entries = await readAfter(deps.pool, schema, sentSeq, sentPart, 64);
+      if (closed) return;
+      if (entries.length === 0) {
+        if (lastComplete > advertised) {
+          // Only our own transactions were skipped: move the branch's cursor.
+          await sendBatch([], lastComplete);
+          continue;
+        }
+        await deps.feed.wait(identity.tenantId, sentSeq, deps.limits.pollMs, abort.signal);
+        continue;
+      }
+      const txns: Transaction[] = [];
+      let changes = 0;
+      let bytes = 0;
+      for (const e of entries) {
+        if (e.originBranch !== identity.branchId) {
+          if (txns.length > 0 && (changes >= limit || bytes + e.body.length > MAX_MESSAGE_BYTES / 2)) break;
+          const t = fromBinary(TransactionSchema, e.body);
+          t.seq = e.seq;
+          txns.push(t);
+          changes += t.changes.length;
+          bytes += e.body.length;
+        }
+        sentSeq = e.seq;
+        sentPart = e.part;
+        if (e.lastPart) { lastComplete = e.seq; sentPart = AFTER_ALL_PARTS; }
+      }
+      if (txns.length > 0) await sendBatch(txns, lastComplete);
+    }
+  }
+
+  let advertised = 0n;
+  async function sendBatch(txns: Transaction[], cursorAfter: bigint) {
+    if (cursorAfter > advertised) {
+      inFlight.push(cursorAfter);
+      advertised = cursorAfter;
+    }
+    metrics.changesOut.inc(txns.reduce((s, t) => s + t.changes.length, 0));
+    await send(create(HubMessageSchema, { payload: { case: "changes", value: { transactions: txns, cursorAfter } } }));
+  }
+
+  function handle(m: AgentMessage) {
+    lastHeard = Date.now();
+    const p = m.payload;
+    switch (p.case) {
+      case "hello":
+        if (helloSeen) throw new StatusError(Status.INVALID_ARGUMENT, "Hello may only be sent once, as the first message");
+        helloSeen = true;
+        upstream = upstream.then(() => onHello(p.value));
+        upstream.catch(fail);
+        return;
+      case "changes": {
+        if (!helloSeen) throw new StatusError(Status.FAILED_PRECONDITION, "send Hello before changes");
+        if (queued >= deps.limits.maxUpstreamQueue) {
+          throw new StatusError(Status.RESOURCE_EXHAUSTED,
+            `more than ${deps.limits.maxUpstreamQueue} change batches awaiting ack; wait for BatchAcks before sending more`, 1000);
+        }
+        queued++;
+        upstream = upstream.then(() => onChanges(p.value)).finally(() => { queued--; });
+        upstream.catch(fail);
+        return;
+      }
+      case "ack":
+        if (!helloSeen) throw new StatusError(Status.FAILED_PRECONDITION, "send Hello before acks");
+        onAck(p.value.cursor);
+        return;
+      case "ping":
+        send(create(HubMessageSchema, { payload: { case: "pong", value: { nonce: p.value.nonce, sentAtUs: p.value.sentAtUs } } })).catch(fail);
+        return;
+      case "pong":
+        metrics.heartbeatRtt.observe(Math.max(0, Date.now() * 1000 - Number(p.value.sentAtUs)) / 1e6);
+        return;
+      default:
+        throw new StatusError(Status.INVALID_ARGUMENT, "empty AgentMessage: set one payload");
+    }
+  }
+
+  return {
+    id,
+    identity,
+    onMessage(m) {
+      if (closed) return;
+      try { handle(m); } catch (e) { fail(e); }
+    },
+    onEnd() {
+      // The agent went away; wait for the batch in progress so its outcome is
+      // durable before we stop (it is idempotent anyway).
+      upstream.finally(() => finish());
+    },
+    drain(reason) {
+      send(create(HubMessageSchema, { payload: { case: "drain", value: { reason, reconnectAfterMs: 100 } } }))
+        .then(() => upstream).finally(() => finish()).catch(() => undefined);
+    },
+    info: () => ({ id, tenantId: identity.tenantId, branchId: identity.branchId, sentSeq, ackedSeq, startedAt }),
+  };
+}

@@ -1,0 +1,70 @@
+/**
+ * Checks an agent's ChangeBatch against the tenant's table registry before
+ * anything is stored. A bad transaction is rejected on its own (with a
+ * message naming the table/column); it never reaches the log.
+ */
+import { Op, type ChangeBatch, type Transaction } from "../../gen/branchsync/v1/sync_pb.ts";
+import type { TableDef } from "../store/tables.ts";
+
+type Kind = "number" | "string" | "boolean" | "array" | "any";
+
+/** What JSON kind to_jsonb produces for a PostgreSQL type. */
+export function jsonKindOf(pgType: string): Kind {
+  if (pgType.endsWith("[]")) return "array";
+  const t = pgType.replace(/\(.*\)/, "").trim();
+  if (["smallint", "integer", "bigint", "numeric", "real", "double precision"].includes(t)) return "number";
+  if (t === "boolean") return "boolean";
+  if (t === "json" || t === "jsonb") return "any";
+  return "string";
+}
+
+function kindMatches(kind: Kind, v: unknown): boolean {
+  if (v === null || kind === "any") return true;
+  switch (kind) {
+    // NaN and ±Infinity of numeric/float travel as strings.
+    case "number": return typeof v === "number" || (typeof v === "string" && /^(NaN|-?Infinity)$/.test(v));
+    case "string": return typeof v === "string";
+    case "boolean": return typeof v === "boolean";
+    case "array": return Array.isArray(v);
+  }
+}
+
+export function checkTransaction(t: Transaction, tables: Map<string, TableDef>): string | null {
+  if (t.originTxn === 0n) return "origin_txn must be set";
+  if (t.changes.length === 0) return `transaction ${t.originTxn} has no changes`;
+  for (let i = 0; i < t.changes.length; i++) {
+    const c = t.changes[i];
+    const where = `transaction ${t.originTxn} change ${i}`;
+    const def = tables.get(c.table);
+    if (!def) return `${where}: table "${c.table}" was not declared in Hello`;
+    if (c.op !== Op.INSERT && c.op !== Op.UPDATE && c.op !== Op.DELETE) return `${where}: op must be INSERT, UPDATE or DELETE`;
+    let key: unknown;
+    let row: unknown;
+    try { key = JSON.parse(c.key); } catch { return `${where}: key is not JSON`; }
+    if (!Array.isArray(key) || key.length !== def.primaryKey.length) {
+      return `${where}: key must be a JSON array of ${def.primaryKey.length} value(s) (${def.primaryKey.join(", ")})`;
+    }
+    try { row = JSON.parse(c.row); } catch { return `${where}: row is not JSON`; }
+    if (row === null || typeof row !== "object" || Array.isArray(row)) return `${where}: row must be a JSON object`;
+    const obj = row as Record<string, unknown>;
+    for (const k of Object.keys(obj)) {
+      if (!def.columns.some((col) => col.name === k)) return `${where}: table ${c.table} has no column "${k}"`;
+    }
+    for (const col of def.columns) {
+      if (!(col.name in obj)) return `${where}: row lacks column "${col.name}" (rows travel as full images)`;
+      const v = obj[col.name];
+      if (v === null && !col.nullable) return `${where}: column "${col.name}" is NOT NULL but the row has null`;
+      if (!kindMatches(jsonKindOf(col.type), v)) return `${where}: column "${col.name}" (${col.type}) has a value of the wrong type`;
+    }
+    for (const k of def.primaryKey) {
+      if (obj[k] === null) return `${where}: primary key column "${k}" is null`;
+    }
+  }
+  return null;
+}
+
+export function batchSize(b: ChangeBatch): number {
+  let n = 0;
+  for (const t of b.transactions) n += t.changes.length;
+  return n;
+}

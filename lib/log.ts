@@ -1,0 +1,8 @@
+import { pino, type Logger } from "pino";
+
+export type { Logger };
+
+/** Structured logs to stderr, so stdout stays free for CLI output. */
+export function makeLogger(name: string): Logger {
+  return pino({ name, level: process.env.LOG_LEVEL ?? "info" }, pino.destination(2));
+}
