@@ -104,6 +104,7 @@ export async function startAgent(cfg: AgentConfig, log: Logger = makeLogger("age
   const state: AgentStatus = { connected: false, cursor, sessions: 0, lastError: null };
   let token: { value: string; expiresAt: number } | null = null;
   let stopped = false;
+  const stopping = new AbortController();
   let wakeFromSleep: (() => void) | null = null;
   const agent: Agent = {
     status: () => ({ ...state }),
@@ -113,9 +114,10 @@ export async function startAgent(cfg: AgentConfig, log: Logger = makeLogger("age
     },
     async stop() {
       stopped = true;
-      client.close();
+      stopping.abort();
       wakeFromSleep?.();
       await loop;
+      client.close();
       await listener.close();
       await pool.end();
     },
@@ -139,7 +141,7 @@ export async function startAgent(cfg: AgentConfig, log: Logger = makeLogger("age
         const res = await runSession({
           pool, client, tables, tenantId: cfg.tenantId, branchId: cfg.branchId,
           batchMaxChanges: cfg.batchMaxChanges, batchLingerMs: cfg.batchLingerMs, pollMs: cfg.pollMs,
-          applier, log, waitLocal: listener.wait,
+          applier, log, waitLocal: listener.wait, stopping: stopping.signal,
           onCursor: (c) => { state.cursor = c; state.connected = true; },
           onConflict: (n) => agent.onConflict?.(n),
         }, t, AGENT_VERSION);

@@ -27,8 +27,15 @@ function tableSql(t: LocalTable): TableSql {
   const rest = t.columns.filter((c) => !t.primaryKey.includes(c.name)).map((c) => quoteIdent(c.name));
   const onConflict = rest.length === 0 ? "DO NOTHING" : `DO UPDATE SET ${rest.map((c) => `${c} = EXCLUDED.${c}`).join(", ")}`;
   const cols = t.columns.map((c) => quoteIdent(c.name)).join(", ");
+  const json = t.columns.filter((c) => c.type === "json" || c.type === "jsonb");
+  // json/jsonb arrive as strings of their text (see capture); cast them back.
+  const source = json.length === 0
+    ? `SELECT ${cols} FROM jsonb_populate_recordset(NULL::${q}, $1::jsonb)`
+    : `SELECT ${t.columns.map((c) => (json.includes(c) ? `(bs_e_.v ->> '${c.name}')::${c.type}` : `bs_r_.${quoteIdent(c.name)}`)).join(", ")}
+         FROM jsonb_array_elements($1::jsonb) AS bs_e_(v),
+              LATERAL jsonb_populate_record(NULL::${q}, bs_e_.v - ARRAY[${json.map((c) => `'${c.name}'`).join(", ")}]) AS bs_r_`;
   return {
-    upsert: `INSERT INTO ${q} (${cols}) SELECT ${cols} FROM jsonb_populate_recordset(NULL::${q}, $1::jsonb) ON CONFLICT (${pk}) ${onConflict}`,
+    upsert: `INSERT INTO ${q} (${cols}) ${source} ON CONFLICT (${pk}) ${onConflict}`,
     del: `DELETE FROM ${q} WHERE (${pk}) IN (SELECT ${pk} FROM jsonb_populate_recordset(NULL::${q}, $1::jsonb))`,
   };
 }

@@ -64,22 +64,40 @@ function fnName(t: LocalTable, op: string): string {
   return quoteIdent(`cap_${op}_${createHash("md5").update(t.name).digest("hex").slice(0, 16)}`);
 }
 
+// Aliases no sane column is called: an alias that equals a column name makes
+// to_jsonb(alias) serialise that column instead of the row.
+const NEW = "bs_new_row_";
+const OLD = "bs_old_row_";
+
+const isJson = (type: string) => type === "json" || type === "jsonb";
+
+/**
+ * The row image. json/jsonb columns travel as strings holding their text:
+ * inside to_jsonb a JSON null and an SQL NULL would both become null.
+ */
+function rowOf(t: LocalTable, alias: string): string {
+  const json = t.columns.filter((c) => isJson(c.type));
+  const base = `to_jsonb(${alias}.*)`;
+  if (json.length === 0) return base;
+  return `(${base} || jsonb_build_object(${json.map((c) => `'${c.name}', ${alias}.${quoteIdent(c.name)}::text`).join(", ")}))`;
+}
+
 function captureFunction(t: LocalTable, op: "ins" | "upd" | "del"): string {
   const keyOf = (alias: string) => `jsonb_build_array(${t.primaryKey.map((k) => `${alias}.${quoteIdent(k)}`).join(", ")})::text`;
   const name = t.name.replace(/'/g, "");
   let select: string;
   if (op === "ins") {
-    select = `SELECT x, '${name}', 'I', ${keyOf("n")}, to_jsonb(n) FROM new_rows n`;
+    select = `SELECT x, '${name}', 'I', ${keyOf(NEW)}, ${rowOf(t, NEW)} FROM new_rows ${NEW}`;
   } else if (op === "del") {
-    select = `SELECT x, '${name}', 'D', ${keyOf("o")}, to_jsonb(o) FROM old_rows o`;
+    select = `SELECT x, '${name}', 'D', ${keyOf(OLD)}, ${rowOf(t, OLD)} FROM old_rows ${OLD}`;
   } else {
     // A changed primary key is a delete of the old key plus the new row.
-    const same = t.primaryKey.map((k) => `n2.${quoteIdent(k)} = o.${quoteIdent(k)}`).join(" AND ");
-    select = `SELECT x, '${name}', op, key, row FROM (
-        SELECT 1 AS ord, 'D'::"char" AS op, ${keyOf("o")} AS key, to_jsonb(o) AS row FROM old_rows o
-         WHERE NOT EXISTS (SELECT 1 FROM new_rows n2 WHERE ${same})
+    const same = t.primaryKey.map((k) => `${NEW}.${quoteIdent(k)} = ${OLD}.${quoteIdent(k)}`).join(" AND ");
+    select = `SELECT x, '${name}', bs_op_, bs_key_, bs_row_ FROM (
+        SELECT 1 AS bs_ord_, 'D'::"char" AS bs_op_, ${keyOf(OLD)} AS bs_key_, ${rowOf(t, OLD)} AS bs_row_ FROM old_rows ${OLD}
+         WHERE NOT EXISTS (SELECT 1 FROM new_rows ${NEW} WHERE ${same})
         UNION ALL
-        SELECT 2, 'U'::"char", ${keyOf("n")}, to_jsonb(n) FROM new_rows n) s ORDER BY ord`;
+        SELECT 2, 'U'::"char", ${keyOf(NEW)}, ${rowOf(t, NEW)} FROM new_rows ${NEW}) bs_s_ ORDER BY bs_ord_`;
   }
   return `CREATE OR REPLACE FUNCTION _branchsync.${fnName(t, op)}() RETURNS trigger LANGUAGE plpgsql AS $f$
 DECLARE x xid8 := pg_current_xact_id(); m bigint; c int;

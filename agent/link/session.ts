@@ -31,6 +31,8 @@ export interface SessionEnv {
   waitLocal(timeoutMs: number, abort: AbortSignal): Promise<void>;
   onCursor(cursor: bigint): void;
   onConflict?(n: ConflictNotice): void;
+  /** Aborted when the agent stops: the session cancels its stream. */
+  stopping: AbortSignal;
 }
 
 /** Upstream batches in flight at once: enough to hide a round trip. */
@@ -146,6 +148,10 @@ export async function runSession(env: SessionEnv, token: string, version: string
     }
   }
 
+  const onStopping = () => stop(new Error("agent stopping"));
+  if (env.stopping.aborted) onStopping();
+  env.stopping.addEventListener("abort", onStopping, { once: true });
+
   const heartbeat = setInterval(() => {
     if (Date.now() - lastHeard > 3 * heartbeatMs) stop(new Error("hub silent for three heartbeat intervals"));
   }, 1000);
@@ -191,6 +197,7 @@ export async function runSession(env: SessionEnv, token: string, version: string
 
   const err = await ended;
   clearInterval(heartbeat);
+  env.stopping.removeEventListener("abort", onStopping);
   abort.abort();
   wakeUp();
   await applyRun;

@@ -6,7 +6,7 @@
 import { Op, type ChangeBatch, type Transaction } from "../../gen/branchsync/v1/sync_pb.ts";
 import type { TableDef } from "../store/tables.ts";
 
-type Kind = "number" | "string" | "boolean" | "array" | "any";
+type Kind = "number" | "string" | "boolean" | "array";
 
 /** What JSON kind to_jsonb produces for a PostgreSQL type. */
 export function jsonKindOf(pgType: string): Kind {
@@ -14,12 +14,12 @@ export function jsonKindOf(pgType: string): Kind {
   const t = pgType.replace(/\(.*\)/, "").trim();
   if (["smallint", "integer", "bigint", "numeric", "real", "double precision"].includes(t)) return "number";
   if (t === "boolean") return "boolean";
-  if (t === "json" || t === "jsonb") return "any";
+  // json/jsonb travel as strings of their text (SQL NULL stays null).
   return "string";
 }
 
 function kindMatches(kind: Kind, v: unknown): boolean {
-  if (v === null || kind === "any") return true;
+  if (v === null) return true;
   switch (kind) {
     // NaN and ±Infinity of numeric/float travel as strings.
     case "number": return typeof v === "number" || (typeof v === "string" && /^(NaN|-?Infinity)$/.test(v));

@@ -496,7 +496,9 @@ export type Change = Message<"branchsync.v1.Change"> & {
    * The row as a JSON object in PostgreSQL's to_jsonb encoding: numbers are
    * exact decimal literals (never round them through a float), timestamptz
    * is ISO 8601 with offset, bytea is "\\x" followed by hex, arrays are JSON
-   * arrays, NULL is null. Every column of the table is present.
+   * arrays, NULL is null. Exception: json and jsonb values travel as JSON
+   * strings holding their text, so that SQL NULL (null) and a JSON null
+   * ("null") stay distinct. Every column of the table is present.
    *
    * @generated from field: string row = 4;
    */

@@ -1,0 +1,47 @@
+/** Test databases on the local PostgreSQL: each test makes and drops its own. */
+import pg from "pg";
+import { randomBytes } from "node:crypto";
+
+export const PG_BASE = process.env.TEST_PG_URL ?? "postgresql://postgres@127.0.0.1:5432";
+
+export interface TestDb { name: string; url: string; pool: pg.Pool; drop(): Promise<void> }
+
+async function admin<T>(f: (c: pg.Client) => Promise<T>): Promise<T> {
+  const c = new pg.Client({ connectionString: `${PG_BASE}/postgres` });
+  await c.connect();
+  try { return await f(c); } finally { await c.end(); }
+}
+
+export async function createDb(prefix: string, ddl = ""): Promise<TestDb> {
+  const name = `bst_${prefix}_${randomBytes(4).toString("hex")}`;
+  await admin((c) => c.query(`CREATE DATABASE "${name}"`));
+  const url = `${PG_BASE}/${name}`;
+  const pool = new pg.Pool({ connectionString: url, max: 4 });
+  if (ddl) await pool.query(ddl);
+  return {
+    name, url, pool,
+    async drop() {
+      await pool.end().catch(() => undefined);
+      await admin((c) => c.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`));
+    },
+  };
+}
+
+export async function waitFor<T>(what: string, f: () => Promise<T | false | null | undefined>, timeoutMs = 10_000, everyMs = 25): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await f();
+      if (v) return v;
+    } catch (e) { last = e; }
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${(last as Error).message}` : ""}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+/** count + md5 over a table's rows in key order: equal digests mean identical rows. */
+export async function digest(pool: pg.Pool, table: string, key = "id"): Promise<string> {
+  const { rows } = await pool.query(`SELECT count(*) AS n, md5(coalesce(string_agg(t::text, '|' ORDER BY ${key}), '')) AS h FROM ${table} t`);
+  return `${rows[0].n}:${rows[0].h}`;
+}

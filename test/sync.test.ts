@@ -1,0 +1,123 @@
+import assert from "node:assert/strict";
+import { startCluster, ITEMS_DDL, type Cluster, type Branch } from "./support/cluster.ts";
+import { waitFor, digest } from "./support/db.ts";
+
+const ORDERS_DDL = `
+  CREATE TABLE orders (id bigint PRIMARY KEY, customer text NOT NULL, total numeric(12,2) NOT NULL);
+  CREATE TABLE order_lines (order_id bigint NOT NULL, line int NOT NULL, sku text NOT NULL, qty int NOT NULL,
+                            PRIMARY KEY (order_id, line));`;
+
+// Counts every row write at a branch, including those the agent applies, so
+// "applied exactly once" can be checked, not just "present".
+const AUDIT_DDL = `
+  CREATE TABLE audit (n bigserial PRIMARY KEY, id bigint, op text);
+  CREATE FUNCTION audit_fn() RETURNS trigger LANGUAGE plpgsql AS $$
+  BEGIN INSERT INTO audit(id, op) VALUES (coalesce(NEW.id, OLD.id), TG_OP); RETURN NULL; END $$;
+  CREATE TRIGGER audit_items AFTER INSERT OR UPDATE OR DELETE ON items FOR EACH ROW EXECUTE FUNCTION audit_fn();`;
+
+describe("core sync path", function () {
+  this.timeout(60_000);
+  let c: Cluster;
+  let a: Branch;
+  let b: Branch;
+
+  before(async () => {
+    c = await startCluster();
+    await c.addTenant("acme");
+    a = await c.addBranch("acme", "store-a", ITEMS_DDL + ";" + ORDERS_DDL, ["items", "orders", "order_lines"]);
+    b = await c.addBranch("acme", "store-b", ITEMS_DDL + ";" + ORDERS_DDL + ";" + AUDIT_DDL, ["items", "orders", "order_lines"]);
+    await a.start();
+    await b.start();
+  });
+  after(async () => { await c?.close(); });
+
+  it("carries insert, update and delete both ways within 2 s", async () => {
+    await a.db.pool.query("INSERT INTO items VALUES (1, 'apple', 5, 1.10, 'fresh', now())");
+    await waitFor("insert A→B", async () => (await b.db.pool.query("SELECT 1 FROM items WHERE id = 1")).rowCount === 1, 2000);
+    await a.db.pool.query("UPDATE items SET qty = 4, note = 'sold one' WHERE id = 1");
+    await waitFor("update A→B", async () => (await b.db.pool.query("SELECT 1 FROM items WHERE id = 1 AND qty = 4 AND note = 'sold one'")).rowCount === 1, 2000);
+    await b.db.pool.query("INSERT INTO items VALUES (2, 'pear', 7, 0.90, NULL, now())");
+    await waitFor("insert B→A", async () => (await a.db.pool.query("SELECT 1 FROM items WHERE id = 2")).rowCount === 1, 2000);
+    await b.db.pool.query("UPDATE items SET price = 0.95 WHERE id = 2");
+    await waitFor("update B→A", async () => (await a.db.pool.query("SELECT 1 FROM items WHERE id = 2 AND price = 0.95")).rowCount === 1, 2000);
+    await b.db.pool.query("DELETE FROM items WHERE id = 1");
+    await waitFor("delete B→A", async () => (await a.db.pool.query("SELECT 1 FROM items WHERE id = 1")).rowCount === 0, 2000);
+    await a.db.pool.query("DELETE FROM items WHERE id = 2");
+    await waitFor("delete A→B", async () => (await b.db.pool.query("SELECT 1 FROM items WHERE id = 2")).rowCount === 0, 2000);
+    assert.equal(await digest(a.db.pool, "items"), await digest(b.db.pool, "items"));
+  });
+
+  it("moves a primary key change as delete + insert", async () => {
+    await a.db.pool.query("INSERT INTO items VALUES (50, 'kiwi', 1, 2.00, 'k', now())");
+    await waitFor("kiwi on B", async () => (await b.db.pool.query("SELECT 1 FROM items WHERE id = 50")).rowCount === 1);
+    await a.db.pool.query("UPDATE items SET id = 51 WHERE id = 50");
+    await waitFor("re-keyed on B", async () => {
+      const r = await b.db.pool.query("SELECT id FROM items WHERE id IN (50, 51)");
+      return r.rowCount === 1 && r.rows[0].id === "51";
+    });
+  });
+
+  it("applies a multi-row transaction atomically, even one larger than a batch", async () => {
+    const lines = 1_234; // > batchMaxChanges (500): travels in chunks
+    let sawPartial = false;
+    let reads = 0;
+    let done = false;
+    const reader = (async () => {
+      while (!done) {
+        // One snapshot for both counts.
+        const r = await b.db.pool.query(
+          `SELECT (SELECT count(*) FROM orders WHERE id = 7)::int AS o, (SELECT count(*) FROM order_lines WHERE order_id = 7)::int AS l`);
+        const { o, l } = r.rows[0];
+        if (!((o === 0 && l === 0) || (o === 1 && l === lines))) sawPartial = true;
+        reads++;
+        if (o === 1 && l === lines) return;
+      }
+    })();
+    await a.db.pool.query(`BEGIN;
+      INSERT INTO orders VALUES (7, 'carol', 99.50);
+      INSERT INTO order_lines SELECT 7, g, 'sku-' || g, 1 FROM generate_series(1, ${lines}) g;
+      COMMIT;`);
+    await Promise.race([reader, new Promise((_, rej) => setTimeout(() => rej(new Error("order never arrived whole")), 15_000))]);
+    done = true;
+    assert.equal(sawPartial, false, "a reader on B saw part of the transaction");
+    assert.ok(reads > 1, "the reader should have polled while the transaction was in flight");
+  });
+
+  it("does not echo applied changes back to the hub", async () => {
+    await a.db.pool.query("INSERT INTO items VALUES (100, 'echo', 1, 1, 'e', now())");
+    await waitFor("row on B", async () => (await b.db.pool.query("SELECT 1 FROM items WHERE id = 100")).rowCount === 1);
+    // Give an echo time to happen, then look for one in every place it could be.
+    await new Promise((r) => setTimeout(r, 300));
+    const local = await b.db.pool.query("SELECT count(*)::int AS n FROM _branchsync.changes WHERE key = '[100]'");
+    assert.equal(local.rows[0].n, 0, "B captured the change it applied");
+    const fromB = await c.hubDb.pool.query("SELECT count(*)::int AS n FROM tenant_acme.log WHERE origin_branch = 'store-b' AND position('\"echo\"'::bytea IN body) > 0");
+    assert.equal(fromB.rows[0].n, 0, "hub log holds B's echo of A's row");
+  });
+
+  it("stores and forwards: an offline branch gets everything once on return", async () => {
+    await b.stop();
+    await b.db.pool.query("TRUNCATE audit");
+    for (let t = 0; t < 10; t++) {
+      await a.db.pool.query(`INSERT INTO items SELECT g, 'sf', g, g / 100.0, 'offline', now() FROM generate_series(${10_000 + t * 100}, ${10_000 + t * 100 + 99}) g`);
+    }
+    await waitFor("A's changes acked by the hub", async () => (await a.agent!.pendingLocal()) === 0);
+    await b.start();
+    await waitFor("1,000 rows on B", async () => (await b.db.pool.query("SELECT count(*)::int AS n FROM items WHERE note = 'offline'")).rows[0].n === 1000, 15_000);
+    await new Promise((r) => setTimeout(r, 300));
+    const audit = await b.db.pool.query("SELECT count(*)::int AS n, count(DISTINCT id)::int AS d FROM audit WHERE id >= 10000 AND id < 11000");
+    assert.deepEqual(audit.rows[0], { n: 1000, d: 1000 }, "each row applied exactly once");
+    assert.equal(await digest(a.db.pool, "items"), await digest(b.db.pool, "items"));
+  });
+
+  it("gives the tenant a gap-free sequence and acks every branch's cursor", async () => {
+    const { rows } = await c.hubDb.pool.query("SELECT min(seq)::int AS lo, max(seq)::int AS hi, count(DISTINCT seq)::int AS n FROM tenant_acme.log");
+    assert.equal(rows[0].lo, 1);
+    assert.equal(rows[0].n, rows[0].hi, "sequence has gaps");
+    const head = (await c.hubDb.pool.query("SELECT seq::int FROM tenant_acme.head")).rows[0].seq;
+    assert.equal(head, rows[0].hi);
+    await waitFor("cursors at head", async () => {
+      const r = await c.admin.listBranches({ tenantId: "acme" });
+      return r.branches.every((x) => x.lag === 0n);
+    });
+  });
+});
