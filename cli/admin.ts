@@ -4,6 +4,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { AdminService } from "../gen/branchsync/v1/admin_pb.ts";
 import { ConfigError, parseConfig, url, str, helpText, type Spec } from "../lib/config.ts";
 import { readAdminTokenFile } from "./adminToken.ts";
+import { ADMIN_USAGE } from "./usage.ts";
 
 const adminSpec = {
   adminUrl: url("hub control plane", "HUB_ADMIN_URL", "hub-admin-url", ["http:", "https:"], "http://127.0.0.1:8080"),
@@ -11,11 +12,6 @@ const adminSpec = {
   name: str("display name for create", "BRANCHSYNC_NAME", "name", ""),
 } satisfies Spec;
 
-export const ADMIN_USAGE = `usage:
-  branchsync admin tenant create <tenant-id> [--name NAME]
-  branchsync admin tenant list
-  branchsync admin branch create <tenant-id> <branch-id> [--name NAME]   (prints the API key once)
-  branchsync admin branch list <tenant-id>`;
 
 const date = (s: bigint) => (s ? new Date(Number(s) * 1000).toISOString() : "-");
 

@@ -3,19 +3,16 @@
  * parsed and validated here, before anything starts; bad config is one line
  * on stderr and exit code 2.
  */
-import pg from "pg";
 import { ConfigError, parseConfig, splitArgs, helpText } from "../lib/config.ts";
-import { makeLogger } from "../lib/log.ts";
 import { hubSpec } from "../hub/config.ts";
-import { startHub } from "../hub/main.ts";
-import { migrate } from "../hub/store/migrate.ts";
-import { ensureDatabase } from "../hub/store/database.ts";
 import { agentSpec } from "../agent/config.ts";
-import { startAgent } from "../agent/main.ts";
 import { SchemaError } from "../agent/capture/introspect.ts";
 import { BindingError } from "../agent/capture/install.ts";
-import { runAdmin, ADMIN_USAGE } from "./admin.ts";
+import { ADMIN_USAGE } from "./usage.ts";
 import { ensureAdminTokenFile } from "./adminToken.ts";
+
+// Each command imports only what it runs: the CLI starts in a fraction of
+// the time, which operators and the tests both feel.
 
 const USAGE = `branchsync — keeps branch PostgreSQL databases in sync through a hub
 
@@ -49,6 +46,7 @@ async function main(argv: string[]): Promise<void> {
         cfg.adminToken = token;
         console.log(`admin token: in ${file} (set ADMIN_TOKEN to choose one)`);
       }
+      const { startHub } = await import("../hub/main.ts");
       const hub = await startHub(cfg);
       const shown = cfg.host === "0.0.0.0" ? "127.0.0.1" : cfg.host;
       console.log(`branchsync hub ready: SyncStream grpc://${shown}:${hub.grpcPort}  control http://${shown}:${hub.httpPort} (Auth/Admin, /healthz, /metrics)`);
@@ -58,6 +56,7 @@ async function main(argv: string[]): Promise<void> {
     case "agent": {
       if (flags.has("help")) { console.log(helpText("branchsync agent", agentSpec)); return; }
       const cfg = parseConfig(agentSpec, flags, process.env);
+      const { startAgent } = await import("../agent/main.ts");
       const agent = await startAgent(cfg);
       console.log(`branchsync agent running for ${cfg.tenantId}/${cfg.branchId}, tables ${cfg.trackedTables.join(", ")}`);
       onSignals(() => agent.stop());
@@ -67,6 +66,8 @@ async function main(argv: string[]): Promise<void> {
       const spec = { databaseUrl: hubSpec.databaseUrl };
       if (flags.has("help")) { console.log(helpText("branchsync migrate", spec)); return; }
       const cfg = parseConfig(spec, flags, process.env);
+      const [{ default: pg }, { migrate }, { ensureDatabase }, { makeLogger }] = await Promise.all([
+        import("pg"), import("../hub/store/migrate.ts"), import("../hub/store/database.ts"), import("../lib/log.ts")]);
       await ensureDatabase(cfg.databaseUrl, makeLogger("migrate"));
       const pool = new pg.Pool({ connectionString: cfg.databaseUrl, max: 1 });
       try {
@@ -76,9 +77,11 @@ async function main(argv: string[]): Promise<void> {
       }
       return;
     }
-    case "admin":
+    case "admin": {
+      const { runAdmin } = await import("./admin.ts");
       await runAdmin(positional, flags, (s) => console.log(s));
       return;
+    }
     case undefined:
     case "help":
     case "--help":

@@ -17,6 +17,7 @@ export async function createDb(prefix: string, ddl = ""): Promise<TestDb> {
   await admin((c) => c.query(`CREATE DATABASE "${name}"`));
   const url = `${PG_BASE}/${name}`;
   const pool = new pg.Pool({ connectionString: url, max: 4 });
+  pool.on("error", () => undefined); // DROP ... WITH (FORCE) ends idle clients
   if (ddl) await pool.query(ddl);
   return {
     name, url, pool,

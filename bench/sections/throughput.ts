@@ -1,0 +1,135 @@
+/**
+ * Section 1, throughput A → B with the anchors' W1: inserts, then updates,
+ * then deletes, in 100-row transactions from one client on A; rows/s from
+ * the first commit on A to the last change visible on B (polled every 5 ms).
+ * Then the drain: B's agent stopped, the inserts written, B's agent started;
+ * rows/s from its start until all are visible on B.
+ */
+import pg from "pg";
+import type { BenchContext, SectionResult } from "../lib/context.ts";
+import { startPair, runStatements, type Pair } from "../lib/pair.ts";
+import { w1Statement, phaseBounds, type Phase } from "../lib/items.ts";
+import { waitUntil } from "../lib/poll.ts";
+import { digest, checkpoint } from "../lib/pg.ts";
+import { nowMs, sleep } from "../lib/stats.ts";
+
+const WARMUP_BASE = 700_000_000_000;
+
+function statements(kind: Phase, lo: number, hi: number, batch: number): string[] {
+  const out: string[] = [];
+  for (let a = lo; a <= hi; a += batch) out.push(w1Statement(kind, a, Math.min(a + batch - 1, hi)));
+  return out;
+}
+
+interface CpuSnap { hub: number; a: number; b: number }
+const cpu = (p: Pair): CpuSnap => ({ hub: p.hub.proc.cpuSeconds() ?? 0, a: p.agentA.cpuSeconds() ?? 0, b: p.agentB?.cpuSeconds() ?? 0 });
+
+export async function throughput(ctx: BenchContext): Promise<SectionResult> {
+  const s = ctx.sizes;
+  const res: SectionResult = { section: "throughput", command: ctx.command("throughput"), ok: true, tables: [], data: {}, errors: [] };
+  const timeout = ctx.quick ? 60_000 : 300_000;
+  ctx.log(`throughput: setting up hub + 2 agents, ${s.baseRows} base rows`);
+  const pair = await startPair(ctx, "tp", { baseRows: s.baseRows, sentTrigger: false });
+  const writer = new pg.Client({ connectionString: pair.a.url });
+  const poller = new pg.Client({ connectionString: pair.b.url });
+  await writer.connect();
+  await poller.connect();
+  const rows: (string | number)[][] = [];
+  const notes = [
+    `W1: ${s.batch}-row transactions from one client on A (same SQL as anchors lib.sh); e2e = first commit on A → last change visible on B (B polled every 5 ms); catch-up = after A's last commit.`,
+    "digests (count + md5 over rows in id order) of each phase's id range compared on A and B.",
+  ];
+  const phases: Record<string, unknown>[] = [];
+  const settle = async () => {
+    await pair.barrier(timeout);
+    await checkpoint(pair.a.pool);
+    await sleep(ctx.quick ? 200 : 1000);
+  };
+  try {
+    await pair.barrier(timeout);
+    await runStatements(writer, statements("insert", WARMUP_BASE + 1, WARMUP_BASE + s.warmupRows, s.batch));
+    await pair.barrier(timeout);
+
+    const base = 1_000_000_000;
+    for (const kind of ["insert", "update", "delete"] as Phase[]) {
+      const { lo, hi, done } = phaseBounds(kind, base, s.inserts, s.updates, s.deletes);
+      const n = hi - lo + 1;
+      const stmts = statements(kind, lo, hi, s.batch);
+      await settle();
+      const c0 = cpu(pair);
+      const seen = waitUntil(poller, done, timeout);
+      seen.catch(() => undefined);
+      await sleep(200);
+      const { t0, t1 } = await runStatements(writer, stmts);
+      const t2 = await seen;
+      const c1 = cpu(pair);
+      const [da, db] = [await digest(pair.a.pool, String(lo), String(hi)), await digest(pair.b.pool, String(lo), String(hi))];
+      const check = da === db ? "OK" : "MISMATCH";
+      if (check !== "OK") { res.ok = false; res.errors.push(`${kind}: digest A=${da} B=${db}`); }
+      const e2e = (t2 - t0) / 1000;
+      const p = { kind, rows: n, e2eS: e2e, rowsPerS: n / e2e, aSideS: (t1 - t0) / 1000, catchupS: (t2 - t1) / 1000,
+        cpuS: { hub: c1.hub - c0.hub, agentA: c1.a - c0.a, agentB: c1.b - c0.b }, digestA: da, digestB: db, check };
+      phases.push(p);
+      rows.push([`W1 ${kind}`, n, e2e.toFixed(3), Math.round(n / e2e), p.aSideS.toFixed(3), p.catchupS.toFixed(3),
+        p.cpuS.hub.toFixed(2), p.cpuS.agentA.toFixed(2), p.cpuS.agentB.toFixed(2), check]);
+      ctx.log(`  W1 ${kind}: ${n} rows in ${e2e.toFixed(2)} s = ${Math.round(n / e2e)} rows/s (catch-up ${p.catchupS.toFixed(2)} s) ${check}`);
+    }
+
+    // Drain: a backlog built while B's agent was down, store-and-forward through the hub.
+    {
+      const dbase = 11_000_000_000;
+      const { lo, hi, done } = phaseBounds("insert", dbase, s.inserts, 0, 0);
+      const n = hi - lo + 1;
+      await pair.barrier(timeout);
+      await pair.stopB();
+      const w = await runStatements(writer, statements("insert", lo, hi, s.batch));
+      // Wait until A's agent has handed everything to the hub, so the timed part is hub → B only.
+      const up = await waitUntil(pair.a.pool, "SELECT NOT EXISTS (SELECT 1 FROM _branchsync.txns)", timeout, 20);
+      await checkpoint(pair.a.pool);
+      await sleep(ctx.quick ? 200 : 1000);
+      if ((await poller.query(done)).rows[0].exists === true) res.errors.push("drain: rows visible on B while its agent was stopped");
+      const seen = waitUntil(poller, done, timeout);
+      seen.catch(() => undefined);
+      await sleep(200);
+      const c0 = cpu(pair);
+      const t0 = nowMs();
+      const b = pair.spawnB();
+      let tReady = NaN;
+      b.waitForLine(/branchsync agent running/, timeout).then(() => { tReady = nowMs(); }, () => undefined);
+      const first = waitUntil(poller, `SELECT EXISTS(SELECT 1 FROM public.items WHERE id=${lo})`, timeout, 5);
+      first.catch(() => undefined);
+      const t2 = await seen;
+      const t1st = await first.catch(() => NaN);
+      const c1 = cpu(pair);
+      const [da, db] = [await digest(pair.a.pool, String(lo), String(hi)), await digest(pair.b.pool, String(lo), String(hi))];
+      const check = da === db ? "OK" : "MISMATCH";
+      if (check !== "OK") { res.ok = false; res.errors.push(`drain: digest A=${da} B=${db}`); }
+      const e = (t2 - t0) / 1000;
+      const p = { kind: "drain insert", rows: n, drainS: e, rowsPerS: n / e, agentStartS: (tReady - t0) / 1000, firstRowS: (t1st - t0) / 1000,
+        fromFirstRowRowsPerS: t2 - t1st > 1 ? n / ((t2 - t1st) / 1000) : NaN, aWroteS: (w.t1 - w.t0) / 1000, aUploadDoneS: (up - w.t0) / 1000,
+        cpuS: { hub: c1.hub - c0.hub, agentA: c1.a - c0.a, agentB: c1.b - c0.b }, digestA: da, digestB: db, check };
+      phases.push(p);
+      rows.push([`drain insert`, n, e.toFixed(3), Math.round(n / e), `${p.aWroteS.toFixed(3)} (A wrote)`,
+        `${Math.max(0, (t2 - t1st) / 1000).toFixed(3)} (1st→last)`, p.cpuS.hub.toFixed(2), p.cpuS.agentA.toFixed(2), p.cpuS.agentB.toFixed(2), check]);
+      ctx.log(`  drain: ${n} rows in ${e.toFixed(2)} s = ${Math.round(n / e)} rows/s (agent up after ${p.agentStartS.toFixed(2)} s, first row at ${p.firstRowS.toFixed(2)} s) ${check}`);
+      notes.push(
+        `drain: B's agent stopped, ${n} inserts written on A and uploaded to the hub (A's agent done ${p.aUploadDoneS.toFixed(2)} s after A's first commit), then B's agent process started:`,
+        `  e2e = spawn of \`branchsync agent\` → last row on B (process start + tsx load ${Number.isNaN(p.agentStartS) ? "?" : p.agentStartS.toFixed(2)} s, first row at ${p.firstRowS.toFixed(2)} s; from first to last row ${Number.isNaN(p.fromFirstRowRowsPerS) ? "all in one apply" : `${Math.round(p.fromFirstRowRowsPerS)} rows/s`}).`);
+    }
+    await pair.barrier(timeout);
+    const [fa, fb] = [await digest(pair.a.pool), await digest(pair.b.pool)];
+    if (fa !== fb) { res.ok = false; res.errors.push(`whole table differs: A=${fa} B=${fb}`); }
+    notes.push(`whole public.items after the run: A ${fa === fb ? "=" : "≠"} B (${fa}).`);
+  } finally {
+    res.data = { phases, baseRows: s.baseRows, batch: s.batch };
+    res.tables.push({
+      title: "throughput A → B (hub + 2 agent processes)",
+      header: ["workload", "rows", "e2e s", "rows/s", "A-side s", "catch-up s", "hub CPU s", "agent A CPU s", "agent B CPU s", "check"],
+      rows, notes,
+    });
+    await writer.end().catch(() => undefined);
+    await poller.end().catch(() => undefined);
+    await pair.close();
+  }
+  return res;
+}

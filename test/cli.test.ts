@@ -1,0 +1,99 @@
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
+import path from "node:path";
+import { startCluster, type Cluster } from "./support/cluster.ts";
+import { createDb } from "./support/db.ts";
+
+const BIN = path.resolve(import.meta.dirname, "../bin/branchsync.mjs");
+
+function cleanEnv() {
+  return Object.fromEntries(Object.entries(process.env).filter(([k]) =>
+    !/^(HUB_URL|HUB_AUTH_URL|TENANT_ID|BRANCH_ID|API_KEY|LOCAL_DATABASE_URL|TRACKED_TABLES|DATABASE_URL|ADMIN_TOKEN|GRPC_PORT|HTTP_PORT)$/.test(k)));
+}
+
+/** Async, so a hub inside this process keeps serving while the CLI runs. */
+function runAsync(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; out: string; err: string }> {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, [BIN, ...args], { env: { ...cleanEnv(), ...env } });
+    let out = "";
+    let err = "";
+    p.stdout.on("data", (d) => { out += d; });
+    p.stderr.on("data", (d) => { err += d; });
+    p.on("close", (code) => resolve({ code, out, err }));
+  });
+}
+
+function run(args: string[], env: Record<string, string> = {}) {
+  const clean = cleanEnv();
+  const r = spawnSync(process.execPath, [BIN, ...args], { env: { ...clean, ...env }, encoding: "utf8", timeout: 30_000 });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+describe("the branchsync CLI", function () {
+  this.timeout(60_000);
+
+  it("prints help for every command", () => {
+    for (const cmd of [["--help"], ["hub", "--help"], ["agent", "--help"], ["migrate", "--help"], ["admin", "--help"]]) {
+      const r = run(cmd);
+      assert.equal(r.code, 0, `${cmd.join(" ")}: ${r.err}`);
+      assert.match(r.out, /branchsync/);
+    }
+  });
+
+  it("rejects bad config with one line naming the problem and exit code 2", () => {
+    const cases: [string[], Record<string, string>, RegExp][] = [
+      [["agent"], {}, /HUB_URL .*required/],
+      [["agent"], { HUB_URL: "ftp://x", TENANT_ID: "t", BRANCH_ID: "b", API_KEY: "k", LOCAL_DATABASE_URL: "postgresql://x/y", TRACKED_TABLES: "items" }, /HUB_URL must use http: or https:/],
+      [["agent"], { HUB_URL: "http://x:1", TENANT_ID: "Bad Tenant", BRANCH_ID: "b", API_KEY: "k", LOCAL_DATABASE_URL: "postgresql://x/y", TRACKED_TABLES: "items" }, /TENANT_ID/],
+      [["agent"], { HUB_URL: "http://x:1", TENANT_ID: "t", BRANCH_ID: "b", API_KEY: "k", LOCAL_DATABASE_URL: "postgresql://x/y", TRACKED_TABLES: "items;drop table x" }, /TRACKED_TABLES/],
+      [["hub"], { GRPC_PORT: "70000" }, /GRPC_PORT must be between 0 and 65535/],
+      [["hub", "--grpc-port", "abc"], {}, /--grpc-port must be an integer/],
+      [["hub", "--no-such-flag", "1"], {}, /unknown flag --no-such-flag/],
+      [["frobnicate"], {}, /unknown command/],
+    ];
+    for (const [args, env, re] of cases) {
+      const r = run(args, env);
+      assert.equal(r.code, 2, `${args.join(" ")} ${JSON.stringify(env)}: exit ${r.code}, stderr ${r.err}`);
+      assert.match(r.err, re);
+      assert.equal(r.err.trim().split("\n").length, 1, `one line expected, got: ${r.err}`);
+    }
+  });
+
+  describe("against a hub", () => {
+    let c: Cluster;
+    before(async () => { c = await startCluster(); });
+    after(async () => { await c?.close(); });
+
+    it("creates and lists tenants and branches; prints the API key once", async () => {
+      const env = { HUB_ADMIN_URL: `http://127.0.0.1:${c.hub.httpPort}`, ADMIN_TOKEN: "test-admin-token" };
+      assert.equal((await runAsync(["admin", "tenant", "create", "shop"], env)).code, 0);
+      assert.match((await runAsync(["admin", "tenant", "list"], env)).out, /^shop\s/m);
+      const r = await runAsync(["admin", "branch", "create", "shop", "till-1"], env);
+      assert.equal(r.code, 0, r.err);
+      assert.match(r.out, /API_KEY=bsk_[0-9a-f]{16}_\S{43}/);
+      assert.match((await runAsync(["admin", "branch", "list", "shop"], env)).out, /^till-1\s/m);
+      const dup = await runAsync(["admin", "tenant", "create", "shop"], env);
+      assert.equal(dup.code, 1);
+      assert.match(dup.err, /AlreadyExists: tenant "shop" already exists/);
+      const noAuth = await runAsync(["admin", "tenant", "list"], { ...env, ADMIN_TOKEN: "wrong" });
+      assert.match(noAuth.err, /Unauthenticated/);
+    });
+
+    it("refuses a tracked table without a primary key, naming it", async () => {
+      const db = await createDb("nopk", "CREATE TABLE logbook (at timestamptz, msg text)");
+      try {
+        const key = (await c.admin.createBranch({ tenantId: "shop", branchId: "till-2" })).apiKey;
+        const r = await runAsync(["agent"], {
+          HUB_URL: `http://127.0.0.1:${c.hub.grpcPort}`, HUB_AUTH_URL: `http://127.0.0.1:${c.hub.httpPort}`, TENANT_ID: "shop",
+          BRANCH_ID: "till-2", API_KEY: key, LOCAL_DATABASE_URL: db.url, TRACKED_TABLES: "logbook",
+        });
+        assert.equal(r.code, 2, r.err);
+        assert.match(r.err, /table public\.logbook has no primary key/);
+        const installed = await db.pool.query("SELECT to_regclass('_branchsync.changes') AS t");
+        assert.equal(installed.rows[0].t, null, "nothing installed for a refused config");
+      } finally {
+        await db.drop();
+      }
+    });
+  });
+});

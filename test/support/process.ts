@@ -1,0 +1,44 @@
+/** Agents as real child processes, for tests that kill -9 them. */
+import { spawn, type ChildProcess } from "node:child_process";
+import path from "node:path";
+import type { AgentConfig } from "../../agent/main.ts";
+
+const BIN = path.resolve(import.meta.dirname, "../../bin/branchsync.mjs");
+
+export function spawnAgent(cfg: AgentConfig): ChildProcess {
+  const env = {
+    ...process.env,
+    HUB_URL: cfg.hubUrl, HUB_AUTH_URL: cfg.authUrl, TENANT_ID: cfg.tenantId, BRANCH_ID: cfg.branchId,
+    API_KEY: cfg.apiKey, LOCAL_DATABASE_URL: cfg.localDatabaseUrl, DATABASE_SCHEMA: cfg.databaseSchema,
+    TRACKED_TABLES: cfg.trackedTables.join(","), BATCH_MAX_CHANGES: String(cfg.batchMaxChanges),
+    BATCH_LINGER_MS: String(cfg.batchLingerMs), POLL_MS: String(cfg.pollMs), LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? "warn",
+  };
+  const child = spawn(process.execPath, [BIN, "agent"], { env, stdio: ["ignore", "ignore", "inherit"] });
+  return child;
+}
+
+export function kill9(child: ChildProcess): Promise<void> {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) { resolve(); return; }
+    child.once("exit", () => resolve());
+    child.kill("SIGKILL");
+  });
+}
+
+/** mulberry32: small seeded PRNG so a failing run can be replayed. */
+export function seeded(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+export function testSeed(): number {
+  const s = process.env.TEST_SEED ? Number(process.env.TEST_SEED) : Math.floor(Math.random() * 2 ** 31);
+  console.log(`      seed ${s} (rerun with TEST_SEED=${s})`);
+  return s;
+}
