@@ -6,13 +6,14 @@
 import { Op, type ChangeBatch, type Transaction } from "../../gen/branchsync/v1/sync_pb.ts";
 import type { TableDef } from "../store/tables.ts";
 
-type Kind = "number" | "string" | "boolean" | "array";
+type Kind = "integer" | "number" | "string" | "boolean" | "array";
 
 /** What JSON kind to_jsonb produces for a PostgreSQL type. */
 export function jsonKindOf(pgType: string): Kind {
   if (pgType.endsWith("[]")) return "array";
   const t = pgType.replace(/\(.*\)/, "").trim();
-  if (["smallint", "integer", "bigint", "numeric", "real", "double precision"].includes(t)) return "number";
+  if (["smallint", "integer", "bigint"].includes(t)) return "integer";
+  if (["numeric", "real", "double precision"].includes(t)) return "number";
   if (t === "boolean") return "boolean";
   // json/jsonb travel as strings of their text (SQL NULL stays null).
   return "string";
@@ -23,6 +24,7 @@ function kindMatches(kind: Kind, v: unknown): boolean {
   switch (kind) {
     // NaN and ±Infinity of numeric/float travel as strings.
     case "number": return typeof v === "number" || (typeof v === "string" && /^(NaN|-?Infinity)$/.test(v));
+    case "integer": return typeof v === "number" && Number.isInteger(v);
     case "string": return typeof v === "string";
     case "boolean": return typeof v === "boolean";
     case "array": return Array.isArray(v);

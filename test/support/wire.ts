@@ -8,7 +8,7 @@ export interface RawStream {
   send(m: MessageInitShape<typeof AgentMessageSchema>["payload"]): void;
   next(timeoutMs?: number): Promise<HubMessage>;
   /** Resolves with the stream's final status. */
-  status: Promise<{ code: number; details: string }>;
+  status: Promise<{ code: number; details: string; metadata: grpc.Metadata }>;
   close(): void;
 }
 
@@ -18,8 +18,8 @@ export function rawStream(port: number, token: string, tenantHint = "x"): RawStr
   const inbox: HubMessage[] = [];
   const waiters: ((m: HubMessage) => void)[] = [];
   call.on("data", (m: HubMessage) => { const w = waiters.shift(); if (w) w(m); else inbox.push(m); });
-  const status = new Promise<{ code: number; details: string }>((resolve) => {
-    call.on("status", (s: grpc.StatusObject) => resolve({ code: s.code, details: s.details }));
+  const status = new Promise<{ code: number; details: string; metadata: grpc.Metadata }>((resolve) => {
+    call.on("status", (s: grpc.StatusObject) => resolve({ code: s.code, details: s.details, metadata: s.metadata }));
     call.on("error", () => undefined);
   });
   status.finally(() => client.close());
