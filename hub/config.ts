@@ -10,5 +10,6 @@ export const hubSpec = {
   tokenTtlSeconds: int("access token lifetime", "TOKEN_TTL_SECONDS", "token-ttl-seconds", 900, 30, 86_400),
   drainSeconds: int("how long shutdown waits for sessions to move away", "DRAIN_SECONDS", "drain-seconds", 10, 0, 600),
   maxBatchChanges: int("largest ChangeBatch accepted", "MAX_BATCH_CHANGES", "max-batch-changes", 2000, 10, 20_000),
+  pollMs: int("fallback poll of the tenant log when no wake-up arrives (Redis down)", "LOG_POLL_MS", "log-poll-ms", 1000, 10, 60_000),
   poolSize: int("PostgreSQL connections per replica", "PG_POOL_SIZE", "pg-pool-size", 20, 2, 500),
 };

@@ -27,6 +27,7 @@ export interface HubConfig {
   drainSeconds: number;
   maxBatchChanges: number;
   poolSize: number;
+  pollMs: number;
 }
 
 export interface Hub {
@@ -46,7 +47,7 @@ export async function startHub(cfg: HubConfig, log: Logger = makeLogger("hub")):
   const tokens = await makeTokenService(pool, cfg.tokenTtlSeconds);
   const feed = makeFeed();
   const bridge = startBridge(cfg.redisUrl, feed, log);
-  const limits = { ...DEFAULT_LIMITS, maxBatchChanges: cfg.maxBatchChanges };
+  const limits = { ...DEFAULT_LIMITS, maxBatchChanges: cfg.maxBatchChanges, pollMs: cfg.pollMs };
   const stream = makeStreamServer({ pool, feed, publish: bridge.publish, log, limits }, tokens);
   const grpcPort = await new Promise<number>((resolve, reject) =>
     stream.server.bindAsync(`${cfg.host}:${cfg.grpcPort}`, grpc.ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(port))));

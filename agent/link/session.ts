@@ -43,11 +43,17 @@ const APPLY_QUEUE_HIGH = 4;
 export interface SessionResult { established: boolean; error?: grpc.ServiceError }
 
 export async function runSession(env: SessionEnv, token: string, version: string): Promise<SessionResult> {
+  const cursorRow = await env.pool.query("SELECT cursor FROM _branchsync.state");
+  // No await between opening the call and attaching its listeners: an
+  // 'error' emitted with no listener would crash the agent.
   const call: AgentCall = openSyncStream(env.client, token, env.tenantId);
+  const ended = new Promise<grpc.ServiceError | undefined>((resolve) => {
+    call.on("error", (e: grpc.ServiceError) => resolve(e));
+    call.on("end", () => resolve(undefined));
+  });
   const abort = new AbortController();
   const send = (m: AgentMessage) => { if (!abort.signal.aborted) call.write(m); };
   const log = env.log;
-  const cursorRow = await env.pool.query("SELECT cursor FROM _branchsync.state");
   let established = false;
   let heartbeatMs = 15_000;
   let lastHeard = Date.now();
@@ -155,11 +161,6 @@ export async function runSession(env: SessionEnv, token: string, version: string
   const heartbeat = setInterval(() => {
     if (Date.now() - lastHeard > 3 * heartbeatMs) stop(new Error("hub silent for three heartbeat intervals"));
   }, 1000);
-
-  const ended = new Promise<grpc.ServiceError | undefined>((resolve) => {
-    call.on("error", (e: grpc.ServiceError) => resolve(e));
-    call.on("end", () => resolve(undefined));
-  });
 
   call.on("data", (m: HubMessage) => {
     if (abort.signal.aborted) return;

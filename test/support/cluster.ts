@@ -6,7 +6,7 @@ import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { pino } from "pino";
 import { AdminService } from "../../gen/branchsync/v1/admin_pb.ts";
-import { startHub, type Hub } from "../../hub/main.ts";
+import { startHub, type Hub, type HubConfig } from "../../hub/main.ts";
 import { startAgent, type Agent, type AgentConfig } from "../../agent/main.ts";
 import { createDb, type TestDb } from "./db.ts";
 
@@ -33,13 +33,17 @@ export interface Cluster {
   close(): Promise<void>;
 }
 
+export function hubConfig(databaseUrl: string, overrides: Partial<HubConfig> = {}): HubConfig {
+  return {
+    databaseUrl, redisUrl: process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379",
+    host: "127.0.0.1", grpcPort: 0, httpPort: 0, adminToken: ADMIN_TOKEN, tokenTtlSeconds: 900,
+    drainSeconds: 2, maxBatchChanges: 2000, poolSize: 10, pollMs: 1000, ...overrides,
+  };
+}
+
 export async function startCluster(): Promise<Cluster> {
   const hubDb = await createDb("hub");
-  const hub = await startHub({
-    databaseUrl: hubDb.url, redisUrl: process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379",
-    host: "127.0.0.1", grpcPort: 0, httpPort: 0, adminToken: ADMIN_TOKEN, tokenTtlSeconds: 900,
-    drainSeconds: 2, maxBatchChanges: 2000, poolSize: 10,
-  }, quiet);
+  const hub = await startHub(hubConfig(hubDb.url), quiet);
   const admin = createClient(AdminService, createConnectTransport({
     baseUrl: `http://127.0.0.1:${hub.httpPort}`, httpVersion: "1.1",
     interceptors: [(next) => (req) => { req.header.set("authorization", `Bearer ${ADMIN_TOKEN}`); return next(req); }],
