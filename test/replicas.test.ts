@@ -125,4 +125,15 @@ describe("hub replicas, the Redis bridge and restarts", function () {
     await waitFor("catch-up after restart", async () => (await b.db.pool.query("SELECT count(*)::int AS n FROM items")).rows[0].n === 300, 30_000);
     assert.equal(await digest(a.db.pool, "items"), await digest(b.db.pool, "items"));
   });
+
+  it("ends a session when its token expires; the agent comes back with a fresh one", async () => {
+    const h = await hub({ tokenTtlSeconds: 2 });
+    const a = await site(h, "expiry", "e1");
+    const b = await site(h, "expiry", "e2");
+    await waitFor("connected", async () => b.agent!.status().sessions >= 1);
+    const first = b.agent!.status().sessions;
+    await waitFor("a second session after the token expired", async () => b.agent!.status().sessions > first, 10_000);
+    await a.db.pool.query("INSERT INTO items VALUES (1, 'after expiry', 1, 1, NULL, now())");
+    await waitFor("row after re-auth", async () => (await b.db.pool.query("SELECT 1 FROM items WHERE id = 1")).rowCount === 1, 10_000);
+  });
 });

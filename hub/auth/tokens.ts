@@ -15,7 +15,7 @@ export const ISSUER = "branchsync-hub";
 export const AUDIENCE = "branchsync";
 const ALG = "ES256";
 
-export interface Identity { tenantId: string; branchId: string }
+export interface Identity { tenantId: string; branchId: string; /** Token expiry, seconds since the epoch (0 = none). */ expiresAt?: number }
 
 export interface TokenService {
   issue(id: Identity): Promise<{ token: string; expiresAt: number }>;
@@ -73,7 +73,7 @@ export async function makeTokenService(pool: pg.Pool, ttlSeconds: number): Promi
         if (typeof payload.tenant !== "string" || typeof payload.sub !== "string") {
           throw new StatusError(Status.UNAUTHENTICATED, "token lacks tenant or branch claims");
         }
-        return { tenantId: payload.tenant, branchId: payload.sub };
+        return { tenantId: payload.tenant, branchId: payload.sub, expiresAt: payload.exp ?? 0 };
       } catch (e) {
         if (e instanceof StatusError) throw e;
         if (e instanceof joseErrors.JWTExpired) throw new StatusError(Status.UNAUTHENTICATED, "token expired; request a new one with AuthService.IssueToken");

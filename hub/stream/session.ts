@@ -87,6 +87,7 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
   let ackWake: (() => void) | null = null;
   let cursorTimer: NodeJS.Timeout | null = null;
   let heartbeat: NodeJS.Timeout | null = null;
+  let expiry: NodeJS.Timeout | null = null;
   let closed = false;
   metrics.sessions.inc();
 
@@ -103,6 +104,7 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
     abort.abort();
     ackWake?.();
     if (heartbeat) clearInterval(heartbeat);
+    if (expiry) clearTimeout(expiry);
     if (cursorTimer) { clearTimeout(cursorTimer); cursorTimer = null; }
     metrics.sessions.dec();
     flushCursor();
@@ -138,6 +140,12 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
     } } }));
     log.info({ agent: h.agentVersion, resume: h.resumeCursor.toString(), head: head.toString() }, "session started");
     heartbeat = setInterval(beat, deps.limits.heartbeatMs);
+    if (identity.expiresAt) {
+      // A session lives no longer than its token: the agent reconnects with
+      // a fresh one, so a revoked key stops syncing within a token lifetime.
+      const ms = Math.max(0, identity.expiresAt * 1000 - Date.now());
+      expiry = setTimeout(() => session.drain("access token expired; reconnect with a fresh token"), Math.min(ms, 2 ** 31 - 1));
+    }
     pump().catch(fail);
   }
 
@@ -293,7 +301,7 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
     }
   }
 
-  return {
+  const session: Session = {
     id,
     identity,
     onMessage(m) {
@@ -311,4 +319,5 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
     },
     info: () => ({ id, tenantId: identity.tenantId, branchId: identity.branchId, sentSeq, ackedSeq, startedAt }),
   };
+  return session;
 }
