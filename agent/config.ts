@@ -11,6 +11,8 @@ export const agentSpec = {
   databaseSchema: pattern("schema of unqualified TRACKED_TABLES", "DATABASE_SCHEMA", "database-schema", /^[a-z_][a-z0-9_$]{0,62}$/, "public"),
   trackedTables: list("comma-separated tables to sync, e.g. items,orders or public.items", "TRACKED_TABLES", "tracked-tables", /^([a-z_][a-z0-9_$]{0,62}\.)?[a-z_][a-z0-9_$]{0,62}$/),
   batchMaxChanges: int("most changes in one upstream batch (larger transactions travel in chunks)", "BATCH_MAX_CHANGES", "batch-max-changes", 500, 1, 20_000),
-  batchLingerMs: int("how long a partial batch may wait for more changes while another is in flight", "BATCH_LINGER_MS", "batch-linger-ms", 50, 0, 10_000),
+  // 0 by default: batches fill up by themselves while earlier ones are in
+  // flight (the reader takes everything pending), and any wait is latency.
+  batchLingerMs: int("extra wait for a partial batch to fill while another is in flight (upper bound 50 ms is sane)", "BATCH_LINGER_MS", "batch-linger-ms", 0, 0, 10_000),
   pollMs: int("fallback poll of the local change log when no NOTIFY arrives", "POLL_MS", "poll-ms", 1000, 10, 60_000),
 };

@@ -10,6 +10,8 @@ import { migrate } from "./store/migrate.ts";
 import { ensureDatabase } from "./store/database.ts";
 import { makeTokenService } from "./auth/tokens.ts";
 import { makeFeed } from "./stream/feed.ts";
+import { readHead } from "./store/log.ts";
+import { tenantSchema } from "./store/tenants.ts";
 import { startBridge } from "./bridge/redis.ts";
 import { makeStreamServer } from "./stream/server.ts";
 import { DEFAULT_LIMITS } from "./stream/session.ts";
@@ -45,9 +47,10 @@ export async function startHub(cfg: HubConfig, log: Logger = makeLogger("hub")):
   pool.on("error", (err) => log.warn({ err: err.message }, "idle PostgreSQL connection failed"));
   await migrate(pool);
   const tokens = await makeTokenService(pool, cfg.tokenTtlSeconds);
-  const feed = makeFeed();
+  const feed = makeFeed((tenantId) => readHead(pool, tenantSchema(tenantId)), cfg.pollMs,
+    (err) => log.warn({ err: (err as Error).message }, "polling tenant heads failed"));
   const bridge = startBridge(cfg.redisUrl, feed, log);
-  const limits = { ...DEFAULT_LIMITS, maxBatchChanges: cfg.maxBatchChanges, pollMs: cfg.pollMs };
+  const limits = { ...DEFAULT_LIMITS, maxBatchChanges: cfg.maxBatchChanges };
   const stream = makeStreamServer({ pool, feed, publish: bridge.publish, log, limits }, tokens);
   const grpcPort = await new Promise<number>((resolve, reject) =>
     stream.server.bindAsync(`${cfg.host}:${cfg.grpcPort}`, grpc.ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(port))));
@@ -75,6 +78,7 @@ export async function startHub(cfg: HubConfig, log: Logger = makeLogger("hub")):
       stream.server.forceShutdown();
       await new Promise<void>((resolve) => control.close(() => resolve()));
       await bridge.close();
+      feed.close();
       await pool.end();
       log.info("hub stopped");
     },

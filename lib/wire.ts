@@ -25,7 +25,8 @@ export const syncServiceDefinition: grpc.ServiceDefinition = {
     responseStream: true,
     requestSerialize: encodeAgent,
     requestDeserialize: decodeAgent,
-    responseSerialize: encodeHub,
+    // The hub may hand over an already-encoded message (see hub/stream/encode.ts).
+    responseSerialize: (m: HubMessage | Buffer) => (Buffer.isBuffer(m) ? m : encodeHub(m)),
     responseDeserialize: decodeHub,
   },
 };

@@ -85,8 +85,8 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
       if (!open) {
         open = await pool.connect();
         try {
-          await open.query("BEGIN");
-          await open.query("SET LOCAL branchsync.applying = 'on'");
+          // One round trip: a simple-protocol query may hold several statements.
+          await open.query("BEGIN; SET LOCAL branchsync.applying = 'on'");
         } catch (e) {
           open.release(true);
           open = null;
@@ -95,7 +95,11 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
       }
       const c = open;
       try {
-        for (const t of batch.transactions) await applyChanges(c, t.changes);
+        // All of the batch lands in this one local transaction anyway, so
+        // consecutive transactions' changes form longer runs: one statement
+        // for many source transactions, in sequence order.
+        const all = batch.transactions.length === 1 ? batch.transactions[0].changes : batch.transactions.flatMap((t) => t.changes);
+        await applyChanges(c, all);
         const lastTxn = batch.transactions.at(-1);
         if (lastTxn && !lastTxn.lastChunk) return null;
         await c.query({ name: "bs-cursor", text: "UPDATE _branchsync.state SET cursor = $1", values: [batch.cursorAfter.toString()] });

@@ -1,40 +1,58 @@
 /**
  * Wakes a tenant's sessions when its log head moves. Fed by this replica's
- * own commits and by the Redis bridge for other replicas' commits. It only
- * ever hints: a session that misses a wake-up still finds new entries on its
- * next timed poll of PostgreSQL, so a lost Redis message costs latency, never
+ * own commits, by the Redis bridge for other replicas' commits, and by one
+ * timed poll of PostgreSQL per tenant that has waiting sessions (not one per
+ * session: ten thousand idle streams must not mean ten thousand queries a
+ * second). The poll is what makes a lost Redis message cost latency, never
  * data.
  */
 export interface Feed {
   /** Tell waiters that the tenant's head is at least `seq`. */
   advance(tenantId: string, seq: bigint): void;
-  /** Resolves when the head passes `after`, or after `timeoutMs`. */
-  wait(tenantId: string, after: bigint, timeoutMs: number, abort?: AbortSignal): Promise<void>;
+  /** Resolves when the known head passes `after` (or on abort). */
+  wait(tenantId: string, after: bigint, abort?: AbortSignal): Promise<void>;
   known(tenantId: string): bigint;
+  close(): void;
 }
 
-export function makeFeed(): Feed {
+/** Reads the current head of a tenant's log. */
+export type HeadReader = (tenantId: string) => Promise<bigint>;
+
+export function makeFeed(readHead: HeadReader | null, pollMs: number, onError: (err: unknown) => void = () => undefined): Feed {
   const heads = new Map<string, bigint>();
   const waiters = new Map<string, Set<{ after: bigint; wake: () => void }>>();
+  const advance = (tenantId: string, seq: bigint) => {
+    if ((heads.get(tenantId) ?? 0n) < seq) heads.set(tenantId, seq);
+    const set = waiters.get(tenantId);
+    if (!set) return;
+    for (const w of set) if (w.after < seq) w.wake();
+  };
+  let polling = false;
+  const timer = readHead ? setInterval(async () => {
+    if (polling) return;
+    polling = true;
+    try {
+      for (const tenantId of [...waiters.keys()]) advance(tenantId, await readHead(tenantId));
+    } catch (err) {
+      onError(err);
+    } finally {
+      polling = false;
+    }
+  }, pollMs) : null;
+  timer?.unref();
   return {
-    advance(tenantId, seq) {
-      if ((heads.get(tenantId) ?? 0n) < seq) heads.set(tenantId, seq);
-      const set = waiters.get(tenantId);
-      if (!set) return;
-      for (const w of set) if (w.after < seq) w.wake();
-    },
+    advance,
     known: (tenantId) => heads.get(tenantId) ?? 0n,
-    wait(tenantId, after, timeoutMs, abort) {
-      if ((heads.get(tenantId) ?? 0n) > after) return Promise.resolve();
+    close() { if (timer) clearInterval(timer); },
+    wait(tenantId, after, abort) {
+      if ((heads.get(tenantId) ?? 0n) > after || abort?.aborted) return Promise.resolve();
       return new Promise((resolve) => {
         let set = waiters.get(tenantId);
         if (!set) { set = new Set(); waiters.set(tenantId, set); }
         const w = { after, wake: () => done() };
-        const timer = setTimeout(() => done(), timeoutMs);
         const onAbort = () => done();
         abort?.addEventListener("abort", onAbort, { once: true });
         function done() {
-          clearTimeout(timer);
           abort?.removeEventListener("abort", onAbort);
           set!.delete(w);
           if (set!.size === 0) waiters.delete(tenantId);

@@ -30,9 +30,10 @@ function endWithError(call: Call, err: PublicError) {
 
 function transport(call: Call) {
   return {
-    send(m: HubMessage): Promise<void> {
+    send(m: HubMessage | Buffer): Promise<void> {
       if (call.cancelled || call.destroyed) return Promise.resolve();
-      if (call.write(m)) return Promise.resolve();
+      // Buffers pass through lib/wire.ts's serializer untouched.
+      if (call.write(m as HubMessage)) return Promise.resolve();
       return new Promise<void>((resolve) => {
         const done = () => { call.off("drain", done); call.off("close", done); resolve(); };
         call.on("drain", done);

@@ -9,7 +9,7 @@
  * and waits on transport backpressure, so a slow branch costs the hub a
  * bounded amount of memory.
  */
-import { create, toBinary, fromBinary } from "@bufbuild/protobuf";
+import { create, toBinary } from "@bufbuild/protobuf";
 import type pg from "pg";
 import { randomUUID } from "node:crypto";
 import {
@@ -23,6 +23,7 @@ import { tenantSchema, branchExists } from "../store/tenants.ts";
 import { registerTables, type TableDef } from "../store/tables.ts";
 import { appendBatch, readAfter, readHead, saveCursor, type AppendOutcome } from "../store/log.ts";
 import { checkTransaction, batchSize } from "./validate.ts";
+import { encodeChangeBatch, type StoredTxn } from "./encode.ts";
 import type { Feed } from "./feed.ts";
 import { MAX_MESSAGE_BYTES } from "../../lib/wire.ts";
 import { metrics } from "../metrics.ts";
@@ -36,17 +37,15 @@ export interface SessionLimits {
   /** Upstream batches an agent may have outstanding before it is told to slow down. */
   maxUpstreamQueue: number;
   downstreamWindow: number;
-  /** Fallback poll of the log when no wake-up arrives. */
-  pollMs: number;
 }
 
 export const DEFAULT_LIMITS: SessionLimits = {
-  maxBatchChanges: 2000, heartbeatMs: 15_000, maxUpstreamQueue: 16, downstreamWindow: 8, pollMs: 1000,
+  maxBatchChanges: 2000, heartbeatMs: 15_000, maxUpstreamQueue: 16, downstreamWindow: 8,
 };
 
 export interface SessionIO {
-  /** Resolves once the transport accepted the message (backpressure). */
-  send(m: HubMessage): Promise<void>;
+  /** Resolves once the transport accepted the message (backpressure). Buffers are pre-encoded HubMessages. */
+  send(m: HubMessage | Buffer): Promise<void>;
   /** Ends the stream, with an error status or OK. */
   close(err?: PublicError): void;
 }
@@ -232,37 +231,35 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
           await sendBatch([], lastComplete);
           continue;
         }
-        await deps.feed.wait(identity.tenantId, sentSeq, deps.limits.pollMs, abort.signal);
+        await deps.feed.wait(identity.tenantId, sentSeq, abort.signal);
         continue;
       }
-      const txns: Transaction[] = [];
+      const txns: StoredTxn[] = [];
       let changes = 0;
       let bytes = 0;
       for (const e of entries) {
         if (e.originBranch !== identity.branchId) {
-          if (txns.length > 0 && (changes >= limit || bytes + e.body.length > MAX_MESSAGE_BYTES / 2)) break;
-          const t = fromBinary(TransactionSchema, e.body);
-          t.seq = e.seq;
-          txns.push(t);
-          changes += t.changes.length;
+          if (txns.length > 0 && (changes + e.nChanges > limit || bytes + e.body.length > MAX_MESSAGE_BYTES / 2)) break;
+          txns.push({ seq: e.seq, body: e.body });
+          changes += e.nChanges;
           bytes += e.body.length;
         }
         sentSeq = e.seq;
         sentPart = e.part;
         if (e.lastPart) { lastComplete = e.seq; sentPart = AFTER_ALL_PARTS; }
       }
-      if (txns.length > 0) await sendBatch(txns, lastComplete);
+      if (txns.length > 0) await sendBatch(txns, lastComplete, changes);
     }
   }
 
   let advertised = 0n;
-  async function sendBatch(txns: Transaction[], cursorAfter: bigint) {
+  async function sendBatch(txns: StoredTxn[], cursorAfter: bigint, changes = 0) {
     if (cursorAfter > advertised) {
       inFlight.push(cursorAfter);
       advertised = cursorAfter;
     }
-    metrics.changesOut.inc(txns.reduce((s, t) => s + t.changes.length, 0));
-    await send(create(HubMessageSchema, { payload: { case: "changes", value: { transactions: txns, cursorAfter } } }));
+    metrics.changesOut.inc(changes);
+    if (!closed) await io.send(encodeChangeBatch(txns, cursorAfter));
   }
 
   function handle(m: AgentMessage) {
