@@ -42,12 +42,25 @@ function describeDiff(a: TableDef, b: TableDef): string | null {
   return null;
 }
 
+// Registered shapes never change, so a replica remembers what it has read:
+// a reconnect storm of ten thousand agents then costs no registry queries.
+const knownByPool = new WeakMap<pg.Pool, Map<string, TableDef>>();
+
 /** Registers or checks every declared table; returns the registry for them. */
 export async function registerTables(pool: pg.Pool, schema: string, branch: string, defs: TableDef[]): Promise<Map<string, TableDef>> {
   const out = new Map<string, TableDef>();
+  let known = knownByPool.get(pool);
+  if (!known) { known = new Map(); knownByPool.set(pool, known); }
   for (const d of defs) {
     validateDef(d);
     if (out.has(d.name)) throw new StatusError(Status.INVALID_ARGUMENT, `table ${d.name} declared twice`);
+    const cached = known.get(`${schema}.${d.name}`);
+    if (cached) {
+      const diff = describeDiff(cached, d);
+      if (diff) throw new StatusError(Status.FAILED_PRECONDITION, `table ${d.name}: ${diff}; make the branch's table match`);
+      out.set(d.name, cached);
+      continue;
+    }
     await pool.query(
       `INSERT INTO ${schema}.tables(name, definition, registered_by) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING`,
       [d.name, JSON.stringify(d), branch]);
@@ -55,6 +68,7 @@ export async function registerTables(pool: pg.Pool, schema: string, branch: stri
     const registered = rows[0].definition as TableDef;
     const diff = describeDiff(registered, d);
     if (diff) throw new StatusError(Status.FAILED_PRECONDITION, `table ${d.name}: ${diff}; make the branch's table match`);
+    known.set(`${schema}.${d.name}`, registered);
     out.set(d.name, registered);
   }
   return out;
