@@ -1,4 +1,4 @@
-import { int, list, pattern, str, url } from "../lib/config.ts";
+import { bool, int, list, pattern, str, url } from "../lib/config.ts";
 import { TENANT_ID, BRANCH_ID } from "../lib/ident.ts";
 
 export const agentSpec = {
@@ -14,5 +14,6 @@ export const agentSpec = {
   // 0 by default: batches fill up by themselves while earlier ones are in
   // flight (the reader takes everything pending), and any wait is latency.
   batchLingerMs: int("extra wait for a partial batch to fill while another is in flight (upper bound 50 ms is sane)", "BATCH_LINGER_MS", "batch-linger-ms", 0, 0, 10_000),
+  initialUpload: bool("on the first start against this database, send its existing rows to the other branches", "INITIAL_UPLOAD", "initial-upload", false),
   pollMs: int("fallback poll of the local change log when no NOTIFY arrives", "POLL_MS", "poll-ms", 1000, 10, 60_000),
 };

@@ -30,6 +30,8 @@ export interface AgentConfig {
   batchMaxChanges: number;
   batchLingerMs: number;
   pollMs: number;
+  /** On first binding, queue the database's existing rows as inserts. */
+  initialUpload?: boolean;
 }
 
 export interface AgentStatus { connected: boolean; cursor: bigint; sessions: number; lastError: string | null }
@@ -91,7 +93,7 @@ export async function startAgent(cfg: AgentConfig, log: Logger = makeLogger("age
   try {
     tables = [];
     for (const n of names) tables.push(await introspect(db, n));
-    cursor = await installCapture(db, tables, cfg.tenantId, cfg.branchId);
+    cursor = await installCapture(db, tables, cfg.tenantId, cfg.branchId, cfg.initialUpload ?? false);
   } finally {
     db.release();
   }

@@ -44,6 +44,14 @@ export const url = (help: string, env: string, flag: string, protocols: string[]
   },
 });
 
+export const bool = (help: string, env: string, flag: string, def: boolean): Option<boolean> => ({
+  env, flag, help, default: def, parse: (raw, name) => {
+    if (/^(1|true|yes|on)$/i.test(raw)) return true;
+    if (/^(0|false|no|off)$/i.test(raw)) return false;
+    throw new ConfigError(`${name} must be true or false, got "${raw}"`);
+  },
+});
+
 export const list = (help: string, env: string, flag: string, itemPattern: RegExp, def?: string[]): Option<string[]> => ({
   env, flag, help, default: def, parse: (raw, name) => {
     const items = raw.split(",").map((s) => s.trim()).filter(Boolean);

@@ -121,3 +121,29 @@ describe("core sync path", function () {
     });
   });
 });
+
+describe("initial upload", function () {
+  this.timeout(60_000);
+  let c: Cluster;
+  after(async () => { await c?.close(); });
+
+  it("sends a branch's existing rows once, when asked, on first start only", async () => {
+    c = await startCluster();
+    await c.addTenant("seeded");
+    const seed = `${ITEMS_DDL}; INSERT INTO items SELECT g, 'old', g, g, NULL, now() FROM generate_series(1, 1200) g`;
+    const a = await c.addBranch("seeded", "hq", seed, ["items"], { initialUpload: true });
+    const b = await c.addBranch("seeded", "new-shop", ITEMS_DDL, ["items"]);
+    await a.start();
+    await b.start();
+    await waitFor("existing rows on the new branch", async () =>
+      (await b.db.pool.query("SELECT count(*)::int AS n FROM items")).rows[0].n === 1200, 15_000);
+    assert.equal(await digest(a.db.pool, "items"), await digest(b.db.pool, "items"));
+    // A restart must not upload again.
+    await a.stop();
+    await a.start();
+    await a.db.pool.query("INSERT INTO items VALUES (5000, 'new', 1, 1, NULL, now())");
+    await waitFor("later row", async () => (await b.db.pool.query("SELECT 1 FROM items WHERE id = 5000")).rowCount === 1);
+    const n = (await c.hubDb.pool.query("SELECT coalesce(sum(n_changes), 0)::int AS n FROM tenant_seeded.log")).rows[0].n;
+    assert.equal(n, 1201);
+  });
+});

@@ -82,8 +82,10 @@ function rowOf(t: LocalTable, alias: string): string {
   return `(${base} || jsonb_build_object(${json.map((c) => `'${c.name}', ${alias}.${quoteIdent(c.name)}::text`).join(", ")}))`;
 }
 
+const keyExpr = (t: LocalTable, alias: string) => `jsonb_build_array(${t.primaryKey.map((k) => `${alias}.${quoteIdent(k)}`).join(", ")})::text`;
+
 function captureFunction(t: LocalTable, op: "ins" | "upd" | "del"): string {
-  const keyOf = (alias: string) => `jsonb_build_array(${t.primaryKey.map((k) => `${alias}.${quoteIdent(k)}`).join(", ")})::text`;
+  const keyOf = (alias: string) => keyExpr(t, alias);
   const name = t.name.replace(/'/g, "");
   let select: string;
   if (op === "ins") {
@@ -132,14 +134,37 @@ export class BindingError extends Error {}
  * A database already bound to another branch is refused: its cursor and
  * change log belong to that branch.
  */
-export async function installCapture(db: pg.ClientBase, tables: LocalTable[], tenantId: string, branchId: string): Promise<bigint> {
+/**
+ * Queues every existing row of the tracked tables as inserts, in this one
+ * local transaction: the branch's data as of now reaches the other branches
+ * through the normal path (chunked if large), after which the triggers carry
+ * every later change. Runs only when the database is first bound.
+ */
+async function queueExistingRows(db: pg.ClientBase, tables: LocalTable[]): Promise<number> {
+  let total = 0;
+  for (const t of tables) {
+    const q = `${quoteIdent(t.schema)}.${quoteIdent(t.table)}`;
+    const r = await db.query(
+      `INSERT INTO _branchsync.changes(txid, tbl, op, key, row)
+       SELECT pg_current_xact_id(), $1, 'I', ${keyExpr(t, NEW)}, ${rowOf(t, NEW)} FROM ${q} ${NEW}
+       ORDER BY ${t.primaryKey.map((k) => `${NEW}.${quoteIdent(k)}`).join(", ")}`, [t.name]);
+    total += r.rowCount ?? 0;
+  }
+  if (total > 0) {
+    await db.query(`SELECT _branchsync.note_txn(pg_current_xact_id(), (SELECT max(id) FROM _branchsync.changes), $1)`, [total]);
+  }
+  return total;
+}
+
+export async function installCapture(db: pg.ClientBase, tables: LocalTable[], tenantId: string, branchId: string, initialUpload = false): Promise<bigint> {
   await db.query("BEGIN");
   try {
     await db.query("SELECT pg_advisory_xact_lock(hashtext('_branchsync install'))");
     await db.query(BASE_DDL);
     for (const t of tables) for (const stmt of triggers(t)) await db.query(stmt);
-    await db.query(
+    const bound = await db.query(
       "INSERT INTO _branchsync.state(tenant_id, branch_id) VALUES ($1, $2) ON CONFLICT (one) DO NOTHING", [tenantId, branchId]);
+    if (bound.rowCount === 1 && initialUpload) await queueExistingRows(db, tables);
     const { rows } = await db.query("SELECT cursor, tenant_id, branch_id FROM _branchsync.state");
     if (rows[0].tenant_id !== tenantId || rows[0].branch_id !== branchId) {
       throw new BindingError(`this database is bound to tenant "${rows[0].tenant_id}" branch "${rows[0].branch_id}", not "${tenantId}"/"${branchId}"; use that branch's API key or a fresh database`);
