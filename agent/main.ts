@@ -111,7 +111,7 @@ export async function startAgent(cfg: AgentConfig, log: Logger = makeLogger("age
   const agent: Agent = {
     status: () => ({ ...state }),
     async pendingLocal() {
-      const { rows } = await pool.query("SELECT count(*)::int AS n FROM _branchsync.changes");
+      const { rows } = await pool.query("SELECT coalesce(sum(n), 0)::int AS n FROM _branchsync.changes");
       return rows[0].n;
     },
     async stop() {

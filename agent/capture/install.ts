@@ -15,15 +15,23 @@ import type { LocalTable } from "./introspect.ts";
 
 export const NOTIFY_CHANNEL = "branchsync_changes";
 
+/** Most row changes in one capture unit (and so the smallest upstream chunk). */
+export const UNIT_ROWS = 250;
+
 const BASE_DDL = `
 CREATE SCHEMA IF NOT EXISTS _branchsync;
+-- One row per "unit": up to ${UNIT_ROWS} row changes of one statement, of one
+-- kind, as parallel JSON arrays of keys and row images. Writing one unit
+-- instead of a hundred rows (each with index entries) is what keeps
+-- capture cheap for the writer; the agent expands units when it reads.
 CREATE TABLE IF NOT EXISTS _branchsync.changes (
-  id bigserial PRIMARY KEY,
+  id bigserial NOT NULL,
   txid xid8 NOT NULL,
   tbl text NOT NULL,
   op "char" NOT NULL,
-  key text NOT NULL,
-  row jsonb NOT NULL);
+  n int NOT NULL,
+  keys jsonb NOT NULL,
+  rows jsonb NOT NULL);
 CREATE INDEX IF NOT EXISTS changes_txid ON _branchsync.changes (txid, id);
 -- One row per captured local transaction. last_id orders transactions so
 -- that one which depends on another (touched a row after it committed)
@@ -44,8 +52,9 @@ CREATE TABLE IF NOT EXISTS _branchsync.rejected (
   txid xid8 NOT NULL,
   tbl text NOT NULL,
   op "char" NOT NULL,
-  key text NOT NULL,
-  row jsonb NOT NULL,
+  n int NOT NULL,
+  keys jsonb NOT NULL,
+  rows jsonb NOT NULL,
   error text NOT NULL,
   rejected_at timestamptz NOT NULL DEFAULT now());
 CREATE OR REPLACE FUNCTION _branchsync.note_txn(x xid8, m bigint, c int) RETURNS void LANGUAGE sql AS $$
@@ -53,6 +62,12 @@ CREATE OR REPLACE FUNCTION _branchsync.note_txn(x xid8, m bigint, c int) RETURNS
   ON CONFLICT (txid) DO UPDATE SET last_id = greatest(_branchsync.txns.last_id, excluded.last_id), n = _branchsync.txns.n + excluded.n;
   SELECT pg_notify('${NOTIFY_CHANNEL}', '');
 $$;
+-- lz4 is cheaper than the default pglz for these write-once values; not
+-- every build has it, and then the default stays.
+DO $$ BEGIN
+  ALTER TABLE _branchsync.changes ALTER COLUMN rows SET COMPRESSION lz4, ALTER COLUMN keys SET COMPRESSION lz4;
+EXCEPTION WHEN OTHERS THEN NULL;
+END $$;
 CREATE OR REPLACE FUNCTION _branchsync.refuse_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   IF current_setting('branchsync.applying', true) = 'on' THEN RETURN NULL; END IF;
@@ -82,31 +97,41 @@ function rowOf(t: LocalTable, alias: string): string {
   return `(${base} || jsonb_build_object(${json.map((c) => `'${c.name}', ${alias}.${quoteIdent(c.name)}::text`).join(", ")}))`;
 }
 
-const keyExpr = (t: LocalTable, alias: string) => `jsonb_build_array(${t.primaryKey.map((k) => `${alias}.${quoteIdent(k)}`).join(", ")})::text`;
+const keyExpr = (t: LocalTable, alias: string) => `jsonb_build_array(${t.primaryKey.map((k) => `${alias}.${quoteIdent(k)}`).join(", ")})`;
+
+/**
+ * Groups a statement's row changes into units. `source` yields (kind, op,
+ * k, r) rows; kind orders the groups (a re-keying update's deletes before
+ * its new rows).
+ */
+function unitsOf(name: string, source: string): string {
+  return `SELECT x, '${name}', bs_op_, count(*), jsonb_agg(bs_k_ ORDER BY bs_o_), jsonb_agg(bs_r_ ORDER BY bs_o_)
+      FROM (SELECT row_number() OVER (ORDER BY bs_kind_) AS bs_o_, * FROM (${source}) bs_src_) bs_u_
+     GROUP BY bs_kind_, bs_op_, (bs_o_ - 1) / ${UNIT_ROWS} ORDER BY min(bs_o_)`;
+}
 
 function captureFunction(t: LocalTable, op: "ins" | "upd" | "del"): string {
   const keyOf = (alias: string) => keyExpr(t, alias);
   const name = t.name.replace(/'/g, "");
-  let select: string;
+  let source: string;
   if (op === "ins") {
-    select = `SELECT x, '${name}', 'I', ${keyOf(NEW)}, ${rowOf(t, NEW)} FROM new_rows ${NEW}`;
+    source = `SELECT 1 AS bs_kind_, 'I'::"char" AS bs_op_, ${keyOf(NEW)} AS bs_k_, ${rowOf(t, NEW)} AS bs_r_ FROM new_rows ${NEW}`;
   } else if (op === "del") {
-    select = `SELECT x, '${name}', 'D', ${keyOf(OLD)}, ${rowOf(t, OLD)} FROM old_rows ${OLD}`;
+    source = `SELECT 1 AS bs_kind_, 'D'::"char" AS bs_op_, ${keyOf(OLD)} AS bs_k_, ${rowOf(t, OLD)} AS bs_r_ FROM old_rows ${OLD}`;
   } else {
     // A changed primary key is a delete of the old key plus the new row.
     const same = t.primaryKey.map((k) => `${NEW}.${quoteIdent(k)} = ${OLD}.${quoteIdent(k)}`).join(" AND ");
-    select = `SELECT x, '${name}', bs_op_, bs_key_, bs_row_ FROM (
-        SELECT 1 AS bs_ord_, 'D'::"char" AS bs_op_, ${keyOf(OLD)} AS bs_key_, ${rowOf(t, OLD)} AS bs_row_ FROM old_rows ${OLD}
-         WHERE NOT EXISTS (SELECT 1 FROM new_rows ${NEW} WHERE ${same})
-        UNION ALL
-        SELECT 2, 'U'::"char", ${keyOf(NEW)}, ${rowOf(t, NEW)} FROM new_rows ${NEW}) bs_s_ ORDER BY bs_ord_`;
+    source = `SELECT 1 AS bs_kind_, 'D'::"char" AS bs_op_, ${keyOf(OLD)} AS bs_k_, ${rowOf(t, OLD)} AS bs_r_ FROM old_rows ${OLD}
+                WHERE NOT EXISTS (SELECT 1 FROM new_rows ${NEW} WHERE ${same})
+              UNION ALL
+              SELECT 2, 'U'::"char", ${keyOf(NEW)}, ${rowOf(t, NEW)} FROM new_rows ${NEW}`;
   }
   return `CREATE OR REPLACE FUNCTION _branchsync.${fnName(t, op)}() RETURNS trigger LANGUAGE plpgsql AS $f$
 DECLARE x xid8 := pg_current_xact_id(); m bigint; c int;
 BEGIN
   IF current_setting('branchsync.applying', true) = 'on' THEN RETURN NULL; END IF;
-  WITH ins AS (INSERT INTO _branchsync.changes(txid, tbl, op, key, row) ${select} RETURNING id)
-  SELECT max(id), count(*) INTO m, c FROM ins;
+  WITH ins AS (INSERT INTO _branchsync.changes(txid, tbl, op, n, keys, rows) ${unitsOf(name, source)} RETURNING id, n)
+  SELECT max(id), sum(n) INTO m, c FROM ins;
   IF c > 0 THEN PERFORM _branchsync.note_txn(x, m, c); END IF;
   RETURN NULL;
 END $f$`;
@@ -144,11 +169,12 @@ async function queueExistingRows(db: pg.ClientBase, tables: LocalTable[]): Promi
   let total = 0;
   for (const t of tables) {
     const q = `${quoteIdent(t.schema)}.${quoteIdent(t.table)}`;
+    const source = `SELECT 1 AS bs_kind_, 'I'::"char" AS bs_op_, ${keyExpr(t, NEW)} AS bs_k_, ${rowOf(t, NEW)} AS bs_r_ FROM ${q} ${NEW}`;
     const r = await db.query(
-      `INSERT INTO _branchsync.changes(txid, tbl, op, key, row)
-       SELECT pg_current_xact_id(), $1, 'I', ${keyExpr(t, NEW)}, ${rowOf(t, NEW)} FROM ${q} ${NEW}
-       ORDER BY ${t.primaryKey.map((k) => `${NEW}.${quoteIdent(k)}`).join(", ")}`, [t.name]);
-    total += r.rowCount ?? 0;
+      `WITH ins AS (INSERT INTO _branchsync.changes(txid, tbl, op, n, keys, rows)
+         ${unitsOf(t.name.replace(/'/g, ""), source).replace(/^SELECT x,/, "SELECT pg_current_xact_id(),")} RETURNING n)
+       SELECT coalesce(sum(n), 0)::int AS n FROM ins`);
+    total += r.rows[0].n;
   }
   if (total > 0) {
     await db.query(`SELECT _branchsync.note_txn(pg_current_xact_id(), (SELECT max(id) FROM _branchsync.changes), $1)`, [total]);

@@ -10,7 +10,8 @@ import { TransactionSchema, ChangeSchema, Op, type Transaction } from "../../gen
 
 const OPS: Record<string, Op> = { I: Op.INSERT, U: Op.UPDATE, D: Op.DELETE };
 
-export interface Chunking { txid: string; nextChunk: number; afterId: string }
+/** A large transaction partly sent: the next chunk starts after unit `afterUnit`. */
+export interface Chunking { txid: string; nextChunk: number; afterUnit: string }
 
 export interface ReadResult {
   transactions: Transaction[];
@@ -20,9 +21,16 @@ export interface ReadResult {
   chunking: Chunking | null;
 }
 
-function toChange(r: { tbl: string; op: string; key: string; row: string }) {
+interface ChangeRow { txid: string; tbl: string; op: string; key: string; row: string }
+
+function toChange(r: ChangeRow) {
   return create(ChangeSchema, { table: r.tbl, op: OPS[r.op], key: r.key, row: r.row });
 }
+
+/** Expands capture units into row changes, in capture order. */
+const EXPAND = `SELECT c.txid::text AS txid, c.tbl, c.op, e.k::text AS key, e.r::text AS row
+  FROM _branchsync.changes c,
+       ROWS FROM (jsonb_array_elements(c.keys), jsonb_array_elements(c.rows)) WITH ORDINALITY AS e(k, r, ord)`;
 
 /**
  * Next batch after excluding `inFlight` txids. `chunking` continues a large
@@ -38,7 +46,7 @@ export async function readBatch(db: pg.Pool, inFlight: string[], max: number, ch
   });
   if (head.rows.length === 0) return { transactions: [], complete: [], chunking: null };
   if (head.rows[0].n > max) {
-    return readChunk(db, { txid: head.rows[0].txid, nextChunk: 0, afterId: "0" }, max);
+    return readChunk(db, { txid: head.rows[0].txid, nextChunk: 0, afterUnit: "0" }, max);
   }
   const picked: { txid: string; t: string }[] = [];
   let total = 0;
@@ -48,9 +56,9 @@ export async function readBatch(db: pg.Pool, inFlight: string[], max: number, ch
     total += r.n;
   }
   const ids = picked.map((p) => p.txid);
-  const { rows } = await db.query({
+  const { rows } = await db.query<ChangeRow>({
     name: "bs-read-changes",
-    text: `SELECT txid::text AS txid, tbl, op, key, row::text AS row FROM _branchsync.changes WHERE txid = ANY($1::xid8[]) ORDER BY id`,
+    text: `${EXPAND} WHERE c.txid = ANY($1::xid8[]) ORDER BY c.id, e.ord`,
     values: [ids],
   });
   const byTxid = new Map<string, Transaction>();
@@ -61,23 +69,34 @@ export async function readBatch(db: pg.Pool, inFlight: string[], max: number, ch
   return { transactions: [...byTxid.values()], complete: ids, chunking: null };
 }
 
+/** A chunk is whole capture units, as many as fit in `max` (at least one). */
 async function readChunk(db: pg.Pool, c: Chunking, max: number): Promise<ReadResult> {
-  const { rows } = await db.query({
-    name: "bs-read-chunk",
-    text: `SELECT id::text AS id, tbl, op, key, row::text AS row,
-                  NOT EXISTS (SELECT 1 FROM _branchsync.changes c2 WHERE c2.txid = $1::xid8 AND c2.id > c.id) AS last
-             FROM _branchsync.changes c WHERE c.txid = $1::xid8 AND c.id > $2::bigint ORDER BY c.id LIMIT $3`,
-    values: [c.txid, c.afterId, max],
+  const units = await db.query({
+    name: "bs-read-units",
+    text: `SELECT u.id::text AS uid, u.n FROM _branchsync.changes u WHERE u.txid = $1::xid8 AND u.id > $2::bigint ORDER BY u.id LIMIT 256`,
+    values: [c.txid, c.afterUnit],
   });
-  if (rows.length === 0) return { transactions: [], complete: [], chunking: null };
-  const last = rows[rows.length - 1].last as boolean;
+  if (units.rows.length === 0) return { transactions: [], complete: [], chunking: null };
+  const ids: string[] = [];
+  let total = 0;
+  for (const u of units.rows) {
+    if (ids.length > 0 && total + u.n > max) break;
+    ids.push(u.uid);
+    total += u.n;
+  }
+  const last = ids.length === units.rows.length && units.rows.length < 256;
+  const { rows } = await db.query<ChangeRow>({
+    name: "bs-read-unit-changes",
+    text: `${EXPAND} WHERE c.id = ANY($1::bigint[]) ORDER BY c.id, e.ord`,
+    values: [ids],
+  });
   const t = create(TransactionSchema, {
     originTxn: BigInt(c.txid), chunkIndex: c.nextChunk, lastChunk: last, changes: rows.map(toChange),
   });
   return {
     transactions: [t],
     complete: last ? [c.txid] : [],
-    chunking: last ? null : { txid: c.txid, nextChunk: c.nextChunk + 1, afterId: rows[rows.length - 1].id },
+    chunking: last ? null : { txid: c.txid, nextChunk: c.nextChunk + 1, afterUnit: ids[ids.length - 1] },
   };
 }
 
@@ -95,8 +114,8 @@ export async function forget(db: pg.Pool, txids: string[]): Promise<void> {
 /** Moves a transaction the hub rejected aside, whole, with the reason. */
 export async function setAside(db: pg.Pool, txid: string, error: string): Promise<void> {
   await db.query(
-    `WITH moved AS (DELETE FROM _branchsync.changes WHERE txid = $1::xid8 RETURNING txid, tbl, op, key, row),
+    `WITH moved AS (DELETE FROM _branchsync.changes WHERE txid = $1::xid8 RETURNING txid, tbl, op, n, keys, rows),
           t AS (DELETE FROM _branchsync.txns WHERE txid = $1::xid8)
-     INSERT INTO _branchsync.rejected(txid, tbl, op, key, row, error) SELECT txid, tbl, op, key, row, $2 FROM moved`,
+     INSERT INTO _branchsync.rejected(txid, tbl, op, n, keys, rows, error) SELECT txid, tbl, op, n, keys, rows, $2 FROM moved`,
     [txid, error]);
 }

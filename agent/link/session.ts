@@ -121,6 +121,7 @@ export async function runSession(env: SessionEnv, token: string, version: string
         if (batch.transactions.length === 0) continue;
       }
       const id = nextBatchId++;
+      log.debug({ batch: id.toString(), txns: batch.transactions.map((t) => `${t.originTxn}#${t.chunkIndex}${t.lastChunk ? "L" : ""}:${t.changes.length}`) }, "sending batch");
       for (const t of batch.transactions) inFlight.add(t.originTxn.toString());
       chunking = batch.chunking;
       awaiting.set(id, { complete: batch.complete, chunked: batch.chunking !== null });
