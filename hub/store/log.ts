@@ -40,6 +40,55 @@ export interface LogEntry {
 export async function appendBatch(
   pool: pg.Pool, schema: string, branch: string, txns: IncomingTxn[],
 ): Promise<{ outcomes: AppendOutcome[]; head: bigint }> {
+  const whole = txns.every((t) => t.chunkIndex === 0 && t.lastChunk)
+    && new Set(txns.map((t) => t.originTxn)).size === txns.length;
+  if (whole) {
+    try {
+      return await appendWhole(pool, schema, branch, txns);
+    } catch (e) {
+      // A unique index objected (two sessions of one branch racing with the
+      // same transaction): the general path re-checks under the lock.
+      if ((e as { code?: string }).code !== "23505") throw e;
+    }
+  }
+  return appendGeneral(pool, schema, branch, txns);
+}
+
+/**
+ * The common case in one statement (one round trip, and the head lock held
+ * only for it): whole transactions, no chunks. The head row lock is taken
+ * first (FOR UPDATE re-reads the newest head if another writer committed
+ * meanwhile) and held until the statement's own commit.
+ */
+async function appendWhole(pool: pg.Pool, schema: string, branch: string, txns: IncomingTxn[]): Promise<{ outcomes: AppendOutcome[]; head: bigint }> {
+  const { rows } = await pool.query({
+    name: `append-whole-${schema}`,
+    text: `WITH h AS (SELECT seq FROM ${schema}.head FOR UPDATE),
+      inc AS (SELECT t, n, b, ord FROM unnest($2::bigint[], $3::int[], $4::bytea[]) WITH ORDINALITY AS u(t, n, b, ord)),
+      dup AS (SELECT origin_txn, seq FROM ${schema}.log WHERE origin_branch = $1 AND origin_txn = ANY($2::bigint[]) AND part = 0),
+      fresh AS (SELECT inc.*, (SELECT seq FROM h) + row_number() OVER (ORDER BY ord) AS seq
+                  FROM inc WHERE t NOT IN (SELECT origin_txn FROM dup)),
+      ins AS (INSERT INTO ${schema}.log(seq, part, origin_branch, origin_txn, last_part, n_changes, body)
+              SELECT seq, 0, $1, t, true, n, b FROM fresh),
+      upd AS (UPDATE ${schema}.head SET seq = (SELECT seq FROM h) + (SELECT count(*) FROM fresh)
+               WHERE EXISTS (SELECT 1 FROM fresh) RETURNING seq)
+      SELECT t::text AS txn, seq::text AS seq, false AS dup FROM fresh
+      UNION ALL SELECT origin_txn::text, seq::text, true FROM dup
+      UNION ALL SELECT NULL, coalesce((SELECT seq FROM upd), (SELECT seq FROM h))::text, NULL`,
+    values: [branch, txns.map((t) => t.originTxn.toString()), txns.map((t) => t.nChanges), txns.map((t) => Buffer.from(t.body))],
+  });
+  const byTxn = new Map<string, AppendOutcome>();
+  let head = 0n;
+  for (const r of rows) {
+    if (r.txn === null) { head = BigInt(r.seq); continue; }
+    byTxn.set(r.txn, r.dup ? { kind: "duplicate", seq: BigInt(r.seq) } : { kind: "accepted", seq: BigInt(r.seq) });
+  }
+  return { outcomes: txns.map((t) => byTxn.get(t.originTxn.toString())!), head };
+}
+
+async function appendGeneral(
+  pool: pg.Pool, schema: string, branch: string, txns: IncomingTxn[],
+): Promise<{ outcomes: AppendOutcome[]; head: bigint }> {
   const c = await pool.connect();
   try {
     await c.query("BEGIN");
