@@ -6,6 +6,8 @@ import path from "node:path";
 
 const ROOT = path.resolve(import.meta.dirname, "..");
 const BUF = path.join(ROOT, "node_modules/.bin/buf");
+// The contract as released; replace it (`buf build -o`) only when releasing.
+const RELEASED = "proto-released/branchsync-v1-0.1.0.binpb";
 
 function listFiles(dir: string): string[] {
   return fs.readdirSync(dir, { recursive: true, withFileTypes: true })
@@ -65,6 +67,20 @@ describe("the public contract", function () {
         assert.match(lines[i - 1].trim(), /^\/\//, `${f}:${i + 1} "${t}" has no comment`);
       });
     }
+  });
+
+  it("makes no breaking change against the last released contract (buf breaking)", () => {
+    execFileSync(BUF, ["breaking", "--against", RELEASED], { cwd: ROOT, stdio: "pipe" });
+  });
+
+  it("buf breaking would catch a renumbered field (the check above can fail)", () => {
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "bs-break-"));
+    fs.cpSync(path.join(ROOT, "proto"), path.join(tmp, "proto"), { recursive: true });
+    fs.copyFileSync(path.join(ROOT, "buf.yaml"), path.join(tmp, "buf.yaml"));
+    const f = path.join(tmp, "proto/branchsync/v1/sync.proto");
+    fs.writeFileSync(f, fs.readFileSync(f, "utf8").replace("uint64 resume_cursor = 3;", "uint64 resume_cursor = 9;"));
+    assert.throws(() => execFileSync(BUF, ["breaking", tmp, "--against", path.join(ROOT, RELEASED)], { cwd: tmp, stdio: "pipe" }));
+    fs.rmSync(tmp, { recursive: true, force: true });
   });
 
   it("has no import cycles (madge)", () => {

@@ -36,7 +36,7 @@ export interface SessionEnv {
 }
 
 /** Upstream batches in flight at once: enough to hide a round trip. */
-const UPSTREAM_WINDOW = 4;
+const UPSTREAM_WINDOW = 2;
 /** Downstream batches buffered before we pause reading from the socket. */
 const APPLY_QUEUE_HIGH = 4;
 

@@ -40,7 +40,7 @@ export interface SessionLimits {
 }
 
 export const DEFAULT_LIMITS: SessionLimits = {
-  maxBatchChanges: 2000, heartbeatMs: 15_000, maxUpstreamQueue: 16, downstreamWindow: 8,
+  maxBatchChanges: 2000, heartbeatMs: 15_000, maxUpstreamQueue: 16, downstreamWindow: 2,
 };
 
 export interface SessionIO {
