@@ -5,6 +5,7 @@
  * and only checks that everything ran and the data matched (exit 1 if not).
  */
 import fs from "node:fs";
+import { execFileSync } from "node:child_process";
 import os from "node:os";
 import path from "node:path";
 import { parseArgs, type SectionName } from "./lib/args.ts";
@@ -21,6 +22,15 @@ import { fanout } from "./sections/fanout.ts";
 import { streams } from "./sections/streams.ts";
 import { ingest } from "./sections/ingest.ts";
 
+/** The code being measured: commit, plus "+dirty" when hub/agent/lib/cli have uncommitted changes. */
+function codeVersion(): string {
+  try {
+    const head = execFileSync("git", ["rev-parse", "--short", "HEAD"], { cwd: REPO, encoding: "utf8" }).trim();
+    const dirty = execFileSync("git", ["status", "--porcelain", "--", "hub", "agent", "lib", "cli", "gen", "proto"], { cwd: REPO, encoding: "utf8" }).trim();
+    return dirty ? `${head}+dirty` : head;
+  } catch { return "unknown"; }
+}
+
 const SECTION_FNS: Record<SectionName, (ctx: BenchContext) => Promise<SectionResult>> = { throughput, latency, fanout, streams, ingest };
 
 async function main(): Promise<number> {
@@ -34,7 +44,8 @@ async function main(): Promise<number> {
   fs.mkdirSync(logDir, { recursive: true });
   const t0 = Date.now();
   const log = (m: string) => console.error(`[${((Date.now() - t0) / 1000).toFixed(1).padStart(6)}s] ${m}`);
-  log(`seed ${args.seed}${args.quick ? " (quick)" : ""}; sections ${args.only.join(",")}; logs in ${logDir}`);
+  const code = codeVersion();
+  log(`seed ${args.seed}${args.quick ? " (quick)" : ""}; code ${code}; sections ${args.only.join(",")}; logs in ${logDir}`);
   const results: SectionResult[] = [];
   let server;
   try {
@@ -70,13 +81,13 @@ async function main(): Promise<number> {
   if (profiles) console.log(`\n## CPU profiles (self time, top functions per process)\n${profiles.text}`);
   const out = path.join(REPO, "bench/results", `${stamp}.json`);
   fs.writeFileSync(out, JSON.stringify({
-    started: started.toISOString(), elapsedS: elapsed, seed: args.seed, quick: args.quick, argv: process.argv.slice(2),
+    started: started.toISOString(), elapsedS: elapsed, code, seed: args.seed, quick: args.quick, argv: process.argv.slice(2),
     machine: { node: process.version, cpus: os.cpus().length, memGiB: Math.round(os.totalmem() / 2 ** 30), pg: server?.describe },
     sizes: args.sizes, hubEnv: args.hubEnv, agentEnv: args.agentEnv, logDir,
     sections: results, profiles: profiles?.data ?? null,
   }, (_k, v) => (typeof v === "bigint" ? v.toString() : v), 2));
   const failed = results.filter((r) => !r.ok);
-  console.log(`\n${results.length - failed.length}/${results.length} sections OK in ${elapsed.toFixed(1)} s; results in ${path.relative(process.cwd(), out)}; logs in ${logDir}`);
+  console.log(`\ncode ${code}, seed ${args.seed}: ${results.length - failed.length}/${results.length} sections OK in ${elapsed.toFixed(1)} s; results in ${path.relative(process.cwd(), out)}; logs in ${logDir}`);
   if (args.quick && elapsed > 60) console.log(`WARNING: --quick took ${elapsed.toFixed(1)} s (budget 60 s)`);
   return failed.length === 0 ? 0 : 1;
 }

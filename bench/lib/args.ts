@@ -9,7 +9,7 @@ export const FULL: Sizes = {
   latencySeconds: 30, latencyRate: 500, latencyIntervalMs: 20,
   fanoutBranches: 50, fanoutProbes: 50,
   streamLevels: [1_000, 10_000, 20_000], streamsPerConn: 100, streamBranches: 100, streamPings: 2_000,
-  ingestBranches: 100, ingestTenants: [1, 100], ingestSeconds: 10, ingestTxnsPerBatch: 5, ingestChangesPerTxn: 100,
+  ingestBranches: 100, ingestTenants: [1, 100], ingestSeconds: 10, ingestTxnsPerBatch: 5, ingestChangesPerTxn: 100, ingestWindow: 2,
 };
 
 export const QUICK: Sizes = {

@@ -43,6 +43,8 @@ export interface Sizes {
   ingestSeconds: number;
   ingestTxnsPerBatch: number;
   ingestChangesPerTxn: number;
+  /** Batches a pusher keeps awaiting BatchAck (the agent's UPSTREAM_WINDOW). */
+  ingestWindow: number;
 }
 
 export interface SectionResult {

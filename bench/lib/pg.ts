@@ -12,6 +12,7 @@ import fs from "node:fs";
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import { onCleanup } from "./cleanup.ts";
+import { readCpuSeconds } from "./procs.ts";
 
 const run = promisify(execFile);
 
@@ -127,4 +128,19 @@ export async function digest(db: pg.Pool | pg.Client, lo = "0", hi = "9223372036
 
 export async function checkpoint(pool: pg.Pool): Promise<void> {
   await pool.query("CHECKPOINT");
+}
+
+/** CPU seconds used so far by the server backends currently connected to `db` (pool connections are long-lived). */
+export async function backendCpuSeconds(c: pg.Client, db: string): Promise<Map<number, number>> {
+  const { rows } = await c.query("SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", [db]);
+  const out = new Map<number, number>();
+  for (const r of rows) { const s = readCpuSeconds(Number(r.pid)); if (s !== null) out.set(Number(r.pid), s); }
+  return out;
+}
+
+/** CPU seconds the backends of `after` used since `before` (backends new in `after` count from 0). */
+export function cpuDelta(before: Map<number, number>, after: Map<number, number>): number {
+  let s = 0;
+  for (const [pid, t] of after) s += t - (before.get(pid) ?? 0);
+  return s;
 }

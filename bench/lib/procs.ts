@@ -50,6 +50,14 @@ export function readRssKb(pid: number): number | null {
   } catch { return null; }
 }
 
+/** The soft RLIMIT_NOFILE a process runs with (after our `ulimit -n`). */
+export function readNofile(pid: number): number | null {
+  try {
+    const m = /Max open files\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/limits`, "utf8"));
+    return m ? Number(m[1]) : null;
+  } catch { return null; }
+}
+
 export function readCpuSeconds(pid: number): number | null {
   try {
     const s = fs.readFileSync(`/proc/${pid}/stat`, "utf8");

@@ -4,6 +4,7 @@
  * agent/main.ts). ~50 single-row inserts on the writer; per insert, the time
  * until the LAST receiving branch has it (deferred arrival triggers).
  */
+import pg from "pg";
 import fs from "node:fs";
 import path from "node:path";
 import type { BenchContext, SectionResult } from "../lib/context.ts";
@@ -38,7 +39,6 @@ export async function fanout(ctx: BenchContext): Promise<SectionResult> {
   for (let i = 0; i < n; i++) {
     const db = await createDb(server, `fo_r${i}`, ctx.tag, ITEMS_DDL + ARRIVAL_TRIGGER);
     await db.pool.end();
-    const { default: pg } = await import("pg");
     receivers.push({ ...db, pool: new pg.Pool({ connectionString: db.url, max: 1 }) });
   }
   const hub = await startHubProc(ctx, "fo_hub", { server });

@@ -12,6 +12,7 @@ import { w1Statement, phaseBounds, type Phase } from "../lib/items.ts";
 import { waitUntil } from "../lib/poll.ts";
 import { digest, checkpoint } from "../lib/pg.ts";
 import { nowMs, sleep } from "../lib/stats.ts";
+import { captureCost, type CaptureCost } from "./capture.ts";
 
 const WARMUP_BASE = 700_000_000_000;
 
@@ -120,16 +121,31 @@ export async function throughput(ctx: BenchContext): Promise<SectionResult> {
     const [fa, fb] = [await digest(pair.a.pool), await digest(pair.b.pool)];
     if (fa !== fb) { res.ok = false; res.errors.push(`whole table differs: A=${fa} B=${fb}`); }
     notes.push(`whole public.items after the run: A ${fa === fb ? "=" : "≠"} B (${fa}).`);
+  } catch (e) {
+    res.ok = false;
+    res.errors.push((e as Error).stack ?? String(e));
   } finally {
-    res.data = { phases, baseRows: s.baseRows, batch: s.batch };
+    await writer.end().catch(() => undefined);
+    await poller.end().catch(() => undefined);
+    await pair.close();
+  }
+  let capture: CaptureCost | null = null;
+  try {
+    if (!res.ok) throw new Error("skipped after the failure above");
+    ctx.log("  capture cost for the writer: W1 inserts without and with capture triggers, nothing else running");
+    capture = await captureCost(ctx);
+    rows.push([`A only, no capture`, capture.rows, capture.plainS.toFixed(3), Math.round(capture.plainRowsPerS), capture.plainS.toFixed(3), "-", "-", "-", "-", "-"]);
+    rows.push([`A only, capture on`, capture.rows, capture.capturedS.toFixed(3), Math.round(capture.capturedRowsPerS), capture.capturedS.toFixed(3), "-", "-", "-", "-", "-"]);
+    notes.push(`"A only" rows: the W1 inserts into a scratch database with no agent/hub running, without and with the capture triggers (agent/capture/install.ts): capture makes the writer ${capture.ratio.toFixed(2)}× slower.`);
+  } catch (e) {
+    res.errors.push(`capture cost: ${(e as Error).message}`);
+  } finally {
+    res.data = { phases, capture, baseRows: s.baseRows, batch: s.batch };
     res.tables.push({
       title: "throughput A → B (hub + 2 agent processes)",
       header: ["workload", "rows", "e2e s", "rows/s", "A-side s", "catch-up s", "hub CPU s", "agent A CPU s", "agent B CPU s", "check"],
       rows, notes,
     });
-    await writer.end().catch(() => undefined);
-    await poller.end().catch(() => undefined);
-    await pair.close();
   }
   return res;
 }

@@ -2,7 +2,8 @@
  * Holds many idle authenticated SyncStreams to one hub (streams section).
  * Config: JSON file argv[2] {address, tokens:[{token, tenant}], streamsPerConn, seed}.
  * Commands on stdin, one JSON per line; answers on stdout, one JSON per line:
- *   {"cmd":"open","n":N}                    → {"ev":"opened","total":T,"failed":F,"errors":[...],"ms":M}
+ *   {"cmd":"open","n":N,"budgetMs":B}       → {"ev":"opened","total":T,"failed":F,"notTried":U,"errors":[...],"ms":M}
+ *     (stops starting new streams after B ms: the hub may open them slower than the bench can wait)
  *   {"cmd":"ping","count":C,"spreadMs":S}   → {"ev":"pings","rtts":[ms...],"lost":L}
  * Each stream sent Hello with one small table and answers the hub's pings.
  */
@@ -23,6 +24,7 @@ const streams: { call: AgentCall; alive: boolean }[] = [];
 const pending = new Map<bigint, { t0: number; done: (rtt: number) => void }>();
 let nonce = 1n;
 let dropped = 0;
+const dropReasons = new Map<string, number>();
 const out = (o: unknown) => process.stdout.write(JSON.stringify(o) + "\n");
 
 function clientFor(i: number): grpc.Client {
@@ -43,7 +45,13 @@ async function openOne(): Promise<string | null> {
     }
   });
   entry.call = s.call;
-  s.ended.then(() => { if (entry.alive) { entry.alive = false; dropped++; } });
+  s.ended.then((e) => {
+    if (!entry.alive) return;
+    entry.alive = false;
+    dropped++;
+    const why = e ? `${e.code}: ${e.details}` : "ended by the hub";
+    dropReasons.set(why, (dropReasons.get(why) ?? 0) + 1);
+  });
   try {
     await Promise.race([s.welcome, new Promise((_, rej) => setTimeout(() => rej(new Error("no Welcome within 60 s")), 60_000))]);
     return null;
@@ -54,19 +62,20 @@ async function openOne(): Promise<string | null> {
   }
 }
 
-async function open(n: number) {
+async function open(n: number, budgetMs: number) {
   const t0 = performance.now();
+  const deadline = t0 + budgetMs;
   let failed = 0;
   const errors = new Set<string>();
   let left = n;
   await Promise.all(Array.from({ length: Math.min(64, n) }, async () => {
-    while (left > 0) {
+    while (left > 0 && performance.now() < deadline) {
       left--;
       const err = await openOne();
       if (err) { failed++; if (errors.size < 5) errors.add(err); }
     }
   }));
-  out({ ev: "opened", total: streams.filter((s) => s.alive).length, failed, dropped, errors: [...errors], ms: performance.now() - t0 });
+  out({ ev: "opened", total: streams.filter((s) => s.alive).length, failed, dropped, errors: [...errors], notTried: left, ms: performance.now() - t0, dropReasons: Object.fromEntries(dropReasons) });
 }
 
 async function ping(count: number, spreadMs: number) {
@@ -85,12 +94,12 @@ async function ping(count: number, spreadMs: number) {
     }, at)));
   }
   await Promise.all(jobs);
-  out({ ev: "pings", rtts, lost, dropped });
+  out({ ev: "pings", rtts, lost, dropped, dropReasons: Object.fromEntries(dropReasons) });
 }
 
 readline.createInterface({ input: process.stdin }).on("line", (line) => {
-  const m = JSON.parse(line) as { cmd: string; n?: number; count?: number; spreadMs?: number };
-  if (m.cmd === "open") open(m.n!).catch((e) => out({ ev: "error", error: String(e) }));
+  const m = JSON.parse(line) as { cmd: string; n?: number; budgetMs?: number; count?: number; spreadMs?: number };
+  if (m.cmd === "open") open(m.n!, m.budgetMs ?? Infinity).catch((e) => out({ ev: "error", error: String(e) }));
   else if (m.cmd === "ping") ping(m.count!, m.spreadMs!).catch((e) => out({ ev: "error", error: String(e) }));
 }).on("close", () => shutdown());
 

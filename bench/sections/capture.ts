@@ -1,0 +1,39 @@
+/**
+ * Part of the throughput section: what change capture costs the writer. The
+ * W1 inserts (100-row transactions, one client) into a scratch database, once
+ * without and once with branchsync's capture triggers installed
+ * (agent/capture/install.ts), no agent or hub running: the A-side time of W1
+ * is bounded by this.
+ */
+import pg from "pg";
+import type { BenchContext } from "../lib/context.ts";
+import { createDb } from "../lib/pg.ts";
+import { ITEMS_DDL, w1Statement } from "../lib/items.ts";
+import { runStatements } from "../lib/pair.ts";
+import { introspect } from "../../agent/capture/introspect.ts";
+import { installCapture } from "../../agent/capture/install.ts";
+
+export interface CaptureCost { rows: number; plainS: number; capturedS: number; ratio: number; plainRowsPerS: number; capturedRowsPerS: number }
+
+async function insertRun(c: pg.Client, base: number, rows: number, batch: number): Promise<number> {
+  const stmts: string[] = [];
+  for (let a = base + 1; a <= base + rows; a += batch) stmts.push(w1Statement("insert", a, Math.min(a + batch - 1, base + rows)));
+  await c.query("CHECKPOINT");
+  const t = await runStatements(c, ["SELECT 1", ...stmts]);
+  return (t.t1 - t.t0) / 1000;
+}
+
+export async function captureCost(ctx: BenchContext): Promise<CaptureCost> {
+  const s = ctx.sizes;
+  const db = await createDb(ctx.server, "cap", ctx.tag, ITEMS_DDL);
+  const c = new pg.Client({ connectionString: db.url });
+  await c.connect();
+  try {
+    const plainS = await insertRun(c, 1_000_000_000, s.inserts, s.batch);
+    await installCapture(c, [await introspect(c, "public.items")], `cap_${ctx.tag}`.slice(0, 30), "a");
+    const capturedS = await insertRun(c, 2_000_000_000, s.inserts, s.batch);
+    return { rows: s.inserts, plainS, capturedS, ratio: capturedS / plainS, plainRowsPerS: s.inserts / plainS, capturedRowsPerS: s.inserts / capturedS };
+  } finally {
+    await c.end();
+  }
+}
