@@ -10,6 +10,7 @@ import { migrate } from "./store/migrate.ts";
 import { ensureDatabase } from "./store/database.ts";
 import { makeTokenService } from "./auth/tokens.ts";
 import { makeFeed } from "./stream/feed.ts";
+import { makeSharedReader } from "./stream/sharedReads.ts";
 import { readHead } from "./store/log.ts";
 import { tenantSchema } from "./store/tenants.ts";
 import { startBridge } from "./bridge/redis.ts";
@@ -51,7 +52,7 @@ export async function startHub(cfg: HubConfig, log: Logger = makeLogger("hub")):
     (err) => log.warn({ err: (err as Error).message }, "polling tenant heads failed"));
   const bridge = startBridge(cfg.redisUrl, feed, log);
   const limits = { ...DEFAULT_LIMITS, maxBatchChanges: cfg.maxBatchChanges };
-  const stream = makeStreamServer({ pool, feed, publish: bridge.publish, log, limits }, tokens);
+  const stream = makeStreamServer({ pool, readLog: makeSharedReader(pool), feed, publish: bridge.publish, log, limits }, tokens);
   const grpcPort = await new Promise<number>((resolve, reject) =>
     stream.server.bindAsync(`${cfg.host}:${cfg.grpcPort}`, grpc.ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(port))));
   let serving = true;

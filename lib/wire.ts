@@ -23,7 +23,8 @@ export const syncServiceDefinition: grpc.ServiceDefinition = {
     path: SYNC_STREAM_PATH,
     requestStream: true,
     responseStream: true,
-    requestSerialize: encodeAgent,
+    // Agents hand over pre-encoded change batches (lib/protowire.ts).
+    requestSerialize: (m: AgentMessage | Buffer) => (Buffer.isBuffer(m) ? m : encodeAgent(m)),
     requestDeserialize: decodeAgent,
     // The hub may hand over an already-encoded message (see hub/stream/encode.ts).
     responseSerialize: (m: HubMessage | Buffer) => (Buffer.isBuffer(m) ? m : encodeHub(m)),
@@ -31,14 +32,14 @@ export const syncServiceDefinition: grpc.ServiceDefinition = {
   },
 };
 
-export type AgentCall = grpc.ClientDuplexStream<AgentMessage, HubMessage>;
+export type AgentCall = grpc.ClientDuplexStream<AgentMessage | Buffer, HubMessage>;
 
 export function openSyncStream(client: grpc.Client, token: string, tenantId: string): AgentCall {
   const md = new grpc.Metadata();
   md.set("authorization", `Bearer ${token}`);
   // Only a routing hint for Envoy's ring hash; the hub trusts the token.
   md.set("x-branchsync-tenant", tenantId);
-  return client.makeBidiStreamRequest(SYNC_STREAM_PATH, encodeAgent, decodeHub, md);
+  return client.makeBidiStreamRequest(SYNC_STREAM_PATH, (m: AgentMessage | Buffer) => (Buffer.isBuffer(m) ? m : encodeAgent(m)), decodeHub, md);
 }
 
 export function makeSyncClient(address: string, creds = grpc.credentials.createInsecure()): grpc.Client {

@@ -22,3 +22,20 @@ describe("hand-built downstream messages", () => {
     }
   });
 });
+
+describe("hand-built upstream messages", () => {
+  it("decode to exactly what protobuf-es would have built", async () => {
+    const { encodeUpstreamBatch } = await import("../lib/protowire.ts");
+    const { AgentMessageSchema } = await import("../gen/branchsync/v1/sync_pb.ts");
+    const { decodeAgent } = await import("../lib/wire.ts");
+    const txns = [0, 1, 3, 200].map((n, i) => create(TransactionSchema, {
+      originTxn: BigInt(2 ** 33 + i), chunkIndex: i, lastChunk: i !== 1, commitTimeUs: BigInt(Date.now()) * 1000n,
+      changes: Array.from({ length: n }, (_, k) => ({ table: "public.ütems", op: [Op.INSERT, Op.UPDATE, Op.DELETE][k % 3], key: `[${k}]`, row: `{"id":${k},"s":"${"é😀".repeat(k)}"}` })),
+    }));
+    for (const batchId of [0n, 1n, 300n, 2n ** 50n]) {
+      const got = decodeAgent(encodeUpstreamBatch(batchId, txns));
+      const want = create(AgentMessageSchema, { payload: { case: "changes", value: { batchId, transactions: txns } } });
+      assert.ok(equals(AgentMessageSchema, got, want), `batch ${batchId}`);
+    }
+  });
+});

@@ -11,6 +11,7 @@ import {
   AgentMessageSchema, Outcome, type HubMessage, type AgentMessage, type BatchAck, type ChangeBatch, type ConflictNotice,
 } from "../../gen/branchsync/v1/sync_pb.ts";
 import { openSyncStream, type AgentCall } from "../../lib/wire.ts";
+import { encodeUpstreamBatch } from "../../lib/protowire.ts";
 import type { Logger } from "../../lib/log.ts";
 import type { LocalTable } from "../capture/introspect.ts";
 import { readBatch, forget, setAside, type Chunking } from "../capture/reader.ts";
@@ -125,7 +126,7 @@ export async function runSession(env: SessionEnv, token: string, version: string
       for (const t of batch.transactions) inFlight.add(t.originTxn.toString());
       chunking = batch.chunking;
       awaiting.set(id, { complete: batch.complete, chunked: batch.chunking !== null });
-      send(create(AgentMessageSchema, { payload: { case: "changes", value: { batchId: id, transactions: batch.transactions } } }));
+      if (!abort.signal.aborted) call.write(encodeUpstreamBatch(id, batch.transactions));
     }
   }
 

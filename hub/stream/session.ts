@@ -21,7 +21,8 @@ import type { Logger } from "../../lib/log.ts";
 import type { Identity } from "../auth/tokens.ts";
 import { tenantSchema, branchExists } from "../store/tenants.ts";
 import { registerTables, type TableDef } from "../store/tables.ts";
-import { appendBatch, readAfter, readHead, saveCursor, type AppendOutcome } from "../store/log.ts";
+import { appendBatch, readHead, saveCursor, type AppendOutcome } from "../store/log.ts";
+import type { LogReader } from "./sharedReads.ts";
 import { checkTransaction, batchSize } from "./validate.ts";
 import { encodeChangeBatch, type StoredTxn } from "./encode.ts";
 import type { Feed } from "./feed.ts";
@@ -52,6 +53,8 @@ export interface SessionIO {
 
 export interface SessionDeps {
   pool: pg.Pool;
+  /** Reads the log after a position; shared between sessions (sharedReads.ts). */
+  readLog: LogReader;
   feed: Feed;
   publish(tenantId: string, seq: bigint): void;
   log: Logger;
@@ -201,7 +204,7 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
     ackedSeq = cursor;
     while (inFlight.length > 0 && inFlight[0] <= cursor) inFlight.shift();
     ackWake?.();
-    if (!cursorTimer) cursorTimer = setTimeout(() => { cursorTimer = null; flushCursor(); }, 500);
+    if (!cursorTimer) cursorTimer = setTimeout(() => { cursorTimer = null; flushCursor(); }, 1000);
   }
 
   let savedCursor = -1n;
@@ -223,7 +226,7 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
         ackWake = null;
         continue;
       }
-      const entries = await readAfter(deps.pool, schema, sentSeq, sentPart, 64);
+      const entries = await deps.readLog(schema, sentSeq, sentPart, 64);
       if (closed) return;
       if (entries.length === 0) {
         if (lastComplete > advertised) {

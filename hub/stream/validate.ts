@@ -31,35 +31,53 @@ function kindMatches(kind: Kind, v: unknown): boolean {
   }
 }
 
+interface Compiled { cols: Map<string, { kind: Kind; nullable: boolean; type: string }>; names: string[] }
+const compiledDefs = new WeakMap<TableDef, Compiled>();
+
+/** Column kinds per table, worked out once rather than per change. */
+function compiled(def: TableDef): Compiled {
+  let c = compiledDefs.get(def);
+  if (!c) {
+    c = { cols: new Map(def.columns.map((col) => [col.name, { kind: jsonKindOf(col.type), nullable: col.nullable, type: col.type }])), names: def.columns.map((col) => col.name) };
+    compiledDefs.set(def, c);
+  }
+  return c;
+}
+
 export function checkTransaction(t: Transaction, tables: Map<string, TableDef>): string | null {
   if (t.originTxn === 0n) return "origin_txn must be set";
   if (t.changes.length === 0) return `transaction ${t.originTxn} has no changes`;
   for (let i = 0; i < t.changes.length; i++) {
     const c = t.changes[i];
-    const where = `transaction ${t.originTxn} change ${i}`;
+    const where = () => `transaction ${t.originTxn} change ${i}`;
     const def = tables.get(c.table);
-    if (!def) return `${where}: table "${c.table}" was not declared in Hello`;
-    if (c.op !== Op.INSERT && c.op !== Op.UPDATE && c.op !== Op.DELETE) return `${where}: op must be INSERT, UPDATE or DELETE`;
+    if (!def) return `${where()}: table "${c.table}" was not declared in Hello`;
+    if (c.op !== Op.INSERT && c.op !== Op.UPDATE && c.op !== Op.DELETE) return `${where()}: op must be INSERT, UPDATE or DELETE`;
     let key: unknown;
     let row: unknown;
-    try { key = JSON.parse(c.key); } catch { return `${where}: key is not JSON`; }
+    try { key = JSON.parse(c.key); } catch { return `${where()}: key is not JSON`; }
     if (!Array.isArray(key) || key.length !== def.primaryKey.length) {
-      return `${where}: key must be a JSON array of ${def.primaryKey.length} value(s) (${def.primaryKey.join(", ")})`;
+      return `${where()}: key must be a JSON array of ${def.primaryKey.length} value(s) (${def.primaryKey.join(", ")})`;
     }
-    try { row = JSON.parse(c.row); } catch { return `${where}: row is not JSON`; }
-    if (row === null || typeof row !== "object" || Array.isArray(row)) return `${where}: row must be a JSON object`;
+    try { row = JSON.parse(c.row); } catch { return `${where()}: row is not JSON`; }
+    if (row === null || typeof row !== "object" || Array.isArray(row)) return `${where()}: row must be a JSON object`;
     const obj = row as Record<string, unknown>;
-    for (const k of Object.keys(obj)) {
-      if (!def.columns.some((col) => col.name === k)) return `${where}: table ${c.table} has no column "${k}"`;
+    const { cols, names } = compiled(def);
+    let present = 0;
+    for (const k in obj) {
+      const col = cols.get(k);
+      if (!col) return `${where()}: table ${c.table} has no column "${k}"`;
+      const v = obj[k];
+      if (v === null && !col.nullable) return `${where()}: column "${k}" is NOT NULL but the row has null`;
+      if (!kindMatches(col.kind, v)) return `${where()}: column "${k}" (${col.type}) has a value of the wrong type`;
+      present++;
     }
-    for (const col of def.columns) {
-      if (!(col.name in obj)) return `${where}: row lacks column "${col.name}" (rows travel as full images)`;
-      const v = obj[col.name];
-      if (v === null && !col.nullable) return `${where}: column "${col.name}" is NOT NULL but the row has null`;
-      if (!kindMatches(jsonKindOf(col.type), v)) return `${where}: column "${col.name}" (${col.type}) has a value of the wrong type`;
+    if (present !== names.length) {
+      const missing = names.find((n) => !(n in obj));
+      return `${where()}: row lacks column "${missing}" (rows travel as full images)`;
     }
     for (const k of def.primaryKey) {
-      if (obj[k] === null) return `${where}: primary key column "${k}" is null`;
+      if (obj[k] === null) return `${where()}: primary key column "${k}" is null`;
     }
   }
   return null;
