@@ -97,3 +97,138 @@ export function encodeUpstreamBatch(batchId: bigint, txns: WireTxn[]): Buffer {
   });
   return w.finish();
 }
+
+/** Minimal protobuf reader over a Buffer. */
+class Reader {
+  pos: number;
+  constructor(readonly buf: Buffer, start = 0, readonly end = buf.length) { this.pos = start; }
+
+  varint(): bigint {
+    let shift = 0n;
+    let result = 0n;
+    for (;;) {
+      if (this.pos >= this.end) throw new Error("truncated varint");
+      const b = this.buf[this.pos++];
+      result |= BigInt(b & 0x7f) << shift;
+      if (b < 0x80) return result;
+      shift += 7n;
+      if (shift > 63n) throw new Error("varint too long");
+    }
+  }
+
+  /** A varint known to be small (tags, lengths, enums, chunk indexes). */
+  small(): number {
+    let result = 0;
+    let mul = 1;
+    for (;;) {
+      if (this.pos >= this.end) throw new Error("truncated varint");
+      const b = this.buf[this.pos++];
+      result += (b & 0x7f) * mul;
+      if (b < 0x80) return result;
+      mul *= 128;
+      if (mul > 2 ** 49) throw new Error("varint too large");
+    }
+  }
+
+  lenDelimited(): [number, number] {
+    const len = this.small();
+    const start = this.pos;
+    if (start + len > this.end) throw new Error("truncated field");
+    this.pos += len;
+    return [start, start + len];
+  }
+
+  skip(wire: number) {
+    if (wire === WIRE_VARINT) this.varint();
+    else if (wire === WIRE_LEN) this.lenDelimited();
+    else if (wire === 1) this.pos += 8;
+    else if (wire === 5) this.pos += 4;
+    else throw new Error(`unsupported wire type ${wire}`);
+    if (this.pos > this.end) throw new Error("truncated field");
+  }
+}
+
+export interface DecodedTxn extends WireTxn {
+  originBranch: string;
+  seq: bigint;
+  /** The transaction's own encoded bytes, as received. */
+  raw: Buffer;
+}
+
+function decodeChange(buf: Buffer, start: number, end: number): WireChange {
+  const r = new Reader(buf, start, end);
+  const c: WireChange = { table: "", op: 0, key: "", row: "" };
+  while (r.pos < r.end) {
+    const tag = r.small();
+    const field = tag >>> 3;
+    const wire = tag & 7;
+    if (wire === WIRE_LEN && field >= 1 && field <= 4 && field !== 2) {
+      const [s, e] = r.lenDelimited();
+      const v = buf.toString("utf8", s, e);
+      if (field === 1) c.table = v; else if (field === 3) c.key = v; else c.row = v;
+    } else if (field === 2 && wire === WIRE_VARINT) {
+      c.op = r.small();
+    } else r.skip(wire);
+  }
+  return c;
+}
+
+export function decodeTxn(buf: Buffer, start: number, end: number): DecodedTxn {
+  const r = new Reader(buf, start, end);
+  const t: DecodedTxn = { originTxn: 0n, originBranch: "", seq: 0n, chunkIndex: 0, lastChunk: false, commitTimeUs: 0n, changes: [], raw: buf.subarray(start, end) };
+  while (r.pos < r.end) {
+    const tag = r.small();
+    const field = tag >>> 3;
+    const wire = tag & 7;
+    if (field === 7 && wire === WIRE_LEN) {
+      const [s, e] = r.lenDelimited();
+      t.changes.push(decodeChange(buf, s, e));
+    } else if (field === 1 && wire === WIRE_VARINT) t.originTxn = r.varint();
+    else if (field === 2 && wire === WIRE_LEN) { const [s, e] = r.lenDelimited(); t.originBranch = buf.toString("utf8", s, e); }
+    else if (field === 3 && wire === WIRE_VARINT) t.seq = r.varint();
+    else if (field === 4 && wire === WIRE_VARINT) t.chunkIndex = r.small();
+    else if (field === 5 && wire === WIRE_VARINT) t.lastChunk = r.small() !== 0;
+    else if (field === 6 && wire === WIRE_VARINT) t.commitTimeUs = BigInt.asIntN(64, r.varint());
+    else r.skip(wire);
+  }
+  return t;
+}
+
+export interface DecodedBatch { batchId: bigint; transactions: DecodedTxn[]; cursorAfter: bigint }
+
+/**
+ * If `buf` is an AgentMessage/HubMessage whose payload is `changes` (field
+ * 2 in both), decodes its ChangeBatch; otherwise returns null and the
+ * caller uses protobuf-es for the rarer messages.
+ */
+export function decodeChangesEnvelope(buf: Buffer): DecodedBatch | null {
+  const r = new Reader(buf);
+  let batch: DecodedBatch | null = null;
+  while (r.pos < r.end) {
+    const tag = r.small();
+    const field = tag >>> 3;
+    const wire = tag & 7;
+    if (field !== 2 || wire !== WIRE_LEN) return null;
+    const [s, e] = r.lenDelimited();
+    batch ??= { batchId: 0n, transactions: [], cursorAfter: 0n };
+    const br = new Reader(buf, s, e);
+    while (br.pos < br.end) {
+      const t2 = br.small();
+      const f2 = t2 >>> 3;
+      const w2 = t2 & 7;
+      if (f2 === 2 && w2 === WIRE_LEN) { const [ts, te] = br.lenDelimited(); batch.transactions.push(decodeTxn(buf, ts, te)); }
+      else if (f2 === 1 && w2 === WIRE_VARINT) batch.batchId = br.varint();
+      else if (f2 === 3 && w2 === WIRE_VARINT) batch.cursorAfter = br.varint();
+      else br.skip(w2);
+    }
+  }
+  return batch;
+}
+
+/** Stored form of an upstream transaction: its bytes with origin_branch forced (last field wins). */
+export function withOriginBranch(raw: Buffer, branch: string): Buffer {
+  const w = new Writer();
+  w.bytes(raw);
+  w.string(2, branch);
+  return w.finish();
+}

@@ -3,7 +3,8 @@ import * as grpc from "@grpc/grpc-js";
 import { createClient, ConnectError, Code } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { SignJWT, importJWK, generateKeyPair } from "jose";
-import { Op } from "../gen/branchsync/v1/sync_pb.ts";
+import { Op, TransactionSchema } from "../gen/branchsync/v1/sync_pb.ts";
+import { fromBinary } from "@bufbuild/protobuf";
 import { AuthService } from "../gen/branchsync/v1/auth_pb.ts";
 import { AdminService } from "../gen/branchsync/v1/admin_pb.ts";
 import { startCluster, ITEMS_DDL, type Cluster, type Branch } from "./support/cluster.ts";
@@ -91,6 +92,8 @@ describe("authentication and tenant isolation", function () {
     while (ack.payload.case !== "batchAck") ack = await s.next();
     s.close();
     const r = await c.hubDb.pool.query("SELECT origin_branch, seq::int FROM tenant_acme.log WHERE origin_txn = 77");
+    const body = (await c.hubDb.pool.query("SELECT body FROM tenant_acme.log WHERE origin_txn = 77")).rows[0].body;
+    assert.equal(fromBinary(TransactionSchema, body).originBranch, "a1", "the stored transaction names the token's branch");
     assert.deepEqual(r.rows, [{ origin_branch: "a1", seq: r.rows[0].seq }]);
     assert.notEqual(r.rows[0].seq, 999);
     assert.equal(await logCount("globex"), 0);

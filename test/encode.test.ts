@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { create, toBinary, equals } from "@bufbuild/protobuf";
 import { HubMessageSchema, TransactionSchema, Op } from "../gen/branchsync/v1/sync_pb.ts";
 import { encodeChangeBatch } from "../hub/stream/encode.ts";
-import { decodeHub } from "../lib/wire.ts";
+import { fromBinary } from "@bufbuild/protobuf";
 
 describe("hand-built downstream messages", () => {
   it("decode to exactly what protobuf-es would have built", () => {
@@ -18,7 +18,7 @@ describe("hand-built downstream messages", () => {
       const want = create(HubMessageSchema, { payload: { case: "changes", value: {
         transactions: txns.map(({ seq, t }) => ({ ...t, seq })), cursorAfter: cursor,
       } } });
-      assert.ok(equals(HubMessageSchema, decodeHub(raw), want));
+      assert.ok(equals(HubMessageSchema, fromBinary(HubMessageSchema, raw), want));
     }
   });
 });
@@ -27,15 +27,41 @@ describe("hand-built upstream messages", () => {
   it("decode to exactly what protobuf-es would have built", async () => {
     const { encodeUpstreamBatch } = await import("../lib/protowire.ts");
     const { AgentMessageSchema } = await import("../gen/branchsync/v1/sync_pb.ts");
-    const { decodeAgent } = await import("../lib/wire.ts");
     const txns = [0, 1, 3, 200].map((n, i) => create(TransactionSchema, {
       originTxn: BigInt(2 ** 33 + i), chunkIndex: i, lastChunk: i !== 1, commitTimeUs: BigInt(Date.now()) * 1000n,
       changes: Array.from({ length: n }, (_, k) => ({ table: "public.ütems", op: [Op.INSERT, Op.UPDATE, Op.DELETE][k % 3], key: `[${k}]`, row: `{"id":${k},"s":"${"é😀".repeat(k)}"}` })),
     }));
     for (const batchId of [0n, 1n, 300n, 2n ** 50n]) {
-      const got = decodeAgent(encodeUpstreamBatch(batchId, txns));
+      const got = fromBinary(AgentMessageSchema, encodeUpstreamBatch(batchId, txns));
       const want = create(AgentMessageSchema, { payload: { case: "changes", value: { batchId, transactions: txns } } });
       assert.ok(equals(AgentMessageSchema, got, want), `batch ${batchId}`);
     }
+  });
+});
+
+describe("hand-written decoding", () => {
+  it("reads change batches exactly like protobuf-es, keeping each transaction's bytes", async () => {
+    const { decodeChangesEnvelope, withOriginBranch } = await import("../lib/protowire.ts");
+    const { AgentMessageSchema } = await import("../gen/branchsync/v1/sync_pb.ts");
+    const txns = [0, 2, 120].map((n, i) => create(TransactionSchema, {
+      originTxn: 2n ** 62n + BigInt(i), originBranch: i ? "b" : "", seq: BigInt(i * 1000), chunkIndex: i, lastChunk: i !== 1, commitTimeUs: -5n + BigInt(i),
+      changes: Array.from({ length: n }, (_, k) => ({ table: "public.t", op: Op.DELETE, key: `["k${k}"]`, row: `{"v":"${"ß".repeat(k)}"}` })),
+    }));
+    const msg = create(AgentMessageSchema, { payload: { case: "changes", value: { batchId: 77n, transactions: txns } } });
+    const bytes = Buffer.from(toBinary(AgentMessageSchema, msg));
+    const fast = decodeChangesEnvelope(bytes)!;
+    assert.equal(fast.batchId, 77n);
+    assert.equal(fast.transactions.length, 3);
+    fast.transactions.forEach((t, i) => {
+      const want = txns[i];
+      assert.deepEqual(
+        { o: t.originTxn, b: t.originBranch, s: t.seq, c: t.chunkIndex, l: t.lastChunk, u: t.commitTimeUs, ch: t.changes },
+        { o: want.originTxn, b: want.originBranch, s: want.seq, c: want.chunkIndex, l: want.lastChunk, u: want.commitTimeUs,
+          ch: want.changes.map((c) => ({ table: c.table, op: c.op, key: c.key, row: c.row })) });
+      assert.ok(equals(TransactionSchema, fromBinary(TransactionSchema, t.raw), want), "raw bytes are the transaction");
+      assert.equal(fromBinary(TransactionSchema, withOriginBranch(t.raw, "forced")).originBranch, "forced");
+    });
+    // Other payloads are left to protobuf-es.
+    assert.equal(decodeChangesEnvelope(Buffer.from(toBinary(AgentMessageSchema, create(AgentMessageSchema, { payload: { case: "ack", value: { cursor: 5n } } })))), null);
   });
 });

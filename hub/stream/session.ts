@@ -25,6 +25,7 @@ import { appendBatch, readHead, saveCursor, type AppendOutcome } from "../store/
 import type { LogReader } from "./sharedReads.ts";
 import { checkTransaction, batchSize } from "./validate.ts";
 import { encodeChangeBatch, type StoredTxn } from "./encode.ts";
+import { withOriginBranch, type DecodedTxn } from "../../lib/protowire.ts";
 import type { Feed } from "./feed.ts";
 import { MAX_MESSAGE_BYTES } from "../../lib/wire.ts";
 import { metrics } from "../metrics.ts";
@@ -170,10 +171,16 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
     for (const t of b.transactions) {
       const err = checkTransaction(t, tables);
       if (err) { outcomes.push({ kind: "rejected", error: err }); continue; }
-      // The origin is the session's branch, whatever the message said.
-      t.originBranch = identity.branchId;
-      t.seq = 0n;
-      valid.push({ t, body: toBinary(TransactionSchema, t) });
+      // The origin is the session's branch, whatever the message said: the
+      // stored bytes end with it (for a repeated scalar field the last wins).
+      const raw = (t as Partial<DecodedTxn>).raw;
+      if (raw) {
+        valid.push({ t, body: withOriginBranch(raw, identity.branchId) });
+      } else {
+        t.originBranch = identity.branchId;
+        t.seq = 0n;
+        valid.push({ t, body: toBinary(TransactionSchema, t) });
+      }
       outcomes.push(null);
     }
     const res = valid.length === 0 ? { outcomes: [], head: 0n } : await appendBatch(deps.pool, schema, identity.branchId,
