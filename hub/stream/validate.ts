@@ -44,40 +44,41 @@ function compiled(def: TableDef): Compiled {
   return c;
 }
 
+const where = (t: Transaction, i: number) => `transaction ${t.originTxn} change ${i}`;
+
 export function checkTransaction(t: Transaction, tables: Map<string, TableDef>): string | null {
   if (t.originTxn === 0n) return "origin_txn must be set";
   if (t.changes.length === 0) return `transaction ${t.originTxn} has no changes`;
   for (let i = 0; i < t.changes.length; i++) {
     const c = t.changes[i];
-    const where = () => `transaction ${t.originTxn} change ${i}`;
     const def = tables.get(c.table);
-    if (!def) return `${where()}: table "${c.table}" was not declared in Hello`;
-    if (c.op !== Op.INSERT && c.op !== Op.UPDATE && c.op !== Op.DELETE) return `${where()}: op must be INSERT, UPDATE or DELETE`;
+    if (!def) return `${where(t, i)}: table "${c.table}" was not declared in Hello`;
+    if (c.op !== Op.INSERT && c.op !== Op.UPDATE && c.op !== Op.DELETE) return `${where(t, i)}: op must be INSERT, UPDATE or DELETE`;
     let key: unknown;
     let row: unknown;
-    try { key = JSON.parse(c.key); } catch { return `${where()}: key is not JSON`; }
+    try { key = JSON.parse(c.key); } catch { return `${where(t, i)}: key is not JSON`; }
     if (!Array.isArray(key) || key.length !== def.primaryKey.length) {
-      return `${where()}: key must be a JSON array of ${def.primaryKey.length} value(s) (${def.primaryKey.join(", ")})`;
+      return `${where(t, i)}: key must be a JSON array of ${def.primaryKey.length} value(s) (${def.primaryKey.join(", ")})`;
     }
-    try { row = JSON.parse(c.row); } catch { return `${where()}: row is not JSON`; }
-    if (row === null || typeof row !== "object" || Array.isArray(row)) return `${where()}: row must be a JSON object`;
+    try { row = JSON.parse(c.row); } catch { return `${where(t, i)}: row is not JSON`; }
+    if (row === null || typeof row !== "object" || Array.isArray(row)) return `${where(t, i)}: row must be a JSON object`;
     const obj = row as Record<string, unknown>;
     const { cols, names } = compiled(def);
     let present = 0;
     for (const k in obj) {
       const col = cols.get(k);
-      if (!col) return `${where()}: table ${c.table} has no column "${k}"`;
+      if (!col) return `${where(t, i)}: table ${c.table} has no column "${k}"`;
       const v = obj[k];
-      if (v === null && !col.nullable) return `${where()}: column "${k}" is NOT NULL but the row has null`;
-      if (!kindMatches(col.kind, v)) return `${where()}: column "${k}" (${col.type}) has a value of the wrong type`;
+      if (v === null && !col.nullable) return `${where(t, i)}: column "${k}" is NOT NULL but the row has null`;
+      if (!kindMatches(col.kind, v)) return `${where(t, i)}: column "${k}" (${col.type}) has a value of the wrong type`;
       present++;
     }
     if (present !== names.length) {
       const missing = names.find((n) => !(n in obj));
-      return `${where()}: row lacks column "${missing}" (rows travel as full images)`;
+      return `${where(t, i)}: row lacks column "${missing}" (rows travel as full images)`;
     }
     for (const k of def.primaryKey) {
-      if (obj[k] === null) return `${where()}: primary key column "${k}" is null`;
+      if (obj[k] === null) return `${where(t, i)}: primary key column "${k}" is null`;
     }
   }
   return null;
