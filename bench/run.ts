@@ -11,7 +11,7 @@ import path from "node:path";
 import { parseArgs, type SectionName } from "./lib/args.ts";
 import { installSignalHandlers, runCleanup } from "./lib/cleanup.ts";
 import { mainServer, privateCluster } from "./lib/pg.ts";
-import { childRng } from "./lib/rng.ts";
+import { childRng } from "../lib/rng.ts";
 import { formatSection } from "./lib/report.ts";
 import { summarizeProfiles } from "./lib/cpuprofile.ts";
 import { REPO } from "./lib/procs.ts";

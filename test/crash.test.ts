@@ -1,14 +1,9 @@
 import assert from "node:assert/strict";
 import type { ChildProcess } from "node:child_process";
-import { startCluster, ITEMS_DDL, type Cluster, type Branch } from "./support/cluster.ts";
+import { startCluster, ITEMS_DDL, AUDIT_DDL, type Cluster, type Branch } from "./support/cluster.ts";
 import { waitFor, digest } from "./support/db.ts";
 import { spawnAgent, kill9, seeded, testSeed } from "./support/process.ts";
 
-const AUDIT_DDL = `
-  CREATE TABLE audit (n bigserial PRIMARY KEY, id bigint, op text);
-  CREATE FUNCTION audit_fn() RETURNS trigger LANGUAGE plpgsql AS $$
-  BEGIN INSERT INTO audit(id, op) VALUES (coalesce(NEW.id, OLD.id), TG_OP); RETURN NULL; END $$;
-  CREATE TRIGGER audit_items AFTER INSERT OR UPDATE OR DELETE ON items FOR EACH ROW EXECUTE FUNCTION audit_fn();`;
 
 describe("crash safety", function () {
   this.timeout(120_000);

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { startCluster, ITEMS_DDL, type Cluster, type Branch } from "./support/cluster.ts";
+import { startCluster, ITEMS_DDL, AUDIT_DDL, type Cluster, type Branch } from "./support/cluster.ts";
 import { waitFor, digest } from "./support/db.ts";
 
 const ORDERS_DDL = `
@@ -7,13 +7,6 @@ const ORDERS_DDL = `
   CREATE TABLE order_lines (order_id bigint NOT NULL, line int NOT NULL, sku text NOT NULL, qty int NOT NULL,
                             PRIMARY KEY (order_id, line));`;
 
-// Counts every row write at a branch, including those the agent applies, so
-// "applied exactly once" can be checked, not just "present".
-const AUDIT_DDL = `
-  CREATE TABLE audit (n bigserial PRIMARY KEY, id bigint, op text);
-  CREATE FUNCTION audit_fn() RETURNS trigger LANGUAGE plpgsql AS $$
-  BEGIN INSERT INTO audit(id, op) VALUES (coalesce(NEW.id, OLD.id), TG_OP); RETURN NULL; END $$;
-  CREATE TRIGGER audit_items AFTER INSERT OR UPDATE OR DELETE ON items FOR EACH ROW EXECUTE FUNCTION audit_fn();`;
 
 describe("core sync path", function () {
   this.timeout(60_000);

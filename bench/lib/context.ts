@@ -1,6 +1,6 @@
 /** What every section gets from bench/run.ts. */
 import type { PgServer } from "./pg.ts";
-import type { Rng } from "./rng.ts";
+import type { Rng } from "../../lib/rng.ts";
 
 export interface BenchContext {
   seed: number;

@@ -11,7 +11,7 @@ import fs from "node:fs";
 import readline from "node:readline";
 import type * as grpc from "@grpc/grpc-js";
 import { makeClient, openStream, pingMsg, type TableInit } from "../lib/wireclient.ts";
-import { makeRng } from "../lib/rng.ts";
+import { makeRng } from "../../lib/rng.ts";
 import type { AgentCall } from "../../lib/wire.ts";
 
 interface Cfg { address: string; tokens: { token: string; tenant: string }[]; streamsPerConn: number; seed: number }

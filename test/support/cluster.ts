@@ -78,3 +78,10 @@ export async function startCluster(): Promise<Cluster> {
 }
 
 export const ITEMS_DDL = `CREATE TABLE items (id bigint PRIMARY KEY, sku text, qty int, price numeric(12,2), note text, updated_at timestamptz)`;
+
+/** Counts every row write at a branch, including the agent's applies, so "applied exactly once" is checkable. */
+export const AUDIT_DDL = `
+  CREATE TABLE audit (n bigserial PRIMARY KEY, id bigint, op text);
+  CREATE FUNCTION audit_fn() RETURNS trigger LANGUAGE plpgsql AS $$
+  BEGIN INSERT INTO audit(id, op) VALUES (coalesce(NEW.id, OLD.id), TG_OP); RETURN NULL; END $$;
+  CREATE TRIGGER audit_items AFTER INSERT OR UPDATE OR DELETE ON items FOR EACH ROW EXECUTE FUNCTION audit_fn();`;

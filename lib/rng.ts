@@ -1,4 +1,4 @@
-/** Seeded PRNG (mulberry32): every random choice of the bench comes from here, so a printed seed reproduces a run. */
+/** Seeded PRNG (mulberry32): random choices in tests and benchmarks come from here, so a printed seed reproduces a run. */
 export type Rng = () => number;
 
 export function makeRng(seed: number): Rng {
