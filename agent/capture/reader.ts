@@ -6,7 +6,8 @@
  */
 import type pg from "pg";
 import { create } from "@bufbuild/protobuf";
-import { TransactionSchema, ChangeSchema, Op, type Transaction } from "../../gen/branchsync/v1/sync_pb.ts";
+import { TransactionSchema, ChangeSchema, Op, type Transaction, type Change } from "../../gen/branchsync/v1/sync_pb.ts";
+import { splitJsonArray } from "../../lib/jsonsplit.ts";
 
 const OPS: Record<string, Op> = { I: Op.INSERT, U: Op.UPDATE, D: Op.DELETE };
 
@@ -21,16 +22,20 @@ export interface ReadResult {
   chunking: Chunking | null;
 }
 
-interface ChangeRow { txid: string; tbl: string; op: string; key: string; row: string }
+interface UnitRow { txid: string; tbl: string; op: string; keys: string; rows: string }
 
-function toChange(r: ChangeRow) {
-  return create(ChangeSchema, { table: r.tbl, op: OPS[r.op], key: r.key, row: r.row });
+/** A capture unit's row changes, in capture order (see lib/jsonsplit.ts). */
+function changesOf(u: UnitRow): Change[] {
+  const keys = splitJsonArray(u.keys);
+  const rows = splitJsonArray(u.rows);
+  if (keys.length !== rows.length) throw new Error(`capture unit of ${u.tbl} has ${keys.length} keys but ${rows.length} rows`);
+  const op = OPS[u.op];
+  const out: Change[] = new Array(keys.length);
+  for (let i = 0; i < keys.length; i++) out[i] = create(ChangeSchema, { table: u.tbl, op, key: keys[i], row: rows[i] });
+  return out;
 }
 
-/** Expands capture units into row changes, in capture order. */
-const EXPAND = `SELECT c.txid::text AS txid, c.tbl, c.op, e.k::text AS key, e.r::text AS row
-  FROM _branchsync.changes c,
-       ROWS FROM (jsonb_array_elements(c.keys), jsonb_array_elements(c.rows)) WITH ORDINALITY AS e(k, r, ord)`;
+const UNITS = `SELECT c.txid::text AS txid, c.tbl, c.op, c.keys::text AS keys, c.rows::text AS rows FROM _branchsync.changes c`;
 
 /**
  * Next batch after excluding `inFlight` txids. `chunking` continues a large
@@ -56,16 +61,16 @@ export async function readBatch(db: pg.Pool, inFlight: string[], max: number, ch
     total += r.n;
   }
   const ids = picked.map((p) => p.txid);
-  const { rows } = await db.query<ChangeRow>({
+  const { rows } = await db.query<UnitRow>({
     name: "bs-read-changes",
-    text: `${EXPAND} WHERE c.txid = ANY($1::xid8[]) ORDER BY c.id, e.ord`,
+    text: `${UNITS} WHERE c.txid = ANY($1::xid8[]) ORDER BY c.id`,
     values: [ids],
   });
   const byTxid = new Map<string, Transaction>();
   for (const p of picked) {
     byTxid.set(p.txid, create(TransactionSchema, { originTxn: BigInt(p.txid), chunkIndex: 0, lastChunk: true, commitTimeUs: BigInt(p.t) }));
   }
-  for (const r of rows) byTxid.get(r.txid)!.changes.push(toChange(r));
+  for (const r of rows) byTxid.get(r.txid)!.changes.push(...changesOf(r));
   return { transactions: [...byTxid.values()], complete: ids, chunking: null };
 }
 
@@ -85,13 +90,13 @@ async function readChunk(db: pg.Pool, c: Chunking, max: number): Promise<ReadRes
     total += u.n;
   }
   const last = ids.length === units.rows.length && units.rows.length < 256;
-  const { rows } = await db.query<ChangeRow>({
+  const { rows } = await db.query<UnitRow>({
     name: "bs-read-unit-changes",
-    text: `${EXPAND} WHERE c.id = ANY($1::bigint[]) ORDER BY c.id, e.ord`,
+    text: `${UNITS} WHERE c.id = ANY($1::bigint[]) ORDER BY c.id`,
     values: [ids],
   });
   const t = create(TransactionSchema, {
-    originTxn: BigInt(c.txid), chunkIndex: c.nextChunk, lastChunk: last, changes: rows.map(toChange),
+    originTxn: BigInt(c.txid), chunkIndex: c.nextChunk, lastChunk: last, changes: rows.flatMap(changesOf),
   });
   return {
     transactions: [t],

@@ -1,0 +1,28 @@
+import assert from "node:assert/strict";
+import pg from "pg";
+import { splitJsonArray } from "../lib/jsonsplit.ts";
+import { PG_BASE } from "./support/db.ts";
+
+describe("splitting jsonb array text into elements", () => {
+  it("cuts exactly where jsonb_array_elements does, for tricky values", async () => {
+    const c = new pg.Client({ connectionString: `${PG_BASE}/postgres` });
+    await c.connect();
+    try {
+      const samples = [
+        `[]`, `[1]`, `[1, 2.50, -3e10, null, true, false]`, `["a, b", "[x]", "{y}", "q\\"uote", "back\\\\slash", "\\u0001"]`,
+        `[{"a": [1, {"b": "]}"}], "c": null}, [[], {}], "😀 ü"]`, `[[42], ["k", 7], [9223372036854775807]]`,
+        `[{"s": "line\\nbreak\\ttab", "n": 12345678901234567890.0123456789}]`,
+      ];
+      for (const s of samples) {
+        const r = await c.query(`SELECT $1::jsonb::text AS whole, coalesce(array(SELECT e::text FROM jsonb_array_elements($1::jsonb) e), '{}') AS parts`, [s]);
+        assert.deepEqual(splitJsonArray(r.rows[0].whole), r.rows[0].parts, s);
+      }
+    } finally {
+      await c.end();
+    }
+  });
+
+  it("refuses text that is not one JSON array", () => {
+    for (const bad of [`{"a": 1}`, `[1, 2`, `[1,, 2]`, `[1] x`]) assert.throws(() => splitJsonArray(bad), bad);
+  });
+});
