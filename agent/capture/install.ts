@@ -46,7 +46,11 @@ CREATE TABLE IF NOT EXISTS _branchsync.state (
   one boolean PRIMARY KEY DEFAULT true CHECK (one),
   cursor bigint NOT NULL DEFAULT 0,
   tenant_id text NOT NULL,
-  branch_id text NOT NULL);
+  branch_id text NOT NULL,
+  -- Hash of the capture DDL last installed, so a restart with unchanged
+  -- tables takes no ACCESS EXCLUSIVE locks on them.
+  capture_hash text);
+ALTER TABLE _branchsync.state ADD COLUMN IF NOT EXISTS capture_hash text;
 -- Local transactions the hub rejected, kept whole for an operator.
 CREATE TABLE IF NOT EXISTS _branchsync.rejected (
   txid xid8 NOT NULL,
@@ -182,14 +186,32 @@ async function queueExistingRows(db: pg.ClientBase, tables: LocalTable[]): Promi
   return total;
 }
 
+/** The recorded DDL hash, or null if capture is missing anywhere (so it is reinstalled). */
+async function installedHash(db: pg.ClientBase, tables: LocalTable[]): Promise<string | null> {
+  const exists = await db.query("SELECT to_regclass('_branchsync.state') IS NOT NULL AS ok");
+  if (!exists.rows[0].ok) return null;
+  const { rows } = await db.query(
+    `SELECT (SELECT capture_hash FROM _branchsync.state) AS hash,
+            (SELECT count(*)::int FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE t.tgname LIKE '\\_branchsync\\_%' AND (n.nspname || '.' || c.relname) = ANY($1)) AS triggers
+`, [tables.map((t) => t.name)]);
+  if (rows.length === 0 || rows[0].triggers !== tables.length * 4) return null;
+  return rows[0].hash;
+}
+
 export async function installCapture(db: pg.ClientBase, tables: LocalTable[], tenantId: string, branchId: string, initialUpload = false): Promise<bigint> {
   await db.query("BEGIN");
   try {
     await db.query("SELECT pg_advisory_xact_lock(hashtext('_branchsync install'))");
-    await db.query(BASE_DDL);
-    for (const t of tables) for (const stmt of triggers(t)) await db.query(stmt);
+    const ddl = [BASE_DDL, ...tables.flatMap(triggers)];
+    const hash = createHash("sha256").update(ddl.join("\n;\n")).digest("hex");
+    const current = await installedHash(db, tables);
+    if (current !== hash) {
+      for (const stmt of ddl) await db.query(stmt);
+      await db.query("UPDATE _branchsync.state SET capture_hash = $1", [hash]);
+    }
     const bound = await db.query(
-      "INSERT INTO _branchsync.state(tenant_id, branch_id) VALUES ($1, $2) ON CONFLICT (one) DO NOTHING", [tenantId, branchId]);
+      "INSERT INTO _branchsync.state(tenant_id, branch_id, capture_hash) VALUES ($1, $2, $3) ON CONFLICT (one) DO NOTHING", [tenantId, branchId, hash]);
     if (bound.rowCount === 1 && initialUpload) await queueExistingRows(db, tables);
     const { rows } = await db.query("SELECT cursor, tenant_id, branch_id FROM _branchsync.state");
     if (rows[0].tenant_id !== tenantId || rows[0].branch_id !== branchId) {
