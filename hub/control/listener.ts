@@ -14,7 +14,10 @@ const PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 export function listenDual(handler: Handler, port: number, host: string): Promise<net.Server> {
   const h1 = http.createServer(handler as http.RequestListener);
   const h2 = http2.createServer({ settings: { maxConcurrentStreams: 256 } }, handler as (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void);
+  const sockets = new Set<net.Socket>();
   const tcp = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
     socket.once("readable", () => {
       const head: Buffer | null = socket.read(Math.min(PREFACE.length, socket.readableLength)) ?? socket.read();
       if (!head) { socket.destroy(); return; }
@@ -26,8 +29,11 @@ export function listenDual(handler: Handler, port: number, host: string): Promis
   });
   const origClose = tcp.close.bind(tcp);
   tcp.close = ((cb?: (err?: Error) => void) => {
+    // Control-plane clients (HTTP/2 especially) keep idle connections open;
+    // shutdown must not wait for them. Requests in flight are short unary calls.
     h1.closeAllConnections();
     h2.close();
+    for (const s of sockets) s.destroy();
     return origClose(cb);
   }) as typeof tcp.close;
   return new Promise((resolve, reject) => {
