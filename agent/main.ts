@@ -38,7 +38,7 @@ export interface AgentStatus { connected: boolean; cursor: bigint; sessions: num
 
 export interface Agent {
   status(): AgentStatus;
-  /** Pending local changes not yet acknowledged by the hub. */
+  /** Local row changes the hub has not yet sequenced. */
   pendingLocal(): Promise<number>;
   stop(): Promise<void>;
   onConflict?: (n: ConflictNotice) => void;
@@ -111,7 +111,7 @@ export async function startAgent(cfg: AgentConfig, log: Logger = makeLogger("age
   const agent: Agent = {
     status: () => ({ ...state }),
     async pendingLocal() {
-      const { rows } = await pool.query("SELECT coalesce(sum(n), 0)::int AS n FROM _branchsync.changes");
+      const { rows } = await pool.query("SELECT coalesce(sum(c.n), 0)::int AS n FROM _branchsync.changes c JOIN _branchsync.txns t USING (txid) WHERE t.seq IS NULL");
       return rows[0].n;
     },
     async stop() {

@@ -194,7 +194,12 @@ export function decodeTxn(buf: Buffer, start: number, end: number): DecodedTxn {
   return t;
 }
 
-export interface DecodedBatch { batchId: bigint; transactions: DecodedTxn[]; cursorAfter: bigint }
+export interface DecodedBatch {
+  batchId: bigint;
+  transactions: DecodedTxn[];
+  cursorAfter: bigint;
+  ownSequenced: { originTxn: bigint; seq: bigint }[];
+}
 
 /**
  * If `buf` is an AgentMessage/HubMessage whose payload is `changes` (field
@@ -210,7 +215,7 @@ export function decodeChangesEnvelope(buf: Buffer): DecodedBatch | null {
     const wire = tag & 7;
     if (field !== 2 || wire !== WIRE_LEN) return null;
     const [s, e] = r.lenDelimited();
-    batch ??= { batchId: 0n, transactions: [], cursorAfter: 0n };
+    batch ??= { batchId: 0n, transactions: [], cursorAfter: 0n, ownSequenced: [] };
     const br = new Reader(buf, s, e);
     while (br.pos < br.end) {
       const t2 = br.small();
@@ -219,6 +224,18 @@ export function decodeChangesEnvelope(buf: Buffer): DecodedBatch | null {
       if (f2 === 2 && w2 === WIRE_LEN) { const [ts, te] = br.lenDelimited(); batch.transactions.push(decodeTxn(buf, ts, te)); }
       else if (f2 === 1 && w2 === WIRE_VARINT) batch.batchId = br.varint();
       else if (f2 === 3 && w2 === WIRE_VARINT) batch.cursorAfter = br.varint();
+      else if (f2 === 4 && w2 === WIRE_LEN) {
+        const [os, oe] = br.lenDelimited();
+        const or = new Reader(buf, os, oe);
+        const own = { originTxn: 0n, seq: 0n };
+        while (or.pos < or.end) {
+          const t3 = or.small();
+          if (t3 === ((1 << 3) | WIRE_VARINT)) own.originTxn = or.varint();
+          else if (t3 === ((2 << 3) | WIRE_VARINT)) own.seq = or.varint();
+          else or.skip(t3 & 7);
+        }
+        batch.ownSequenced.push(own);
+      }
       else br.skip(w2);
     }
   }

@@ -5,7 +5,7 @@ import { encodeChangeBatch } from "../hub/stream/encode.ts";
 import { fromBinary } from "@bufbuild/protobuf";
 
 describe("hand-built downstream messages", () => {
-  it("decode to exactly what protobuf-es would have built", () => {
+  it("decode to exactly what protobuf-es would have built", async () => {
     const txns = [1n, 127n, 128n, 300n, 2n ** 40n].map((seq, i) => ({
       seq,
       t: create(TransactionSchema, {
@@ -14,11 +14,16 @@ describe("hand-built downstream messages", () => {
       }),
     }));
     for (const cursor of [0n, 5n, 2n ** 40n + 1n]) {
-      const raw = encodeChangeBatch(txns.map(({ seq, t }) => ({ seq, body: Buffer.from(toBinary(TransactionSchema, t)) })), cursor);
+      const own = cursor === 5n ? [{ originTxn: 9n, seq: 3n }, { originTxn: 2n ** 60n, seq: 4n }] : [];
+      const raw = encodeChangeBatch(txns.map(({ seq, t }) => ({ seq, body: Buffer.from(toBinary(TransactionSchema, t)) })), cursor, own);
       const want = create(HubMessageSchema, { payload: { case: "changes", value: {
-        transactions: txns.map(({ seq, t }) => ({ ...t, seq })), cursorAfter: cursor,
+        transactions: txns.map(({ seq, t }) => ({ ...t, seq })), cursorAfter: cursor, ownSequenced: own,
       } } });
       assert.ok(equals(HubMessageSchema, fromBinary(HubMessageSchema, raw), want));
+      const { decodeChangesEnvelope } = await import("../lib/protowire.ts");
+      const fast = decodeChangesEnvelope(raw)!;
+      assert.deepEqual(fast.ownSequenced, own);
+      assert.equal(fast.cursorAfter, cursor);
     }
   });
 });

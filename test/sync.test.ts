@@ -146,14 +146,14 @@ describe("initial upload", function () {
       "SELECT tgname, oid::int FROM pg_trigger WHERE tgrelid = 'items'::regclass AND tgname LIKE '\\_branchsync%' ORDER BY 1")).rows;
     await b.start();
     const first = await triggers();
-    assert.equal(first.length, 4);
+    assert.equal(first.length, 5);
     await b.stop();
     await b.start();
     assert.deepEqual(await triggers(), first, "a restart recreated unchanged triggers");
     await b.stop();
     await b.db.pool.query("DROP TRIGGER _branchsync_ins ON items");
     await b.start();
-    assert.equal((await triggers()).length, 4, "a dropped capture trigger was not reinstalled");
+    assert.equal((await triggers()).length, 5, "a dropped capture trigger was not reinstalled");
     await b.db.pool.query("INSERT INTO items VALUES (9000, 'repaired', 1, 1, NULL, now())");
     await waitFor("row from the repaired trigger", async () => (await c.hubDb.pool.query(
       "SELECT count(*)::int AS n FROM tenant_seeded.log WHERE origin_branch = 'restarts'")).rows[0].n === 1);

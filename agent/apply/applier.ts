@@ -10,6 +10,10 @@
  *    crash starts after the cursor, never applying anything twice.
  *  - No echo: changes are written with branchsync.applying = on, which the
  *    capture triggers skip.
+ *  - Hub order wins: an incoming change is skipped for a row that has a
+ *    local change the hub has not sequenced yet, or sequenced after the
+ *    incoming one. That local change will reach every other branch after
+ *    the incoming one, so every branch ends with the same row.
  *  - Exact values: rows go to PostgreSQL as the to_jsonb text they were
  *    captured as, and jsonb_populate_recordset parses each value with its
  *    column type's own input function; nothing passes through a JS number.
@@ -17,6 +21,8 @@
 import type pg from "pg";
 import { Op, type ChangeBatch, type Change } from "../../gen/branchsync/v1/sync_pb.ts";
 import { quoteIdent } from "../../lib/ident.ts";
+import { markSequenced } from "../capture/reader.ts";
+import { APPLY_LOCK } from "../capture/install.ts";
 import type { LocalTable } from "../capture/introspect.ts";
 
 interface TableSql { upsert: string; del: string }
@@ -41,6 +47,31 @@ function tableSql(t: LocalTable): TableSql {
 }
 
 export class ApplyError extends Error {}
+
+/** Sequence of the newest local change per row; null = not yet sequenced (newest of all). */
+type LocalVersions = Map<string, bigint | null>;
+
+async function localVersions(c: pg.PoolClient): Promise<LocalVersions | null> {
+  const { rows } = await c.query({
+    name: "bs-local-versions",
+    text: `SELECT c.tbl, e.k::text AS key, t.seq::text AS seq
+             FROM _branchsync.txns t JOIN _branchsync.changes c USING (txid), jsonb_array_elements(c.keys) AS e(k)`,
+  });
+  if (rows.length === 0) return null;
+  const m: LocalVersions = new Map();
+  for (const r of rows) {
+    const k = `${r.tbl}\u0000${r.key}`;
+    const seq = r.seq === null ? null : BigInt(r.seq);
+    const prev = m.get(k);
+    if (prev === undefined || (prev !== null && (seq === null || seq > prev))) m.set(k, seq);
+  }
+  return m;
+}
+
+function supersededLocally(local: LocalVersions, ch: Change, seq: bigint): boolean {
+  const v = local.get(`${ch.table}\u0000${ch.key}`);
+  return v !== undefined && (v === null || v > seq);
+}
 
 export interface Applier {
   /** Applies a batch; returns the new cursor once committed, or null while a chunked transaction is still open. */
@@ -86,7 +117,9 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
         open = await pool.connect();
         try {
           // One round trip: a simple-protocol query may hold several statements.
-          await open.query("BEGIN; SET LOCAL branchsync.applying = 'on'");
+          // The exclusive lock waits for local writers in flight and holds
+          // off new ones while we decide which incoming rows they supersede.
+          await open.query(`BEGIN; SET LOCAL branchsync.applying = 'on'; SELECT pg_advisory_xact_lock(${APPLY_LOCK})`);
         } catch (e) {
           open.release(true);
           open = null;
@@ -95,14 +128,27 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
       }
       const c = open;
       try {
+        const own = (batch as ChangeBatch & { ownSequenced?: { originTxn: bigint; seq: bigint }[] }).ownSequenced ?? [];
+        if (own.length > 0) await markSequenced(c, own.map((o) => ({ txid: o.originTxn.toString(), seq: o.seq })));
+        const local = await localVersions(c);
         // All of the batch lands in this one local transaction anyway, so
         // consecutive transactions' changes form longer runs: one statement
         // for many source transactions, in sequence order.
-        const all = batch.transactions.length === 1 ? batch.transactions[0].changes : batch.transactions.flatMap((t) => t.changes);
+        const all: Change[] = [];
+        for (const t of batch.transactions) {
+          for (const ch of t.changes) if (!local || !supersededLocally(local, ch, t.seq)) all.push(ch);
+        }
         await applyChanges(c, all);
         const lastTxn = batch.transactions.at(-1);
         if (lastTxn && !lastTxn.lastChunk) return null;
         await c.query({ name: "bs-cursor", text: "UPDATE _branchsync.state SET cursor = $1", values: [batch.cursorAfter.toString()] });
+        // Local transactions the cursor has passed can no longer be overtaken.
+        await c.query({
+          name: "bs-forget-passed",
+          text: `WITH gone AS (DELETE FROM _branchsync.changes c USING _branchsync.txns t WHERE c.txid = t.txid AND t.seq <= $1)
+                 DELETE FROM _branchsync.txns WHERE seq <= $1`,
+          values: [batch.cursorAfter.toString()],
+        });
         await c.query("COMMIT");
         open = null;
         c.release();

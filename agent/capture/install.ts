@@ -15,6 +15,9 @@ import type { LocalTable } from "./introspect.ts";
 
 export const NOTIFY_CHANNEL = "branchsync_changes";
 
+/** Advisory lock key shared by local writers and held exclusively by the applier. */
+export const APPLY_LOCK = 0x62726e63;
+
 /** Most row changes in one capture unit (and so the smallest upstream chunk). */
 export const UNIT_ROWS = 250;
 
@@ -42,6 +45,10 @@ CREATE TABLE IF NOT EXISTS _branchsync.txns (
   n int NOT NULL,
   started_at timestamptz NOT NULL DEFAULT now());
 CREATE INDEX IF NOT EXISTS txns_last_id ON _branchsync.txns (last_id);
+-- The tenant sequence number the hub gave the transaction. A sequenced
+-- transaction stays here until the branch's cursor passes it: until then an
+-- incoming change sequenced before it must not overwrite its rows.
+ALTER TABLE _branchsync.txns ADD COLUMN IF NOT EXISTS seq bigint;
 CREATE TABLE IF NOT EXISTS _branchsync.state (
   one boolean PRIMARY KEY DEFAULT true CHECK (one),
   cursor bigint NOT NULL DEFAULT 0,
@@ -71,6 +78,18 @@ $$;
 DO $$ BEGIN
   ALTER TABLE _branchsync.changes ALTER COLUMN rows SET COMPRESSION lz4, ALTER COLUMN keys SET COMPRESSION lz4;
 EXCEPTION WHEN OTHERS THEN NULL;
+END $$;
+-- Local writers take this lock shared (before their statement touches a
+-- row); the applier takes it exclusively before it reads which rows have
+-- local changes the hub has not sequenced. Without it a local write could
+-- commit between that read and the apply, and be overwritten here while
+-- winning everywhere else.
+CREATE OR REPLACE FUNCTION _branchsync.lock_for_write() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF current_setting('branchsync.applying', true) IS DISTINCT FROM 'on' THEN
+    PERFORM pg_advisory_xact_lock_shared(${APPLY_LOCK});
+  END IF;
+  RETURN NULL;
 END $$;
 CREATE OR REPLACE FUNCTION _branchsync.refuse_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -141,6 +160,8 @@ BEGIN
 END $f$`;
 }
 
+const TRIGGERS_PER_TABLE = 5;
+
 function triggers(t: LocalTable): string[] {
   const q = `${quoteIdent(t.schema)}.${quoteIdent(t.table)}`;
   return [
@@ -149,6 +170,8 @@ function triggers(t: LocalTable): string[] {
     `DROP TRIGGER IF EXISTS _branchsync_upd ON ${q}`,
     `DROP TRIGGER IF EXISTS _branchsync_del ON ${q}`,
     `DROP TRIGGER IF EXISTS _branchsync_trunc ON ${q}`,
+    `DROP TRIGGER IF EXISTS _branchsync_lock ON ${q}`,
+    `CREATE TRIGGER _branchsync_lock BEFORE INSERT OR UPDATE OR DELETE ON ${q} FOR EACH STATEMENT EXECUTE FUNCTION _branchsync.lock_for_write()`,
     `CREATE TRIGGER _branchsync_ins AFTER INSERT ON ${q} REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION _branchsync.${fnName(t, "ins")}()`,
     `CREATE TRIGGER _branchsync_upd AFTER UPDATE ON ${q} REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION _branchsync.${fnName(t, "upd")}()`,
     `CREATE TRIGGER _branchsync_del AFTER DELETE ON ${q} REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION _branchsync.${fnName(t, "del")}()`,
@@ -195,7 +218,7 @@ async function installedHash(db: pg.ClientBase, tables: LocalTable[]): Promise<s
             (SELECT count(*)::int FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE t.tgname LIKE '\\_branchsync\\_%' AND (n.nspname || '.' || c.relname) = ANY($1)) AS triggers
 `, [tables.map((t) => t.name)]);
-  if (rows.length === 0 || rows[0].triggers !== tables.length * 4) return null;
+  if (rows.length === 0 || rows[0].triggers !== tables.length * TRIGGERS_PER_TABLE) return null;
   return rows[0].hash;
 }
 

@@ -46,7 +46,7 @@ export async function readBatch(db: pg.Pool, inFlight: string[], max: number, ch
   const head = await db.query({
     name: "bs-read-txns",
     text: `SELECT txid::text AS txid, n, (extract(epoch FROM started_at) * 1000000)::bigint AS t
-             FROM _branchsync.txns WHERE NOT (txid = ANY($1::xid8[])) ORDER BY last_id LIMIT 256`,
+             FROM _branchsync.txns WHERE seq IS NULL AND NOT (txid = ANY($1::xid8[])) ORDER BY last_id LIMIT 256`,
     values: [inFlight],
   });
   if (head.rows.length === 0) return { transactions: [], complete: [], chunking: null };
@@ -105,14 +105,17 @@ async function readChunk(db: pg.Pool, c: Chunking, max: number): Promise<ReadRes
   };
 }
 
-/** Forgets transactions the hub holds durably. */
-export async function forget(db: pg.Pool, txids: string[]): Promise<void> {
-  if (txids.length === 0) return;
+/**
+ * Records the sequence numbers the hub gave local transactions. They are
+ * not sent again, and are forgotten once the branch's cursor passes them
+ * (see apply/applier.ts).
+ */
+export async function markSequenced(db: pg.Pool | pg.ClientBase, done: { txid: string; seq: bigint }[]): Promise<void> {
+  if (done.length === 0) return;
   await db.query({
-    name: "bs-forget",
-    text: `WITH t AS (DELETE FROM _branchsync.txns WHERE txid = ANY($1::xid8[]))
-           DELETE FROM _branchsync.changes WHERE txid = ANY($1::xid8[])`,
-    values: [txids],
+    name: "bs-mark-sequenced",
+    text: `UPDATE _branchsync.txns t SET seq = v.seq FROM unnest($1::xid8[], $2::bigint[]) AS v(txid, seq) WHERE t.txid = v.txid`,
+    values: [done.map((d) => d.txid), done.map((d) => d.seq.toString())],
   });
 }
 

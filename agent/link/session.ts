@@ -14,7 +14,7 @@ import { openSyncStream, type AgentCall } from "../../lib/wire.ts";
 import { encodeUpstreamBatch } from "../../lib/protowire.ts";
 import type { Logger } from "../../lib/log.ts";
 import type { LocalTable } from "../capture/introspect.ts";
-import { readBatch, forget, setAside, type Chunking } from "../capture/reader.ts";
+import { readBatch, markSequenced, setAside, type Chunking } from "../capture/reader.ts";
 import type { Applier } from "../apply/applier.ts";
 
 export interface SessionEnv {
@@ -86,7 +86,7 @@ export async function runSession(env: SessionEnv, token: string, version: string
     const sent = awaiting.get(a.batchId);
     if (!sent) throw new Error(`BatchAck for unknown batch ${a.batchId}`);
     awaiting.delete(a.batchId);
-    const done: string[] = [];
+    const done: { txid: string; seq: bigint }[] = [];
     for (const o of a.outcomes) {
       const txid = o.originTxn.toString();
       if (o.outcome === Outcome.REJECTED) {
@@ -95,11 +95,11 @@ export async function runSession(env: SessionEnv, token: string, version: string
         inFlight.delete(txid);
         if (chunking?.txid === txid) chunking = null;
       } else if (o.outcome === Outcome.ACCEPTED || o.outcome === Outcome.DUPLICATE) {
-        done.push(txid);
+        done.push({ txid, seq: o.seq });
       }
     }
-    await forget(env.pool, done);
-    for (const t of done) inFlight.delete(t);
+    await markSequenced(env.pool, done);
+    for (const d of done) inFlight.delete(d.txid);
     wakeUp();
   }
 

@@ -33,6 +33,7 @@ export interface LogEntry {
   part: number;
   lastPart: boolean;
   originBranch: string;
+  originTxn: bigint;
   nChanges: number;
   body: Buffer;
 }
@@ -161,11 +162,11 @@ async function appendGeneral(
 export async function readAfter(pool: pg.Pool, schema: string, seq: bigint, part: number, limit: number): Promise<LogEntry[]> {
   const { rows } = await pool.query({
     name: `read-after-${schema}`,
-    text: `SELECT seq, part, last_part, origin_branch, n_changes, body FROM ${schema}.log
+    text: `SELECT seq, part, last_part, origin_branch, origin_txn, n_changes, body FROM ${schema}.log
             WHERE (seq, part) > ($1::bigint, $2::int) ORDER BY seq, part LIMIT $3`,
     values: [seq.toString(), part, limit],
   });
-  return rows.map((r) => ({ seq: BigInt(r.seq), part: r.part, lastPart: r.last_part, originBranch: r.origin_branch, nChanges: r.n_changes, body: r.body }));
+  return rows.map((r) => ({ seq: BigInt(r.seq), part: r.part, lastPart: r.last_part, originBranch: r.origin_branch, originTxn: BigInt(r.origin_txn), nChanges: r.n_changes, body: r.body }));
 }
 
 export async function readHead(pool: pg.Pool, schema: string): Promise<bigint> {

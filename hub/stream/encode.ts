@@ -10,6 +10,7 @@
 const HUB_MESSAGE_CHANGES = 2;
 const CHANGE_BATCH_TRANSACTIONS = 2;
 const CHANGE_BATCH_CURSOR_AFTER = 3;
+const CHANGE_BATCH_OWN_SEQUENCED = 4;
 const TRANSACTION_SEQ = 3;
 
 const WIRE_VARINT = 0;
@@ -39,15 +40,20 @@ function varintField(field: number, v: bigint): Buffer {
 }
 
 export interface StoredTxn { seq: bigint; body: Buffer }
+export interface OwnSeq { originTxn: bigint; seq: bigint }
 
-/** The encoded HubMessage{changes: ChangeBatch{transactions, cursor_after}}. */
-export function encodeChangeBatch(txns: StoredTxn[], cursorAfter: bigint): Buffer {
+/** The encoded HubMessage{changes: ChangeBatch{transactions, cursor_after, own_sequenced}}. */
+export function encodeChangeBatch(txns: StoredTxn[], cursorAfter: bigint, own: OwnSeq[] = []): Buffer {
   const parts: Buffer[] = [];
   for (const t of txns) {
     const seq = varintField(TRANSACTION_SEQ, t.seq);
     parts.push(header(CHANGE_BATCH_TRANSACTIONS, WIRE_LEN, t.body.length + seq.length), t.body, seq);
   }
   if (cursorAfter > 0n) parts.push(varintField(CHANGE_BATCH_CURSOR_AFTER, cursorAfter));
+  for (const o of own) {
+    const body = Buffer.concat([varintField(1, o.originTxn), varintField(2, o.seq)]);
+    parts.push(header(CHANGE_BATCH_OWN_SEQUENCED, WIRE_LEN, body.length), body);
+  }
   const batch = Buffer.concat(parts);
   return Buffer.concat([header(HUB_MESSAGE_CHANGES, WIRE_LEN, batch.length), batch]);
 }

@@ -24,7 +24,7 @@ import { registerTables, type TableDef } from "../store/tables.ts";
 import { appendBatch, readHead, saveCursor, type AppendOutcome } from "../store/log.ts";
 import type { LogReader } from "./sharedReads.ts";
 import { checkTransaction, batchSize } from "./validate.ts";
-import { encodeChangeBatch, type StoredTxn } from "./encode.ts";
+import { encodeChangeBatch, type StoredTxn, type OwnSeq } from "./encode.ts";
 import { withOriginBranch, type DecodedTxn } from "../../lib/protowire.ts";
 import type { Feed } from "./feed.ts";
 import { MAX_MESSAGE_BYTES } from "../../lib/wire.ts";
@@ -248,7 +248,9 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
       let changes = 0;
       let bytes = 0;
       for (const e of entries) {
-        if (e.originBranch !== identity.branchId) {
+        if (e.originBranch === identity.branchId) {
+          if (e.lastPart) ownSequenced.push({ originTxn: e.originTxn, seq: e.seq });
+        } else {
           if (txns.length > 0 && (changes + e.nChanges > limit || bytes + e.body.length > MAX_MESSAGE_BYTES / 2)) break;
           txns.push({ seq: e.seq, body: e.body });
           changes += e.nChanges;
@@ -263,13 +265,17 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
   }
 
   let advertised = 0n;
+  /** Own transactions passed over since the last batch; they ride on the next one. */
+  let ownSequenced: OwnSeq[] = [];
   async function sendBatch(txns: StoredTxn[], cursorAfter: bigint, changes = 0) {
     if (cursorAfter > advertised) {
       inFlight.push(cursorAfter);
       advertised = cursorAfter;
     }
     metrics.changesOut.inc(changes);
-    if (!closed) await io.send(encodeChangeBatch(txns, cursorAfter));
+    const own = ownSequenced;
+    ownSequenced = [];
+    if (!closed) await io.send(encodeChangeBatch(txns, cursorAfter, own));
   }
 
   function handle(m: AgentMessage) {

@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file branchsync/v1/sync.proto.
  */
 export const file_branchsync_v1_sync: GenFile = /*@__PURE__*/
-  fileDesc("ChhicmFuY2hzeW5jL3YxL3N5bmMucHJvdG8SDWJyYW5jaHN5bmMudjEi3AEKDEFnZW50TWVzc2FnZRIlCgVoZWxsbxgBIAEoCzIULmJyYW5jaHN5bmMudjEuSGVsbG9IABItCgdjaGFuZ2VzGAIgASgLMhouYnJhbmNoc3luYy52MS5DaGFuZ2VCYXRjaEgAEiEKA2FjaxgDIAEoCzISLmJyYW5jaHN5bmMudjEuQWNrSAASIwoEcGluZxgEIAEoCzITLmJyYW5jaHN5bmMudjEuUGluZ0gAEiMKBHBvbmcYBSABKAsyEy5icmFuY2hzeW5jLnYxLlBvbmdIAEIJCgdwYXlsb2FkIsMCCgpIdWJNZXNzYWdlEikKB3dlbGNvbWUYASABKAsyFi5icmFuY2hzeW5jLnYxLldlbGNvbWVIABItCgdjaGFuZ2VzGAIgASgLMhouYnJhbmNoc3luYy52MS5DaGFuZ2VCYXRjaEgAEiwKCWJhdGNoX2FjaxgDIAEoCzIXLmJyYW5jaHN5bmMudjEuQmF0Y2hBY2tIABIxCghjb25mbGljdBgEIAEoCzIdLmJyYW5jaHN5bmMudjEuQ29uZmxpY3ROb3RpY2VIABIlCgVkcmFpbhgFIAEoCzIULmJyYW5jaHN5bmMudjEuRHJhaW5IABIjCgRwaW5nGAYgASgLMhMuYnJhbmNoc3luYy52MS5QaW5nSAASIwoEcG9uZxgHIAEoCzITLmJyYW5jaHN5bmMudjEuUG9uZ0gAQgkKB3BheWxvYWQimQEKBUhlbGxvEhUKDWFnZW50X3ZlcnNpb24YASABKAkSKgoGdGFibGVzGAIgAygLMhouYnJhbmNoc3luYy52MS5UYWJsZVNjaGVtYRIVCg1yZXN1bWVfY3Vyc29yGAMgASgEEhoKEmV4cGVjdGVkX3RlbmFudF9pZBgEIAEoCRIaChJleHBlY3RlZF9icmFuY2hfaWQYBSABKAkiWAoLVGFibGVTY2hlbWESDAoEbmFtZRgBIAEoCRImCgdjb2x1bW5zGAIgAygLMhUuYnJhbmNoc3luYy52MS5Db2x1bW4SEwoLcHJpbWFyeV9rZXkYAyADKAkiNgoGQ29sdW1uEgwKBG5hbWUYASABKAkSDAoEdHlwZRgCIAEoCRIQCghudWxsYWJsZRgDIAEoCCK/AQoHV2VsY29tZRISCgpzZXNzaW9uX2lkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIRCglicmFuY2hfaWQYAyABKAkSEAoIaGVhZF9zZXEYBCABKAQSEwoLcmVzdW1lX2Zyb20YBSABKAQSGQoRbWF4X2JhdGNoX2NoYW5nZXMYBiABKA0SGQoRbWF4X21lc3NhZ2VfYnl0ZXMYByABKA0SHQoVaGVhcnRiZWF0X2ludGVydmFsX21zGAggASgNImcKC0NoYW5nZUJhdGNoEhAKCGJhdGNoX2lkGAEgASgEEjAKDHRyYW5zYWN0aW9ucxgCIAMoCzIaLmJyYW5jaHN5bmMudjEuVHJhbnNhY3Rpb24SFAoMY3Vyc29yX2FmdGVyGAMgASgEIq4BCgtUcmFuc2FjdGlvbhISCgpvcmlnaW5fdHhuGAEgASgEEhUKDW9yaWdpbl9icmFuY2gYAiABKAkSCwoDc2VxGAMgASgEEhMKC2NodW5rX2luZGV4GAQgASgNEhIKCmxhc3RfY2h1bmsYBSABKAgSFgoOY29tbWl0X3RpbWVfdXMYBiABKAMSJgoHY2hhbmdlcxgHIAMoCzIVLmJyYW5jaHN5bmMudjEuQ2hhbmdlIlAKBkNoYW5nZRINCgV0YWJsZRgBIAEoCRIdCgJvcBgCIAEoDjIRLmJyYW5jaHN5bmMudjEuT3ASCwoDa2V5GAMgASgJEgsKA3JvdxgEIAEoCSJRCghCYXRjaEFjaxIQCghiYXRjaF9pZBgBIAEoBBIzCghvdXRjb21lcxgCIAMoCzIhLmJyYW5jaHN5bmMudjEuVHJhbnNhY3Rpb25PdXRjb21lIoIBChJUcmFuc2FjdGlvbk91dGNvbWUSEgoKb3JpZ2luX3R4bhgBIAEoBBITCgtjaHVua19pbmRleBgCIAEoDRInCgdvdXRjb21lGAMgASgOMhYuYnJhbmNoc3luYy52MS5PdXRjb21lEgsKA3NlcRgEIAEoBBINCgVlcnJvchgFIAEoCSIVCgNBY2sSDgoGY3Vyc29yGAEgASgEIpkBCg5Db25mbGljdE5vdGljZRINCgV0YWJsZRgBIAEoCRILCgNrZXkYAiABKAkSEgoKd2lubmVyX3JvdxgDIAEoCRIRCglsb3Nlcl9yb3cYBCABKAkSEAoIc3RyYXRlZ3kYBSABKAkSFQoNd2lubmVyX2JyYW5jaBgGIAEoCRIOCgZyZWFzb24YByABKAkSCwoDc2VxGAggASgEIjMKBURyYWluEg4KBnJlYXNvbhgBIAEoCRIaChJyZWNvbm5lY3RfYWZ0ZXJfbXMYAiABKA0iKQoEUGluZxINCgVub25jZRgBIAEoBBISCgpzZW50X2F0X3VzGAIgASgDIikKBFBvbmcSDQoFbm9uY2UYASABKAQSEgoKc2VudF9hdF91cxgCIAEoAypFCgJPcBISCg5PUF9VTlNQRUNJRklFRBAAEg0KCU9QX0lOU0VSVBABEg0KCU9QX1VQREFURRACEg0KCU9QX0RFTEVURRADKnkKB091dGNvbWUSFwoTT1VUQ09NRV9VTlNQRUNJRklFRBAAEhQKEE9VVENPTUVfQUNDRVBURUQQARIVChFPVVRDT01FX0RVUExJQ0FURRACEhIKDk9VVENPTUVfU1RBR0VEEAMSFAoQT1VUQ09NRV9SRUpFQ1RFRBAEMlcKC1N5bmNTZXJ2aWNlEkgKClN5bmNTdHJlYW0SGy5icmFuY2hzeW5jLnYxLkFnZW50TWVzc2FnZRoZLmJyYW5jaHN5bmMudjEuSHViTWVzc2FnZSgBMAFiBnByb3RvMw");
+  fileDesc("ChhicmFuY2hzeW5jL3YxL3N5bmMucHJvdG8SDWJyYW5jaHN5bmMudjEi3AEKDEFnZW50TWVzc2FnZRIlCgVoZWxsbxgBIAEoCzIULmJyYW5jaHN5bmMudjEuSGVsbG9IABItCgdjaGFuZ2VzGAIgASgLMhouYnJhbmNoc3luYy52MS5DaGFuZ2VCYXRjaEgAEiEKA2FjaxgDIAEoCzISLmJyYW5jaHN5bmMudjEuQWNrSAASIwoEcGluZxgEIAEoCzITLmJyYW5jaHN5bmMudjEuUGluZ0gAEiMKBHBvbmcYBSABKAsyEy5icmFuY2hzeW5jLnYxLlBvbmdIAEIJCgdwYXlsb2FkIsMCCgpIdWJNZXNzYWdlEikKB3dlbGNvbWUYASABKAsyFi5icmFuY2hzeW5jLnYxLldlbGNvbWVIABItCgdjaGFuZ2VzGAIgASgLMhouYnJhbmNoc3luYy52MS5DaGFuZ2VCYXRjaEgAEiwKCWJhdGNoX2FjaxgDIAEoCzIXLmJyYW5jaHN5bmMudjEuQmF0Y2hBY2tIABIxCghjb25mbGljdBgEIAEoCzIdLmJyYW5jaHN5bmMudjEuQ29uZmxpY3ROb3RpY2VIABIlCgVkcmFpbhgFIAEoCzIULmJyYW5jaHN5bmMudjEuRHJhaW5IABIjCgRwaW5nGAYgASgLMhMuYnJhbmNoc3luYy52MS5QaW5nSAASIwoEcG9uZxgHIAEoCzITLmJyYW5jaHN5bmMudjEuUG9uZ0gAQgkKB3BheWxvYWQimQEKBUhlbGxvEhUKDWFnZW50X3ZlcnNpb24YASABKAkSKgoGdGFibGVzGAIgAygLMhouYnJhbmNoc3luYy52MS5UYWJsZVNjaGVtYRIVCg1yZXN1bWVfY3Vyc29yGAMgASgEEhoKEmV4cGVjdGVkX3RlbmFudF9pZBgEIAEoCRIaChJleHBlY3RlZF9icmFuY2hfaWQYBSABKAkiWAoLVGFibGVTY2hlbWESDAoEbmFtZRgBIAEoCRImCgdjb2x1bW5zGAIgAygLMhUuYnJhbmNoc3luYy52MS5Db2x1bW4SEwoLcHJpbWFyeV9rZXkYAyADKAkiNgoGQ29sdW1uEgwKBG5hbWUYASABKAkSDAoEdHlwZRgCIAEoCRIQCghudWxsYWJsZRgDIAEoCCK/AQoHV2VsY29tZRISCgpzZXNzaW9uX2lkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIRCglicmFuY2hfaWQYAyABKAkSEAoIaGVhZF9zZXEYBCABKAQSEwoLcmVzdW1lX2Zyb20YBSABKAQSGQoRbWF4X2JhdGNoX2NoYW5nZXMYBiABKA0SGQoRbWF4X21lc3NhZ2VfYnl0ZXMYByABKA0SHQoVaGVhcnRiZWF0X2ludGVydmFsX21zGAggASgNIpsBCgtDaGFuZ2VCYXRjaBIQCghiYXRjaF9pZBgBIAEoBBIwCgx0cmFuc2FjdGlvbnMYAiADKAsyGi5icmFuY2hzeW5jLnYxLlRyYW5zYWN0aW9uEhQKDGN1cnNvcl9hZnRlchgDIAEoBBIyCg1vd25fc2VxdWVuY2VkGAQgAygLMhsuYnJhbmNoc3luYy52MS5TZXF1ZW5jZWRPd24iLwoMU2VxdWVuY2VkT3duEhIKCm9yaWdpbl90eG4YASABKAQSCwoDc2VxGAIgASgEIq4BCgtUcmFuc2FjdGlvbhISCgpvcmlnaW5fdHhuGAEgASgEEhUKDW9yaWdpbl9icmFuY2gYAiABKAkSCwoDc2VxGAMgASgEEhMKC2NodW5rX2luZGV4GAQgASgNEhIKCmxhc3RfY2h1bmsYBSABKAgSFgoOY29tbWl0X3RpbWVfdXMYBiABKAMSJgoHY2hhbmdlcxgHIAMoCzIVLmJyYW5jaHN5bmMudjEuQ2hhbmdlIlAKBkNoYW5nZRINCgV0YWJsZRgBIAEoCRIdCgJvcBgCIAEoDjIRLmJyYW5jaHN5bmMudjEuT3ASCwoDa2V5GAMgASgJEgsKA3JvdxgEIAEoCSJRCghCYXRjaEFjaxIQCghiYXRjaF9pZBgBIAEoBBIzCghvdXRjb21lcxgCIAMoCzIhLmJyYW5jaHN5bmMudjEuVHJhbnNhY3Rpb25PdXRjb21lIoIBChJUcmFuc2FjdGlvbk91dGNvbWUSEgoKb3JpZ2luX3R4bhgBIAEoBBITCgtjaHVua19pbmRleBgCIAEoDRInCgdvdXRjb21lGAMgASgOMhYuYnJhbmNoc3luYy52MS5PdXRjb21lEgsKA3NlcRgEIAEoBBINCgVlcnJvchgFIAEoCSIVCgNBY2sSDgoGY3Vyc29yGAEgASgEIpkBCg5Db25mbGljdE5vdGljZRINCgV0YWJsZRgBIAEoCRILCgNrZXkYAiABKAkSEgoKd2lubmVyX3JvdxgDIAEoCRIRCglsb3Nlcl9yb3cYBCABKAkSEAoIc3RyYXRlZ3kYBSABKAkSFQoNd2lubmVyX2JyYW5jaBgGIAEoCRIOCgZyZWFzb24YByABKAkSCwoDc2VxGAggASgEIjMKBURyYWluEg4KBnJlYXNvbhgBIAEoCRIaChJyZWNvbm5lY3RfYWZ0ZXJfbXMYAiABKA0iKQoEUGluZxINCgVub25jZRgBIAEoBBISCgpzZW50X2F0X3VzGAIgASgDIikKBFBvbmcSDQoFbm9uY2UYASABKAQSEgoKc2VudF9hdF91cxgCIAEoAypFCgJPcBISCg5PUF9VTlNQRUNJRklFRBAAEg0KCU9QX0lOU0VSVBABEg0KCU9QX1VQREFURRACEg0KCU9QX0RFTEVURRADKnkKB091dGNvbWUSFwoTT1VUQ09NRV9VTlNQRUNJRklFRBAAEhQKEE9VVENPTUVfQUNDRVBURUQQARIVChFPVVRDT01FX0RVUExJQ0FURRACEhIKDk9VVENPTUVfU1RBR0VEEAMSFAoQT1VUQ09NRV9SRUpFQ1RFRBAEMlcKC1N5bmNTZXJ2aWNlEkgKClN5bmNTdHJlYW0SGy5icmFuY2hzeW5jLnYxLkFnZW50TWVzc2FnZRoZLmJyYW5jaHN5bmMudjEuSHViTWVzc2FnZSgBMAFiBnByb3RvMw");
 
 /**
  * AgentMessage is everything an agent sends on SyncStream.
@@ -383,6 +383,17 @@ export type ChangeBatch = Message<"branchsync.v1.ChangeBatch"> & {
    * @generated from field: uint64 cursor_after = 3;
    */
   cursorAfter: bigint;
+
+  /**
+   * Hub to agent only: the receiving branch's own transactions that the hub
+   * sequenced within this batch's range, in sequence order. An agent needs
+   * them to know, for each incoming change, whether its own pending change
+   * to the same row comes later in the tenant order (and so must not be
+   * overwritten) or earlier.
+   *
+   * @generated from field: repeated branchsync.v1.SequencedOwn own_sequenced = 4;
+   */
+  ownSequenced: SequencedOwn[];
 };
 
 /**
@@ -391,6 +402,35 @@ export type ChangeBatch = Message<"branchsync.v1.ChangeBatch"> & {
  */
 export const ChangeBatchSchema: GenMessage<ChangeBatch> = /*@__PURE__*/
   messageDesc(file_branchsync_v1_sync, 6);
+
+/**
+ * SequencedOwn tells a branch the tenant sequence number of one of its own
+ * transactions.
+ *
+ * @generated from message branchsync.v1.SequencedOwn
+ */
+export type SequencedOwn = Message<"branchsync.v1.SequencedOwn"> & {
+  /**
+   * The branch-local transaction id (Transaction.origin_txn).
+   *
+   * @generated from field: uint64 origin_txn = 1;
+   */
+  originTxn: bigint;
+
+  /**
+   * Its tenant sequence number.
+   *
+   * @generated from field: uint64 seq = 2;
+   */
+  seq: bigint;
+};
+
+/**
+ * Describes the message branchsync.v1.SequencedOwn.
+ * Use `create(SequencedOwnSchema)` to create a new message.
+ */
+export const SequencedOwnSchema: GenMessage<SequencedOwn> = /*@__PURE__*/
+  messageDesc(file_branchsync_v1_sync, 7);
 
 /**
  * Transaction is one source database transaction, or one chunk of it.
@@ -462,7 +502,7 @@ export type Transaction = Message<"branchsync.v1.Transaction"> & {
  * Use `create(TransactionSchema)` to create a new message.
  */
 export const TransactionSchema: GenMessage<Transaction> = /*@__PURE__*/
-  messageDesc(file_branchsync_v1_sync, 7);
+  messageDesc(file_branchsync_v1_sync, 8);
 
 /**
  * Change is one row change.
@@ -510,7 +550,7 @@ export type Change = Message<"branchsync.v1.Change"> & {
  * Use `create(ChangeSchema)` to create a new message.
  */
 export const ChangeSchema: GenMessage<Change> = /*@__PURE__*/
-  messageDesc(file_branchsync_v1_sync, 8);
+  messageDesc(file_branchsync_v1_sync, 9);
 
 /**
  * BatchAck reports what the hub did with each transaction of a ChangeBatch.
@@ -539,7 +579,7 @@ export type BatchAck = Message<"branchsync.v1.BatchAck"> & {
  * Use `create(BatchAckSchema)` to create a new message.
  */
 export const BatchAckSchema: GenMessage<BatchAck> = /*@__PURE__*/
-  messageDesc(file_branchsync_v1_sync, 9);
+  messageDesc(file_branchsync_v1_sync, 10);
 
 /**
  * TransactionOutcome is the hub's verdict on one transaction (chunk).
@@ -589,7 +629,7 @@ export type TransactionOutcome = Message<"branchsync.v1.TransactionOutcome"> & {
  * Use `create(TransactionOutcomeSchema)` to create a new message.
  */
 export const TransactionOutcomeSchema: GenMessage<TransactionOutcome> = /*@__PURE__*/
-  messageDesc(file_branchsync_v1_sync, 10);
+  messageDesc(file_branchsync_v1_sync, 11);
 
 /**
  * Ack tells the hub how far the branch has durably applied.
@@ -611,7 +651,7 @@ export type Ack = Message<"branchsync.v1.Ack"> & {
  * Use `create(AckSchema)` to create a new message.
  */
 export const AckSchema: GenMessage<Ack> = /*@__PURE__*/
-  messageDesc(file_branchsync_v1_sync, 11);
+  messageDesc(file_branchsync_v1_sync, 12);
 
 /**
  * ConflictNotice tells a branch that one of its changes lost a conflict.
@@ -681,7 +721,7 @@ export type ConflictNotice = Message<"branchsync.v1.ConflictNotice"> & {
  * Use `create(ConflictNoticeSchema)` to create a new message.
  */
 export const ConflictNoticeSchema: GenMessage<ConflictNotice> = /*@__PURE__*/
-  messageDesc(file_branchsync_v1_sync, 12);
+  messageDesc(file_branchsync_v1_sync, 13);
 
 /**
  * Drain asks the agent to close this stream and reconnect.
@@ -709,7 +749,7 @@ export type Drain = Message<"branchsync.v1.Drain"> & {
  * Use `create(DrainSchema)` to create a new message.
  */
 export const DrainSchema: GenMessage<Drain> = /*@__PURE__*/
-  messageDesc(file_branchsync_v1_sync, 13);
+  messageDesc(file_branchsync_v1_sync, 14);
 
 /**
  * Ping probes liveness.
@@ -737,7 +777,7 @@ export type Ping = Message<"branchsync.v1.Ping"> & {
  * Use `create(PingSchema)` to create a new message.
  */
 export const PingSchema: GenMessage<Ping> = /*@__PURE__*/
-  messageDesc(file_branchsync_v1_sync, 14);
+  messageDesc(file_branchsync_v1_sync, 15);
 
 /**
  * Pong answers a Ping.
@@ -765,7 +805,7 @@ export type Pong = Message<"branchsync.v1.Pong"> & {
  * Use `create(PongSchema)` to create a new message.
  */
 export const PongSchema: GenMessage<Pong> = /*@__PURE__*/
-  messageDesc(file_branchsync_v1_sync, 15);
+  messageDesc(file_branchsync_v1_sync, 16);
 
 /**
  * Op is the kind of a row change.
