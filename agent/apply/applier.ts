@@ -84,6 +84,7 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
   const sql = new Map<string, TableSql & { idx: number }>();
   tables.forEach((t, idx) => sql.set(t.name, { ...tableSql(t), idx }));
   let open: pg.PoolClient | null = null;
+  let locked = false;
 
   async function runOf(c: pg.PoolClient, table: string, del: boolean, changes: Change[]) {
     const s = sql.get(table);
@@ -117,9 +118,8 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
         open = await pool.connect();
         try {
           // One round trip: a simple-protocol query may hold several statements.
-          // The exclusive lock waits for local writers in flight and holds
-          // off new ones while we decide which incoming rows they supersede.
-          await open.query(`BEGIN; SET LOCAL branchsync.applying = 'on'; SELECT pg_advisory_xact_lock(${APPLY_LOCK})`);
+          await open.query("BEGIN; SET LOCAL branchsync.applying = 'on'");
+          locked = false;
         } catch (e) {
           open.release(true);
           open = null;
@@ -130,7 +130,18 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
       try {
         const own = (batch as ChangeBatch & { ownSequenced?: { originTxn: bigint; seq: bigint }[] }).ownSequenced ?? [];
         if (own.length > 0) await markSequenced(c, own.map((o) => ({ txid: o.originTxn.toString(), seq: o.seq })));
-        const local = await localVersions(c);
+        // Only foreign changes can be superseded; batches that just move the
+        // cursor past our own transactions neither check nor block writers.
+        let local: LocalVersions | null = null;
+        if (batch.transactions.length > 0) {
+          if (!locked) {
+            // Waits for local writers in flight and holds off new ones while
+            // we decide which incoming rows their changes supersede.
+            await c.query(`SELECT pg_advisory_xact_lock(${APPLY_LOCK})`);
+            locked = true;
+          }
+          local = await localVersions(c);
+        }
         // All of the batch lands in this one local transaction anyway, so
         // consecutive transactions' changes form longer runs: one statement
         // for many source transactions, in sequence order.

@@ -49,6 +49,8 @@ CREATE INDEX IF NOT EXISTS txns_last_id ON _branchsync.txns (last_id);
 -- transaction stays here until the branch's cursor passes it: until then an
 -- incoming change sequenced before it must not overwrite its rows.
 ALTER TABLE _branchsync.txns ADD COLUMN IF NOT EXISTS seq bigint;
+-- What the sender looks for: transactions not yet sequenced, in order.
+CREATE INDEX IF NOT EXISTS txns_unsent ON _branchsync.txns (last_id) WHERE seq IS NULL;
 CREATE TABLE IF NOT EXISTS _branchsync.state (
   one boolean PRIMARY KEY DEFAULT true CHECK (one),
   cursor bigint NOT NULL DEFAULT 0,

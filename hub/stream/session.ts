@@ -32,6 +32,10 @@ import { metrics } from "../metrics.ts";
 
 /** Part number past any real part: "after (seq, AFTER_ALL_PARTS)" means the next seq. */
 const AFTER_ALL_PARTS = 2_147_483_647;
+/** Own transactions reported to a branch at the latest after this many. */
+const OWN_BATCH = 256;
+/** ... or after this long; only own-transaction cursor moves wait for it. */
+const OWN_ONLY_EVERY_MS = 200;
 
 export interface SessionLimits {
   maxBatchChanges: number;
@@ -226,6 +230,7 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
   async function pump() {
     const limit = deps.limits.maxBatchChanges;
     let lastComplete = sentSeq;
+    let lastOwnOnly = 0;
     advertised = sentSeq;
     while (!closed) {
       if (inFlight.length >= deps.limits.downstreamWindow) {
@@ -237,7 +242,13 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
       if (closed) return;
       if (entries.length === 0) {
         if (lastComplete > advertised) {
-          // Only our own transactions were skipped: move the branch's cursor.
+          // Only the branch's own transactions were passed over: move its
+          // cursor, but not for every commit of a busy writer.
+          if (ownSequenced.length < OWN_BATCH && Date.now() - lastOwnOnly < OWN_ONLY_EVERY_MS) {
+            await deps.feed.wait(identity.tenantId, sentSeq, AbortSignal.any([abort.signal, AbortSignal.timeout(OWN_ONLY_EVERY_MS)]));
+            continue;
+          }
+          lastOwnOnly = Date.now();
           await sendBatch([], lastComplete);
           continue;
         }
@@ -261,6 +272,9 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
         if (e.lastPart) { lastComplete = e.seq; sentPart = AFTER_ALL_PARTS; }
       }
       if (txns.length > 0) await sendBatch(txns, lastComplete, changes);
+      // A branch writing a lot keeps its sequenced transactions until its
+      // cursor passes them: tell it about them in bounded steps.
+      else if (ownSequenced.length >= OWN_BATCH && lastComplete > advertised) await sendBatch([], lastComplete);
     }
   }
 
