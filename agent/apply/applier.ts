@@ -118,8 +118,9 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
         open = await pool.connect();
         try {
           // One round trip: a simple-protocol query may hold several statements.
-          await open.query("BEGIN; SET LOCAL branchsync.applying = 'on'");
-          locked = false;
+          // One round trip; the lock (see below) comes along when needed.
+          locked = batch.transactions.length > 0;
+          await open.query(`BEGIN; SET LOCAL branchsync.applying = 'on'${locked ? `; SELECT pg_advisory_xact_lock(${APPLY_LOCK})` : ""}`);
         } catch (e) {
           open.release(true);
           open = null;
@@ -152,12 +153,13 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
         await applyChanges(c, all);
         const lastTxn = batch.transactions.at(-1);
         if (lastTxn && !lastTxn.lastChunk) return null;
-        await c.query({ name: "bs-cursor", text: "UPDATE _branchsync.state SET cursor = $1", values: [batch.cursorAfter.toString()] });
-        // Local transactions the cursor has passed can no longer be overtaken.
+        // The cursor moves, and local transactions it passed can no longer
+        // be overtaken, so they go: one statement.
         await c.query({
-          name: "bs-forget-passed",
-          text: `WITH gone AS (DELETE FROM _branchsync.changes c USING _branchsync.txns t WHERE c.txid = t.txid AND t.seq <= $1)
-                 DELETE FROM _branchsync.txns WHERE seq <= $1`,
+          name: "bs-cursor",
+          text: `WITH gone AS (DELETE FROM _branchsync.changes c USING _branchsync.txns t WHERE c.txid = t.txid AND t.seq <= $1),
+                      done AS (DELETE FROM _branchsync.txns WHERE seq <= $1)
+                 UPDATE _branchsync.state SET cursor = $1`,
           values: [batch.cursorAfter.toString()],
         });
         await c.query("COMMIT");
