@@ -16,4 +16,5 @@ export const agentSpec = {
   batchLingerMs: int("extra wait for a partial batch to fill while another is in flight (upper bound 50 ms is sane)", "BATCH_LINGER_MS", "batch-linger-ms", 0, 0, 10_000),
   initialUpload: bool("on the first start against this database, send its existing rows to the other branches", "INITIAL_UPLOAD", "initial-upload", false),
   pollMs: int("fallback poll of the local change log when no NOTIFY arrives", "POLL_MS", "poll-ms", 1000, 10, 60_000),
+  clockSkewMs: int("correction added to this branch's clock when stamping HLCs (for a clock that cannot be fixed; tests use it to fake a skewed branch)", "CLOCK_SKEW_MS", "clock-skew-ms", 0, -86_400_000, 86_400_000),
 };

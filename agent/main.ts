@@ -15,6 +15,7 @@ import { introspect, type LocalTable } from "./capture/introspect.ts";
 import { installCapture, NOTIFY_CHANNEL } from "./capture/install.ts";
 import { makeApplier } from "./apply/applier.ts";
 import { runSession } from "./link/session.ts";
+import { makeClock } from "./capture/clock.ts";
 
 export const AGENT_VERSION = "branchsync-agent/0.1.0";
 
@@ -32,6 +33,8 @@ export interface AgentConfig {
   pollMs: number;
   /** On first binding, queue the database's existing rows as inserts. */
   initialUpload?: boolean;
+  /** Added to the branch clock for HLCs; default 0. */
+  clockSkewMs?: number;
 }
 
 export interface AgentStatus { connected: boolean; cursor: bigint; sessions: number; lastError: string | null }
@@ -102,6 +105,7 @@ export async function startAgent(cfg: AgentConfig, log: Logger = makeLogger("age
   const client = makeSyncClient(target, creds);
   const auth = createClient(AuthService, createConnectTransport({ baseUrl: cfg.authUrl || cfg.hubUrl, httpVersion: "1.1" }));
   const applier = makeApplier(pool, tables);
+  const clock = makeClock(cfg.clockSkewMs ?? 0);
   const backoff = makeBackoff();
   const state: AgentStatus = { connected: false, cursor, sessions: 0, lastError: null };
   let token: { value: string; expiresAt: number } | null = null;
@@ -143,7 +147,7 @@ export async function startAgent(cfg: AgentConfig, log: Logger = makeLogger("age
         const res = await runSession({
           pool, client, tables, tenantId: cfg.tenantId, branchId: cfg.branchId,
           batchMaxChanges: cfg.batchMaxChanges, batchLingerMs: cfg.batchLingerMs, pollMs: cfg.pollMs,
-          applier, log, waitLocal: listener.wait, stopping: stopping.signal,
+          applier, clock, log, waitLocal: listener.wait, stopping: stopping.signal,
           onCursor: (c) => { state.cursor = c; state.connected = true; },
           onConflict: (n) => agent.onConflict?.(n),
         }, t, AGENT_VERSION);

@@ -11,5 +11,6 @@ export const hubSpec = {
   drainSeconds: int("how long shutdown waits for sessions to move away", "DRAIN_SECONDS", "drain-seconds", 10, 0, 600),
   maxBatchChanges: int("largest ChangeBatch accepted", "MAX_BATCH_CHANGES", "max-batch-changes", 2000, 10, 20_000),
   pollMs: int("fallback poll of the tenant log when no wake-up arrives (Redis down)", "LOG_POLL_MS", "log-poll-ms", 1000, 10, 60_000),
+  maxClockSkewMs: int("how far ahead of the hub's clock a branch's HLC may be; further ahead is refused until its clock is fixed", "MAX_CLOCK_SKEW_MS", "max-clock-skew-ms", 60_000, 0, 86_400_000),
   poolSize: int("PostgreSQL connections per replica", "PG_POOL_SIZE", "pg-pool-size", 20, 2, 500),
 };

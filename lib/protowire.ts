@@ -70,8 +70,11 @@ export class Writer {
   finish(): Buffer { return Buffer.from(this.buf.subarray(0, this.pos)); }
 }
 
-export interface WireChange { table: string; op: number; key: string; row: string }
-export interface WireTxn { originTxn: bigint; chunkIndex: number; lastChunk: boolean; commitTimeUs: bigint; changes: WireChange[] }
+export interface WireChange { table: string; op: number; key: string; row: string; prev: string }
+export interface WireTxn {
+  originTxn: bigint; chunkIndex: number; lastChunk: boolean; commitTimeUs: bigint; changes: WireChange[];
+  baseSeq: bigint; hlc: bigint;
+}
 
 /** AgentMessage{changes: ChangeBatch{batch_id, transactions}}. */
 export function encodeUpstreamBatch(batchId: bigint, txns: WireTxn[]): Buffer {
@@ -90,8 +93,11 @@ export function encodeUpstreamBatch(batchId: bigint, txns: WireTxn[]): Buffer {
             if (c.op) { w.tag(2, WIRE_VARINT); w.varint(c.op); }
             w.string(3, c.key);
             w.string(4, c.row);
+            w.string(5, c.prev);
           });
         }
+        if (t.baseSeq) { w.tag(8, WIRE_VARINT); w.varint(t.baseSeq); }
+        if (t.hlc) { w.tag(9, WIRE_VARINT); w.varint(t.hlc); }
       });
     }
   });
@@ -157,15 +163,15 @@ export interface DecodedTxn extends WireTxn {
 
 function decodeChange(buf: Buffer, start: number, end: number): WireChange {
   const r = new Reader(buf, start, end);
-  const c: WireChange = { table: "", op: 0, key: "", row: "" };
+  const c: WireChange = { table: "", op: 0, key: "", row: "", prev: "" };
   while (r.pos < r.end) {
     const tag = r.small();
     const field = tag >>> 3;
     const wire = tag & 7;
-    if (wire === WIRE_LEN && field >= 1 && field <= 4 && field !== 2) {
+    if (wire === WIRE_LEN && field >= 1 && field <= 5 && field !== 2) {
       const [s, e] = r.lenDelimited();
       const v = buf.toString("utf8", s, e);
-      if (field === 1) c.table = v; else if (field === 3) c.key = v; else c.row = v;
+      if (field === 1) c.table = v; else if (field === 3) c.key = v; else if (field === 4) c.row = v; else c.prev = v;
     } else if (field === 2 && wire === WIRE_VARINT) {
       c.op = r.small();
     } else r.skip(wire);
@@ -175,7 +181,10 @@ function decodeChange(buf: Buffer, start: number, end: number): WireChange {
 
 export function decodeTxn(buf: Buffer, start: number, end: number): DecodedTxn {
   const r = new Reader(buf, start, end);
-  const t: DecodedTxn = { originTxn: 0n, originBranch: "", seq: 0n, chunkIndex: 0, lastChunk: false, commitTimeUs: 0n, changes: [], raw: buf.subarray(start, end) };
+  const t: DecodedTxn = {
+    originTxn: 0n, originBranch: "", seq: 0n, chunkIndex: 0, lastChunk: false, commitTimeUs: 0n, changes: [],
+    baseSeq: 0n, hlc: 0n, raw: buf.subarray(start, end),
+  };
   while (r.pos < r.end) {
     const tag = r.small();
     const field = tag >>> 3;
@@ -189,6 +198,8 @@ export function decodeTxn(buf: Buffer, start: number, end: number): DecodedTxn {
     else if (field === 4 && wire === WIRE_VARINT) t.chunkIndex = r.small();
     else if (field === 5 && wire === WIRE_VARINT) t.lastChunk = r.small() !== 0;
     else if (field === 6 && wire === WIRE_VARINT) t.commitTimeUs = BigInt.asIntN(64, r.varint());
+    else if (field === 8 && wire === WIRE_VARINT) t.baseSeq = r.varint();
+    else if (field === 9 && wire === WIRE_VARINT) t.hlc = r.varint();
     else r.skip(wire);
   }
   return t;

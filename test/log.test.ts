@@ -3,6 +3,8 @@ import pg from "pg";
 import { migrate } from "../hub/store/migrate.ts";
 import { createTenant, tenantSchema } from "../hub/store/tenants.ts";
 import { appendBatch, readAfter } from "../hub/store/log.ts";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { TransactionSchema, Op } from "../gen/branchsync/v1/sync_pb.ts";
 import { createDb, type TestDb } from "./support/db.ts";
 import { seeded, testSeed } from "./support/process.ts";
 
@@ -23,7 +25,11 @@ describe("the tenant log (store level)", function () {
 
   it("gives concurrent appenders a gap-free sequence that becomes visible in order; resends are duplicates", async () => {
     const rnd = seeded(testSeed());
-    const txn = (id: number, chunk = 0, last = true) => ({ originTxn: BigInt(id), chunkIndex: chunk, lastChunk: last, nChanges: 1, body: Buffer.from([id % 256]) });
+    const txn = (id: number, chunk = 0, last = true) => {
+      const changes = [{ table: "public.t", op: Op.INSERT, key: `[${id}, ${chunk}]`, row: `{"id": ${id}}`, prev: "" }];
+      const body = toBinary(TransactionSchema, create(TransactionSchema, { originTxn: BigInt(id), chunkIndex: chunk, lastChunk: last, changes }));
+      return { originTxn: BigInt(id), chunkIndex: chunk, lastChunk: last, nChanges: 1, body, changes, baseSeq: 0n, hlc: 1n };
+    };
     let done = false;
     const gaps: string[] = [];
     const watcher = (async () => {
@@ -41,10 +47,10 @@ describe("the tenant log (store level)", function () {
         if (i > 0 && rnd() < 0.3) ids.push(w * 10_000 + (i - 1) * 10);
         // Sometimes a transaction arrives in chunks: the general path.
         const chunked = rnd() < 0.2;
-        if (chunked) await appendBatch(pool, S, `b${w}`, [txn(w * 10_000 + i * 10 + 9, 0, false)]);
+        if (chunked) await appendBatch(pool, S, `b${w}`, [txn(w * 10_000 + i * 10 + 9, 0, false)], new Map());
         const batch = ids.map((id) => txn(id));
         if (chunked) batch.push(txn(w * 10_000 + i * 10 + 9, 1, true));
-        const { outcomes } = await appendBatch(pool, S, `b${w}`, batch);
+        const { outcomes } = await appendBatch(pool, S, `b${w}`, batch, new Map());
         outcomes.forEach((o, k) => {
           const key = `b${w}/${batch[k].originTxn}`;
           if (o.kind === "accepted") {

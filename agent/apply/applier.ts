@@ -14,12 +14,17 @@
  *    local change the hub has not sequenced yet, or sequenced after the
  *    incoming one. That local change will reach every other branch after
  *    the incoming one, so every branch ends with the same row.
+ *  - Never blocked by one bad row: a transaction that cannot be applied here
+ *    (a local constraint, a missing referenced row) is quarantined whole, in
+ *    the same local transaction that applies the rest and moves the cursor,
+ *    and NACKed; an operator retries or discards it later.
  *  - Exact values: rows go to PostgreSQL as the to_jsonb text they were
  *    captured as, and jsonb_populate_recordset parses each value with its
  *    column type's own input function; nothing passes through a JS number.
  */
 import type pg from "pg";
-import { Op, type ChangeBatch, type Change } from "../../gen/branchsync/v1/sync_pb.ts";
+import { toBinary } from "@bufbuild/protobuf";
+import { Op, TransactionSchema, type ChangeBatch, type Change, type Transaction } from "../../gen/branchsync/v1/sync_pb.ts";
 import { quoteIdent } from "../../lib/ident.ts";
 import { markSequenced } from "../capture/reader.ts";
 import { APPLY_LOCK } from "../capture/install.ts";
@@ -73,18 +78,50 @@ function supersededLocally(local: LocalVersions, ch: Change, seq: bigint): boole
   return v !== undefined && (v === null || v > seq);
 }
 
+/** A downstream transaction this branch could not apply, kept in _branchsync.quarantine. */
+export interface Quarantined { seq: bigint; originBranch: string; originTxn: bigint; error: string; sqlstate: string }
+
+export interface ApplyResult {
+  /** The new cursor once committed, or null while a chunked transaction is still open. */
+  cursor: bigint | null;
+  /** Transactions quarantined by this apply (committed with the cursor); NACK them. */
+  quarantined: Quarantined[];
+}
+
+export type RetryOutcome = { outcome: "applied" | "discarded" } | { outcome: "failed"; error: string };
+
 export interface Applier {
-  /** Applies a batch; returns the new cursor once committed, or null while a chunked transaction is still open. */
-  apply(batch: ChangeBatch): Promise<bigint | null>;
+  apply(batch: ChangeBatch): Promise<ApplyResult>;
   /** Rolls back a half-received chunked transaction (stream ended). */
   abort(): Promise<void>;
+  /** True while a chunked transaction holds a local transaction open. */
+  busy(): boolean;
+  /** Operator retry: applies `repair` (the rows' newest versions) once, marking the quarantined seq applied. */
+  retry(seq: bigint, repair: Transaction): Promise<RetryOutcome>;
+  discard(seq: bigint): Promise<RetryOutcome>;
 }
+
+/**
+ * Errors that come from the data (a constraint, a type, a missing table or
+ * column, a trigger's RAISE): applying again will fail again, so the
+ * transaction is quarantined. Anything else (connection, serialization,
+ * resources) is retried through a reconnect.
+ */
+export function isDataError(e: unknown): boolean {
+  if (e instanceof ApplyError) return true;
+  const code = (e as { code?: unknown }).code;
+  return typeof code === "string" && /^(22|23|42|44|P0|2F|38|39)/.test(code);
+}
+
+const describe = (e: unknown) => ({ error: e instanceof Error ? e.message : String(e), sqlstate: String((e as { code?: unknown }).code ?? "") });
 
 export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
   const sql = new Map<string, TableSql & { idx: number }>();
   tables.forEach((t, idx) => sql.set(t.name, { ...tableSql(t), idx }));
   let open: pg.PoolClient | null = null;
   let locked = false;
+  /** A chunked transaction that failed: its remaining chunks are passed over, then it is quarantined. */
+  let skipping: { seq: bigint; error: string; sqlstate: string } | null = null;
 
   async function runOf(c: pg.PoolClient, table: string, del: boolean, changes: Change[]) {
     const s = sql.get(table);
@@ -112,73 +149,171 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
     }
   }
 
+  const wanted = (local: LocalVersions | null, t: Transaction) => t.changes.filter((ch) => !local || !supersededLocally(local, ch, t.seq));
+
+  async function quarantine(c: pg.PoolClient, t: Transaction, err: { error: string; sqlstate: string }, whole: boolean): Promise<Quarantined> {
+    const raw = (t as Transaction & { raw?: Buffer }).raw;
+    const body = whole ? raw ?? Buffer.from(toBinary(TransactionSchema, t)) : null;
+    await c.query(
+      `INSERT INTO _branchsync.quarantine(seq, origin_branch, origin_txn, body, error, sqlstate) VALUES ($1, $2, $3, $4, $5, $6)
+       ON CONFLICT (seq) DO UPDATE SET error = excluded.error, sqlstate = excluded.sqlstate, status = 'quarantined', reported = false`,
+      [t.seq.toString(), t.originBranch, t.originTxn.toString(), body, err.error, err.sqlstate]);
+    return { seq: t.seq, originBranch: t.originBranch, originTxn: t.originTxn, ...err };
+  }
+
+  /**
+   * Applies the batch's transactions. Fast: consecutive transactions'
+   * changes merge into long runs (one statement for many). Careful (after a
+   * data error): one savepoint per transaction, and a failing one is
+   * quarantined while the others apply.
+   */
+  async function applyTxns(c: pg.PoolClient, txns: Transaction[], local: LocalVersions | null, careful: boolean): Promise<Quarantined[]> {
+    const out: Quarantined[] = [];
+    let run: Change[] = [];
+    for (const t of txns) {
+      if (skipping && skipping.seq === t.seq) {
+        if (t.lastChunk) { out.push(await quarantine(c, t, skipping, false)); skipping = null; }
+        continue;
+      }
+      const chunked = !(t.chunkIndex === 0 && t.lastChunk);
+      if (!careful && !chunked) { run.push(...wanted(local, t)); continue; }
+      await applyChanges(c, run);
+      run = [];
+      // A chunked transaction's first chunk marks where it began, so a later
+      // chunk's failure can undo all of it.
+      if (t.chunkIndex === 0 && !t.lastChunk) await c.query("SAVEPOINT bs_chunked");
+      if (!careful) { await applyChanges(c, wanted(local, t)); continue; }
+      await c.query("SAVEPOINT bs_txn");
+      try {
+        await applyChanges(c, wanted(local, t));
+        await c.query("RELEASE SAVEPOINT bs_txn");
+      } catch (e) {
+        if (!isDataError(e)) throw e;
+        await c.query("ROLLBACK TO SAVEPOINT bs_txn");
+        if (!chunked) { out.push(await quarantine(c, t, describe(e), true)); continue; }
+        await c.query("ROLLBACK TO SAVEPOINT bs_chunked");
+        if (t.lastChunk) out.push(await quarantine(c, t, describe(e), false));
+        else skipping = { seq: t.seq, ...describe(e) };
+      }
+    }
+    await applyChanges(c, run);
+    return out;
+  }
+
+  async function begin(): Promise<pg.PoolClient> {
+    const c = await pool.connect();
+    try {
+      // One round trip: a simple-protocol query may hold several statements.
+      await c.query("BEGIN; SET LOCAL branchsync.applying = 'on'");
+      locked = false;
+      return c;
+    } catch (e) {
+      c.release(true);
+      throw e;
+    }
+  }
+
+  async function finish(c: pg.PoolClient) {
+    open = null;
+    await c.query("ROLLBACK").catch(() => undefined);
+    c.release();
+  }
+
+  async function attempt(c: pg.PoolClient, batch: ChangeBatch, careful: boolean): Promise<ApplyResult> {
+    const own = (batch as ChangeBatch & { ownSequenced?: { originTxn: bigint; seq: bigint }[] }).ownSequenced ?? [];
+    if (own.length > 0) await markSequenced(c, own.map((o) => ({ txid: o.originTxn.toString(), seq: o.seq })));
+    // Only foreign changes can be superseded; batches that just move the
+    // cursor past our own transactions neither check nor block writers.
+    let local: LocalVersions | null = null;
+    if (batch.transactions.length > 0) {
+      if (!locked) {
+        // Waits for local writers in flight and holds off new ones while
+        // we decide which incoming rows their changes supersede.
+        await c.query(`SELECT pg_advisory_xact_lock(${APPLY_LOCK})`);
+        locked = true;
+      }
+      local = await localVersions(c);
+    }
+    const quarantined = await applyTxns(c, batch.transactions, local, careful);
+    const lastTxn = batch.transactions.at(-1);
+    if (lastTxn && !lastTxn.lastChunk) return { cursor: null, quarantined };
+    let hlc = 0n;
+    for (const t of batch.transactions) if (t.hlc > hlc) hlc = t.hlc;
+    // The cursor moves, and local transactions it passed can no longer
+    // be overtaken, so they go: one statement.
+    await c.query({
+      name: "bs-cursor",
+      text: `WITH gone AS (DELETE FROM _branchsync.changes c USING _branchsync.txns t WHERE c.txid = t.txid AND t.seq <= $1),
+                  done AS (DELETE FROM _branchsync.txns WHERE seq <= $1)
+             UPDATE _branchsync.state SET cursor = $1, hlc = greatest(hlc, $2)`,
+      values: [batch.cursorAfter.toString(), hlc.toString()],
+    });
+    await c.query("COMMIT");
+    open = null;
+    c.release();
+    return { cursor: batch.cursorAfter, quarantined };
+  }
+
   return {
     async apply(batch) {
-      if (!open) {
-        open = await pool.connect();
-        try {
-          // One round trip: a simple-protocol query may hold several statements.
-          // One round trip; the lock (see below) comes along when needed.
-          locked = batch.transactions.length > 0;
-          await open.query(`BEGIN; SET LOCAL branchsync.applying = 'on'${locked ? `; SELECT pg_advisory_xact_lock(${APPLY_LOCK})` : ""}`);
-        } catch (e) {
-          open.release(true);
-          open = null;
-          throw e;
-        }
-      }
-      const c = open;
+      const fresh = !open;
+      const c = open ?? await begin();
+      open = c;
       try {
-        const own = (batch as ChangeBatch & { ownSequenced?: { originTxn: bigint; seq: bigint }[] }).ownSequenced ?? [];
-        if (own.length > 0) await markSequenced(c, own.map((o) => ({ txid: o.originTxn.toString(), seq: o.seq })));
-        // Only foreign changes can be superseded; batches that just move the
-        // cursor past our own transactions neither check nor block writers.
-        let local: LocalVersions | null = null;
-        if (batch.transactions.length > 0) {
-          if (!locked) {
-            // Waits for local writers in flight and holds off new ones while
-            // we decide which incoming rows their changes supersede.
-            await c.query(`SELECT pg_advisory_xact_lock(${APPLY_LOCK})`);
-            locked = true;
-          }
-          local = await localVersions(c);
-        }
-        // All of the batch lands in this one local transaction anyway, so
-        // consecutive transactions' changes form longer runs: one statement
-        // for many source transactions, in sequence order.
-        const all: Change[] = [];
-        for (const t of batch.transactions) {
-          for (const ch of t.changes) if (!local || !supersededLocally(local, ch, t.seq)) all.push(ch);
-        }
-        await applyChanges(c, all);
-        const lastTxn = batch.transactions.at(-1);
-        if (lastTxn && !lastTxn.lastChunk) return null;
-        // The cursor moves, and local transactions it passed can no longer
-        // be overtaken, so they go: one statement.
-        await c.query({
-          name: "bs-cursor",
-          text: `WITH gone AS (DELETE FROM _branchsync.changes c USING _branchsync.txns t WHERE c.txid = t.txid AND t.seq <= $1),
-                      done AS (DELETE FROM _branchsync.txns WHERE seq <= $1)
-                 UPDATE _branchsync.state SET cursor = $1`,
-          values: [batch.cursorAfter.toString()],
-        });
-        await c.query("COMMIT");
-        open = null;
-        c.release();
-        return batch.cursorAfter;
+        // A batch continuing an open chunked transaction can be undone alone.
+        if (!fresh) await c.query("SAVEPOINT bs_batch");
+        return await attempt(c, batch, false);
       } catch (e) {
-        open = null;
-        await c.query("ROLLBACK").catch(() => undefined);
-        c.release();
+        if (!isDataError(e)) { await finish(c); throw e; }
+      }
+      // Something in the batch cannot be applied here: again, carefully.
+      try {
+        if (fresh) {
+          await c.query("ROLLBACK; BEGIN; SET LOCAL branchsync.applying = 'on'");
+          locked = false;
+        } else {
+          await c.query("ROLLBACK TO SAVEPOINT bs_batch");
+        }
+        return await attempt(c, batch, true);
+      } catch (e) {
+        await finish(c);
         throw e;
       }
     },
     async abort() {
-      if (!open) return;
-      const c = open;
-      open = null;
-      await c.query("ROLLBACK").catch(() => undefined);
-      c.release();
+      skipping = null;
+      if (open) await finish(open);
+    },
+    busy: () => open !== null,
+    async retry(seq, repair) {
+      const c = await begin();
+      try {
+        const q = await c.query("SELECT status FROM _branchsync.quarantine WHERE seq = $1 FOR UPDATE", [seq.toString()]);
+        if (q.rows.length === 0) { await finish(c); return { outcome: "failed", error: `transaction ${seq} is not quarantined at this branch` }; }
+        if (q.rows[0].status !== "quarantined") { await finish(c); return { outcome: q.rows[0].status === "applied" ? "applied" : "discarded" }; }
+        await c.query(`SELECT pg_advisory_xact_lock(${APPLY_LOCK})`);
+        const local = await localVersions(c);
+        await applyChanges(c, wanted(local, repair));
+        await c.query("UPDATE _branchsync.quarantine SET status = 'applied' WHERE seq = $1", [seq.toString()]);
+        await c.query("COMMIT");
+        c.release();
+        return { outcome: "applied" };
+      } catch (e) {
+        await finish(c);
+        if (!isDataError(e)) throw e;
+        const d = describe(e);
+        await pool.query("UPDATE _branchsync.quarantine SET error = $2, sqlstate = $3 WHERE seq = $1", [seq.toString(), d.error, d.sqlstate]);
+        return { outcome: "failed", error: d.error };
+      }
+    },
+    async discard(seq) {
+      const r = await pool.query("UPDATE _branchsync.quarantine SET status = 'discarded' WHERE seq = $1 AND status = 'quarantined' RETURNING 1", [seq.toString()]);
+      if (r.rowCount === 0) {
+        const q = await pool.query("SELECT status FROM _branchsync.quarantine WHERE seq = $1", [seq.toString()]);
+        if (q.rows.length === 0) return { outcome: "failed", error: `transaction ${seq} is not quarantined at this branch` };
+        return { outcome: q.rows[0].status === "applied" ? "applied" : "discarded" };
+      }
+      return { outcome: "discarded" };
     },
   };
 }

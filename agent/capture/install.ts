@@ -51,6 +51,14 @@ CREATE INDEX IF NOT EXISTS txns_last_id ON _branchsync.txns (last_id);
 ALTER TABLE _branchsync.txns ADD COLUMN IF NOT EXISTS seq bigint;
 -- What the sender looks for: transactions not yet sequenced, in order.
 CREATE INDEX IF NOT EXISTS txns_unsent ON _branchsync.txns (last_id) WHERE seq IS NULL;
+-- What the transaction was based on, read when it first wrote: the cursor
+-- (Transaction.base_seq) and the newest HLC applied here by then, which its
+-- own HLC must exceed. Writers hold the apply lock shared until commit, so
+-- neither moves during the transaction.
+ALTER TABLE _branchsync.txns ADD COLUMN IF NOT EXISTS base bigint NOT NULL DEFAULT 0;
+ALTER TABLE _branchsync.txns ADD COLUMN IF NOT EXISTS seen_hlc bigint NOT NULL DEFAULT 0;
+-- Updates: the columns each row change changed, with old values ({"qty":[5]}).
+ALTER TABLE _branchsync.changes ADD COLUMN IF NOT EXISTS prevs jsonb;
 CREATE TABLE IF NOT EXISTS _branchsync.state (
   one boolean PRIMARY KEY DEFAULT true CHECK (one),
   cursor bigint NOT NULL DEFAULT 0,
@@ -60,6 +68,21 @@ CREATE TABLE IF NOT EXISTS _branchsync.state (
   -- tables takes no ACCESS EXCLUSIVE locks on them.
   capture_hash text);
 ALTER TABLE _branchsync.state ADD COLUMN IF NOT EXISTS capture_hash text;
+-- The newest HLC of any transaction applied here.
+ALTER TABLE _branchsync.state ADD COLUMN IF NOT EXISTS hlc bigint NOT NULL DEFAULT 0;
+-- Downstream transactions that could not be applied here (NACKed), whole,
+-- with the error; later ones were applied. status: quarantined, applied
+-- (an operator's retry succeeded), discarded.
+CREATE TABLE IF NOT EXISTS _branchsync.quarantine (
+  seq bigint PRIMARY KEY,
+  origin_branch text NOT NULL,
+  origin_txn bigint NOT NULL,
+  body bytea,
+  error text NOT NULL,
+  sqlstate text NOT NULL,
+  status text NOT NULL DEFAULT 'quarantined',
+  reported boolean NOT NULL DEFAULT false,
+  quarantined_at timestamptz NOT NULL DEFAULT now());
 -- Local transactions the hub rejected, kept whole for an operator.
 CREATE TABLE IF NOT EXISTS _branchsync.rejected (
   txid xid8 NOT NULL,
@@ -71,7 +94,8 @@ CREATE TABLE IF NOT EXISTS _branchsync.rejected (
   error text NOT NULL,
   rejected_at timestamptz NOT NULL DEFAULT now());
 CREATE OR REPLACE FUNCTION _branchsync.note_txn(x xid8, m bigint, c int) RETURNS void LANGUAGE sql AS $$
-  INSERT INTO _branchsync.txns(txid, last_id, n) VALUES (x, m, c)
+  INSERT INTO _branchsync.txns(txid, last_id, n, base, seen_hlc)
+  VALUES (x, m, c, coalesce((SELECT cursor FROM _branchsync.state), 0), coalesce((SELECT hlc FROM _branchsync.state), 0))
   ON CONFLICT (txid) DO UPDATE SET last_id = greatest(_branchsync.txns.last_id, excluded.last_id), n = _branchsync.txns.n + excluded.n;
   SELECT pg_notify('${NOTIFY_CHANNEL}', '');
 $$;
@@ -129,10 +153,34 @@ const keyExpr = (t: LocalTable, alias: string) => `jsonb_build_array(${t.primary
  * k, r) rows; kind orders the groups (a re-keying update's deletes before
  * its new rows).
  */
-function unitsOf(name: string, source: string): string {
-  return `SELECT x, '${name}', bs_op_, count(*), jsonb_agg(bs_k_ ORDER BY bs_o_), jsonb_agg(bs_r_ ORDER BY bs_o_)
+function unitsOf(name: string, source: string, withPrev = false): string {
+  const prevs = withPrev ? `CASE WHEN bs_op_ = 'U' THEN jsonb_agg(bs_p_ ORDER BY bs_o_) END` : "NULL::jsonb";
+  return `SELECT x, '${name}', bs_op_, count(*), jsonb_agg(bs_k_ ORDER BY bs_o_), jsonb_agg(bs_r_ ORDER BY bs_o_), ${prevs}
       FROM (SELECT row_number() OVER (ORDER BY bs_kind_) AS bs_o_, * FROM (${source}) bs_src_) bs_u_
      GROUP BY bs_kind_, bs_op_, (bs_o_ - 1) / ${UNIT_ROWS} ORDER BY min(bs_o_)`;
+}
+
+// Types without an equality operator are compared as text.
+const NO_EQUALITY = /^(json|xml|point|line|lseg|box|path|polygon|circle)(\[\])?$/;
+
+/**
+ * An updated row's changed columns with their old values, {"qty": [5]}:
+ * the hub merges concurrent edits of different columns and adds up
+ * counters with it. NULL when the key changed (every column is new then).
+ */
+function prevOf(t: LocalTable): string {
+  const cols = t.columns.filter((c) => !t.primaryKey.includes(c.name));
+  if (cols.length === 0) return "'{}'::jsonb";
+  const member = (c: LocalTable["columns"][number]) => {
+    const n = `${NEW}.${quoteIdent(c.name)}`;
+    const o = `${OLD}.${quoteIdent(c.name)}`;
+    const differs = NO_EQUALITY.test(c.type) ? `${n}::text IS DISTINCT FROM ${o}::text` : `${n} IS DISTINCT FROM ${o}`;
+    return `'${c.name}', CASE WHEN ${differs} THEN jsonb_build_array(${isJson(c.type) ? `${o}::text` : o}) END`;
+  };
+  // jsonb_build_object takes at most 100 arguments.
+  const groups: string[] = [];
+  for (let i = 0; i < cols.length; i += 50) groups.push(`jsonb_build_object(${cols.slice(i, i + 50).map(member).join(", ")})`);
+  return `CASE WHEN ${OLD}.${quoteIdent(t.primaryKey[0])} IS NULL THEN NULL ELSE jsonb_strip_nulls(${groups.join(" || ")}) END`;
 }
 
 function captureFunction(t: LocalTable, op: "ins" | "upd" | "del"): string {
@@ -146,16 +194,17 @@ function captureFunction(t: LocalTable, op: "ins" | "upd" | "del"): string {
   } else {
     // A changed primary key is a delete of the old key plus the new row.
     const same = t.primaryKey.map((k) => `${NEW}.${quoteIdent(k)} = ${OLD}.${quoteIdent(k)}`).join(" AND ");
-    source = `SELECT 1 AS bs_kind_, 'D'::"char" AS bs_op_, ${keyOf(OLD)} AS bs_k_, ${rowOf(t, OLD)} AS bs_r_ FROM old_rows ${OLD}
+    source = `SELECT 1 AS bs_kind_, 'D'::"char" AS bs_op_, ${keyOf(OLD)} AS bs_k_, ${rowOf(t, OLD)} AS bs_r_, NULL::jsonb AS bs_p_ FROM old_rows ${OLD}
                 WHERE NOT EXISTS (SELECT 1 FROM new_rows ${NEW} WHERE ${same})
               UNION ALL
-              SELECT 2, 'U'::"char", ${keyOf(NEW)}, ${rowOf(t, NEW)} FROM new_rows ${NEW}`;
+              SELECT 2, 'U'::"char", ${keyOf(NEW)}, ${rowOf(t, NEW)}, ${prevOf(t)}
+                FROM new_rows ${NEW} LEFT JOIN old_rows ${OLD} ON ${same}`;
   }
   return `CREATE OR REPLACE FUNCTION _branchsync.${fnName(t, op)}() RETURNS trigger LANGUAGE plpgsql AS $f$
 DECLARE x xid8 := pg_current_xact_id(); m bigint; c int;
 BEGIN
   IF current_setting('branchsync.applying', true) = 'on' THEN RETURN NULL; END IF;
-  WITH ins AS (INSERT INTO _branchsync.changes(txid, tbl, op, n, keys, rows) ${unitsOf(name, source)} RETURNING id, n)
+  WITH ins AS (INSERT INTO _branchsync.changes(txid, tbl, op, n, keys, rows, prevs) ${unitsOf(name, source, op === "upd")} RETURNING id, n)
   SELECT max(id), sum(n) INTO m, c FROM ins;
   IF c > 0 THEN PERFORM _branchsync.note_txn(x, m, c); END IF;
   RETURN NULL;
@@ -200,7 +249,7 @@ async function queueExistingRows(db: pg.ClientBase, tables: LocalTable[]): Promi
     const q = `${quoteIdent(t.schema)}.${quoteIdent(t.table)}`;
     const source = `SELECT 1 AS bs_kind_, 'I'::"char" AS bs_op_, ${keyExpr(t, NEW)} AS bs_k_, ${rowOf(t, NEW)} AS bs_r_ FROM ${q} ${NEW}`;
     const r = await db.query(
-      `WITH ins AS (INSERT INTO _branchsync.changes(txid, tbl, op, n, keys, rows)
+      `WITH ins AS (INSERT INTO _branchsync.changes(txid, tbl, op, n, keys, rows, prevs)
          ${unitsOf(t.name.replace(/'/g, ""), source).replace(/^SELECT x,/, "SELECT pg_current_xact_id(),")} RETURNING n)
        SELECT coalesce(sum(n), 0)::int AS n FROM ins`);
     total += r.rows[0].n;

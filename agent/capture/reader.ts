@@ -8,6 +8,7 @@ import type pg from "pg";
 import { create } from "@bufbuild/protobuf";
 import { TransactionSchema, ChangeSchema, Op, type Transaction, type Change } from "../../gen/branchsync/v1/sync_pb.ts";
 import { splitJsonArray } from "../../lib/jsonsplit.ts";
+import type { Clock } from "./clock.ts";
 
 const OPS: Record<string, Op> = { I: Op.INSERT, U: Op.UPDATE, D: Op.DELETE };
 
@@ -22,38 +23,48 @@ export interface ReadResult {
   chunking: Chunking | null;
 }
 
-interface UnitRow { txid: string; tbl: string; op: string; keys: string; rows: string }
+interface UnitRow { txid: string; tbl: string; op: string; keys: string; rows: string; prevs: string | null }
 
 /** A capture unit's row changes, in capture order (see lib/jsonsplit.ts). */
 function changesOf(u: UnitRow): Change[] {
   const keys = splitJsonArray(u.keys);
   const rows = splitJsonArray(u.rows);
+  const prevs = u.prevs === null ? null : splitJsonArray(u.prevs);
   if (keys.length !== rows.length) throw new Error(`capture unit of ${u.tbl} has ${keys.length} keys but ${rows.length} rows`);
   const op = OPS[u.op];
   const out: Change[] = new Array(keys.length);
-  for (let i = 0; i < keys.length; i++) out[i] = create(ChangeSchema, { table: u.tbl, op, key: keys[i], row: rows[i] });
+  for (let i = 0; i < keys.length; i++) {
+    const prev = prevs && prevs[i] !== "null" ? prevs[i] : "";
+    out[i] = create(ChangeSchema, { table: u.tbl, op, key: keys[i], row: rows[i], prev });
+  }
   return out;
 }
 
-const UNITS = `SELECT c.txid::text AS txid, c.tbl, c.op, c.keys::text AS keys, c.rows::text AS rows FROM _branchsync.changes c`;
+const UNITS = `SELECT c.txid::text AS txid, c.tbl, c.op, c.keys::text AS keys, c.rows::text AS rows, c.prevs::text AS prevs FROM _branchsync.changes c`;
+const TXN_COLS = `txid::text AS txid, n, (extract(epoch FROM started_at) * 1000000)::bigint AS t, base::text AS base, seen_hlc::text AS seen`;
+
+interface TxnRow { txid: string; n: number; t: string; base: string; seen: string }
+
+function header(r: TxnRow, clock: Clock): Pick<Transaction, "originTxn" | "commitTimeUs" | "baseSeq" | "hlc"> {
+  return { originTxn: BigInt(r.txid), commitTimeUs: BigInt(r.t), baseSeq: BigInt(r.base), hlc: clock.stamp(Number(r.t) / 1000, BigInt(r.seen)) };
+}
 
 /**
  * Next batch after excluding `inFlight` txids. `chunking` continues a large
  * transaction already partly sent.
  */
-export async function readBatch(db: pg.Pool, inFlight: string[], max: number, chunking: Chunking | null): Promise<ReadResult> {
-  if (chunking) return readChunk(db, chunking, max);
-  const head = await db.query({
+export async function readBatch(db: pg.Pool, inFlight: string[], max: number, chunking: Chunking | null, clock: Clock): Promise<ReadResult> {
+  if (chunking) return readChunk(db, chunking, max, clock);
+  const head = await db.query<TxnRow>({
     name: "bs-read-txns",
-    text: `SELECT txid::text AS txid, n, (extract(epoch FROM started_at) * 1000000)::bigint AS t
-             FROM _branchsync.txns WHERE seq IS NULL AND NOT (txid = ANY($1::xid8[])) ORDER BY last_id LIMIT 256`,
+    text: `SELECT ${TXN_COLS} FROM _branchsync.txns WHERE seq IS NULL AND NOT (txid = ANY($1::xid8[])) ORDER BY last_id LIMIT 256`,
     values: [inFlight],
   });
   if (head.rows.length === 0) return { transactions: [], complete: [], chunking: null };
   if (head.rows[0].n > max) {
-    return readChunk(db, { txid: head.rows[0].txid, nextChunk: 0, afterUnit: "0" }, max);
+    return readChunk(db, { txid: head.rows[0].txid, nextChunk: 0, afterUnit: "0" }, max, clock);
   }
-  const picked: { txid: string; t: string }[] = [];
+  const picked: TxnRow[] = [];
   let total = 0;
   for (const r of head.rows) {
     if (total + r.n > max) break;
@@ -68,14 +79,16 @@ export async function readBatch(db: pg.Pool, inFlight: string[], max: number, ch
   });
   const byTxid = new Map<string, Transaction>();
   for (const p of picked) {
-    byTxid.set(p.txid, create(TransactionSchema, { originTxn: BigInt(p.txid), chunkIndex: 0, lastChunk: true, commitTimeUs: BigInt(p.t) }));
+    byTxid.set(p.txid, create(TransactionSchema, { ...header(p, clock), chunkIndex: 0, lastChunk: true }));
   }
   for (const r of rows) byTxid.get(r.txid)!.changes.push(...changesOf(r));
   return { transactions: [...byTxid.values()], complete: ids, chunking: null };
 }
 
 /** A chunk is whole capture units, as many as fit in `max` (at least one). */
-async function readChunk(db: pg.Pool, c: Chunking, max: number): Promise<ReadResult> {
+async function readChunk(db: pg.Pool, c: Chunking, max: number, clock: Clock): Promise<ReadResult> {
+  const txn = await db.query<TxnRow>(`SELECT ${TXN_COLS} FROM _branchsync.txns WHERE txid = $1::xid8`, [c.txid]);
+  if (txn.rows.length === 0) return { transactions: [], complete: [], chunking: null };
   const units = await db.query({
     name: "bs-read-units",
     text: `SELECT u.id::text AS uid, u.n FROM _branchsync.changes u WHERE u.txid = $1::xid8 AND u.id > $2::bigint ORDER BY u.id LIMIT 256`,
@@ -96,7 +109,7 @@ async function readChunk(db: pg.Pool, c: Chunking, max: number): Promise<ReadRes
     values: [ids],
   });
   const t = create(TransactionSchema, {
-    originTxn: BigInt(c.txid), chunkIndex: c.nextChunk, lastChunk: last, changes: rows.flatMap(changesOf),
+    ...header(txn.rows[0], clock), chunkIndex: c.nextChunk, lastChunk: last, changes: rows.flatMap(changesOf),
   });
   return {
     transactions: [t],

@@ -8,14 +8,16 @@ import type pg from "pg";
 import * as grpc from "@grpc/grpc-js";
 import { create } from "@bufbuild/protobuf";
 import {
-  AgentMessageSchema, Outcome, type HubMessage, type AgentMessage, type BatchAck, type ChangeBatch, type ConflictNotice,
+  AgentMessageSchema, Outcome, QuarantineOutcome, QuarantineVerb, type HubMessage, type AgentMessage, type BatchAck, type ChangeBatch,
+  type ConflictNotice, type QuarantineAction,
 } from "../../gen/branchsync/v1/sync_pb.ts";
 import { openSyncStream, type AgentCall } from "../../lib/wire.ts";
 import { encodeUpstreamBatch } from "../../lib/protowire.ts";
 import type { Logger } from "../../lib/log.ts";
 import type { LocalTable } from "../capture/introspect.ts";
 import { readBatch, markSequenced, setAside, type Chunking } from "../capture/reader.ts";
-import type { Applier } from "../apply/applier.ts";
+import type { Applier, Quarantined } from "../apply/applier.ts";
+import type { Clock } from "../capture/clock.ts";
 
 export interface SessionEnv {
   pool: pg.Pool;
@@ -27,6 +29,7 @@ export interface SessionEnv {
   batchLingerMs: number;
   pollMs: number;
   applier: Applier;
+  clock: Clock;
   log: Logger;
   /** Resolves when the local change log may have grown (NOTIFY) or on timeout. */
   waitLocal(timeoutMs: number, abort: AbortSignal): Promise<void>;
@@ -65,6 +68,8 @@ export async function runSession(env: SessionEnv, token: string, version: string
   let wakeSender: (() => void) | null = null;
   const wakeUp = () => { const w = wakeSender; wakeSender = null; w?.(); };
   const applyQueue: ChangeBatch[] = [];
+  /** Operator requests; run between batches, never inside an open chunked transaction. */
+  const actions: QuarantineAction[] = [];
   let applying = false;
   let fatal: Error | null = null;
 
@@ -106,7 +111,7 @@ export async function runSession(env: SessionEnv, token: string, version: string
   async function sender() {
     while (!abort.signal.aborted) {
       if (awaiting.size >= UPSTREAM_WINDOW) { await new Promise<void>((r) => { wakeSender = r; }); wakeSender = null; continue; }
-      let batch = await readBatch(env.pool, [...inFlight], env.batchMaxChanges, chunking);
+      let batch = await readBatch(env.pool, [...inFlight], env.batchMaxChanges, chunking, env.clock);
       if (abort.signal.aborted) return;
       if (batch.transactions.length === 0) {
         await Promise.race([env.waitLocal(env.pollMs, abort.signal), new Promise<void>((r) => { wakeSender = r; })]);
@@ -118,7 +123,7 @@ export async function runSession(env: SessionEnv, token: string, version: string
         // Another batch is on its way: give this one a moment to fill up.
         await Promise.race([new Promise((r) => setTimeout(r, env.batchLingerMs)), new Promise<void>((r) => { wakeSender = r; })]);
         wakeSender = null;
-        batch = await readBatch(env.pool, [...inFlight], env.batchMaxChanges, chunking);
+        batch = await readBatch(env.pool, [...inFlight], env.batchMaxChanges, chunking, env.clock);
         if (batch.transactions.length === 0) continue;
       }
       const id = nextBatchId++;
@@ -137,12 +142,37 @@ export async function runSession(env: SessionEnv, token: string, version: string
     applyRun = applyLoop();
   }
 
+  /** NACKs go out after the quarantine is committed; `reported` keeps one that did not for the next session. */
+  async function nack(items: Quarantined[]) {
+    for (const q of items) {
+      log.warn({ seq: q.seq.toString(), origin: q.originBranch, sqlstate: q.sqlstate, error: q.error }, "quarantined a transaction this branch cannot apply");
+      send(create(AgentMessageSchema, { payload: { case: "nack", value: q } }));
+    }
+    if (items.length > 0) {
+      await env.pool.query("UPDATE _branchsync.quarantine SET reported = true WHERE seq = ANY($1::bigint[])", [items.map((q) => q.seq.toString())]);
+    }
+  }
+
+  async function act(a: QuarantineAction) {
+    const r = a.verb === QuarantineVerb.RETRY && a.repair
+      ? await env.applier.retry(a.seq, a.repair)
+      : a.verb === QuarantineVerb.DISCARD ? await env.applier.discard(a.seq) : { outcome: "failed" as const, error: "unknown quarantine action" };
+    log.info({ seq: a.seq.toString(), outcome: r.outcome }, "quarantine action done");
+    send(create(AgentMessageSchema, { payload: { case: "quarantineResult", value: {
+      seq: a.seq,
+      outcome: r.outcome === "applied" ? QuarantineOutcome.APPLIED : r.outcome === "discarded" ? QuarantineOutcome.DISCARDED : QuarantineOutcome.FAILED,
+      error: r.outcome === "failed" ? r.error : "",
+    } } }));
+  }
+
   async function applyLoop() {
     try {
-      while (applyQueue.length > 0 && !abort.signal.aborted) {
+      while ((applyQueue.length > 0 || (actions.length > 0 && !env.applier.busy())) && !abort.signal.aborted) {
+        if (actions.length > 0 && !env.applier.busy()) { await act(actions.shift()!); continue; }
         const b = applyQueue.shift()!;
         if (applyQueue.length < APPLY_QUEUE_HIGH / 2) call.resume();
-        const cursor = await env.applier.apply(b);
+        const { cursor, quarantined } = await env.applier.apply(b);
+        await nack(quarantined);
         if (cursor !== null) {
           env.onCursor(cursor);
           send(create(AgentMessageSchema, { payload: { case: "ack", value: { cursor } } }));
@@ -154,6 +184,12 @@ export async function runSession(env: SessionEnv, token: string, version: string
     } finally {
       applying = false;
     }
+  }
+
+  async function unreported(): Promise<Quarantined[]> {
+    const { rows } = await env.pool.query(
+      "SELECT seq::text AS seq, origin_branch, origin_txn::text AS txn, error, sqlstate FROM _branchsync.quarantine WHERE NOT reported ORDER BY seq");
+    return rows.map((r) => ({ seq: BigInt(r.seq), originBranch: r.origin_branch, originTxn: BigInt(r.txn), error: r.error, sqlstate: r.sqlstate }));
   }
 
   const onStopping = () => stop(new Error("agent stopping"));
@@ -174,6 +210,7 @@ export async function runSession(env: SessionEnv, token: string, version: string
         heartbeatMs = p.value.heartbeatIntervalMs || heartbeatMs;
         log.info({ session: p.value.sessionId, head: p.value.headSeq.toString(), resume: p.value.resumeFrom.toString() }, "connected to hub");
         sender().catch((e) => { log.error({ err: e }, "sending local changes failed"); stop(e); });
+        unreported().then(nack).catch((e) => { log.error({ err: e }, "reporting quarantined transactions failed"); stop(e); });
         return;
       case "changes":
         applyQueue.push(p.value);
@@ -191,7 +228,13 @@ export async function runSession(env: SessionEnv, token: string, version: string
         call.end();
         return;
       case "conflict":
+        log.info({ table: p.value.table, key: p.value.key, kind: p.value.kind, strategy: p.value.strategy, winner: p.value.winnerBranch,
+          conflict: p.value.conflictId.toString() }, "conflict notice: a change of this branch did not win");
         env.onConflict?.(p.value);
+        return;
+      case "quarantineAction":
+        actions.push(p.value);
+        applier();
         return;
       default:
         return;

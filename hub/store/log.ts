@@ -11,8 +11,19 @@
  *  - Durable before acked: appendBatch resolves only after COMMIT.
  *  - Whole transactions: a chunked transaction waits in pending_chunks and
  *    enters the log (all parts under one seq) only with its last chunk.
+ *  - Resolved: what the log holds for a change is the row as the conflict
+ *    rules decided it (the origin's write unless it lost or was merged), and
+ *    row_state moves with it in the same transaction, in sequence order.
  */
 import type pg from "pg";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { ChangeSchema, TransactionSchema, Op } from "../../gen/branchsync/v1/sync_pb.ts";
+import { decodeTxn, type WireChange } from "../../lib/protowire.ts";
+import { resolve, type Policy, type RowOp, type RowVersion } from "../conflict/resolve.ts";
+import { policyOf } from "./policies.ts";
+import { loadVersions, versionsUpsert, rowId } from "./rowState.ts";
+import { changesAt, imageId } from "./images.ts";
+import { insertConflicts, type ConflictRecord } from "./conflicts.ts";
 
 export interface IncomingTxn {
   originTxn: bigint;
@@ -20,6 +31,10 @@ export interface IncomingTxn {
   lastChunk: boolean;
   nChanges: number;
   body: Uint8Array;
+  changes: WireChange[];
+  baseSeq: bigint;
+  /** The origin's HLC (the hub's clock stands in when a client sends none). */
+  hlc: bigint;
 }
 
 export type AppendOutcome =
@@ -35,121 +50,76 @@ export interface LogEntry {
   originBranch: string;
   originTxn: bigint;
   nChanges: number;
+  /** Conflicts decided in this entry: its origin gets the resolved entry back, losers get notices. */
+  conflicts: number;
   body: Buffer;
 }
 
-export async function appendBatch(
-  pool: pg.Pool, schema: string, branch: string, txns: IncomingTxn[],
-): Promise<{ outcomes: AppendOutcome[]; head: bigint }> {
-  const whole = txns.every((t) => t.chunkIndex === 0 && t.lastChunk)
-    && new Set(txns.map((t) => t.originTxn)).size === txns.length;
-  if (whole) {
-    try {
-      return await appendWhole(pool, schema, branch, txns);
-    } catch (e) {
-      // A unique index objected (two sessions of one branch racing with the
-      // same transaction): the general path re-checks under the lock.
-      if ((e as { code?: string }).code !== "23505") throw e;
-    }
-  }
-  return appendGeneral(pool, schema, branch, txns);
+export interface AppendResult {
+  outcomes: AppendOutcome[];
+  head: bigint;
+  /** Conflicts recorded, for metrics. */
+  conflicts: ConflictRecord[];
+}
+
+/** A whole transaction about to enter the log, with all its parts. */
+interface Sequenced {
+  id: string;
+  seq: bigint;
+  baseSeq: bigint;
+  hlc: bigint;
+  parts: { part: number; n: number; body: Uint8Array; changes: WireChange[]; rewrites: Map<number, WireChange>; conflicts: number }[];
 }
 
 /**
- * The common case in one statement (one round trip, and the head lock held
- * only for it): whole transactions, no chunks. The head row lock is taken
- * first (FOR UPDATE re-reads the newest head if another writer committed
- * meanwhile) and held until the statement's own commit.
+ * Appends a session's batch: dedup, chunk staging, sequencing, conflict
+ * resolution and the log write, in one database transaction under the
+ * tenant's head row lock (which is what orders everything; see top).
  */
-async function appendWhole(pool: pg.Pool, schema: string, branch: string, txns: IncomingTxn[]): Promise<{ outcomes: AppendOutcome[]; head: bigint }> {
-  const { rows } = await pool.query({
-    name: `append-whole-${schema}`,
-    text: `WITH h AS (SELECT seq FROM ${schema}.head FOR UPDATE),
-      inc AS (SELECT t, n, b, ord FROM unnest($2::bigint[], $3::int[], $4::bytea[]) WITH ORDINALITY AS u(t, n, b, ord)),
-      dup AS (SELECT origin_txn, seq FROM ${schema}.log WHERE origin_branch = $1 AND origin_txn = ANY($2::bigint[]) AND part = 0),
-      fresh AS (SELECT inc.*, (SELECT seq FROM h) + row_number() OVER (ORDER BY ord) AS seq
-                  FROM inc WHERE t NOT IN (SELECT origin_txn FROM dup)),
-      ins AS (INSERT INTO ${schema}.log(seq, part, origin_branch, origin_txn, last_part, n_changes, body)
-              SELECT seq, 0, $1, t, true, n, b FROM fresh),
-      upd AS (UPDATE ${schema}.head SET seq = (SELECT seq FROM h) + (SELECT count(*) FROM fresh)
-               WHERE EXISTS (SELECT 1 FROM fresh) RETURNING seq)
-      SELECT t::text AS txn, seq::text AS seq, false AS dup FROM fresh
-      UNION ALL SELECT origin_txn::text, seq::text, true FROM dup
-      UNION ALL SELECT NULL, coalesce((SELECT seq FROM upd), (SELECT seq FROM h))::text, NULL`,
-    values: [branch, txns.map((t) => t.originTxn.toString()), txns.map((t) => t.nChanges), txns.map((t) => Buffer.from(t.body))],
-  });
-  const byTxn = new Map<string, AppendOutcome>();
-  let head = 0n;
-  for (const r of rows) {
-    if (r.txn === null) { head = BigInt(r.seq); continue; }
-    byTxn.set(r.txn, r.dup ? { kind: "duplicate", seq: BigInt(r.seq) } : { kind: "accepted", seq: BigInt(r.seq) });
-  }
-  return { outcomes: txns.map((t) => byTxn.get(t.originTxn.toString())!), head };
-}
-
-async function appendGeneral(
-  pool: pg.Pool, schema: string, branch: string, txns: IncomingTxn[],
-): Promise<{ outcomes: AppendOutcome[]; head: bigint }> {
+export async function appendBatch(
+  pool: pg.Pool, schema: string, branch: string, txns: IncomingTxn[], policies: Map<string, Policy>,
+): Promise<AppendResult> {
   const c = await pool.connect();
   try {
-    await c.query("BEGIN");
-    const h = await c.query(`SELECT seq FROM ${schema}.head FOR UPDATE`);
-    let head = BigInt(h.rows[0].seq);
+    // One round trip: a simple-protocol query may hold several statements.
+    const locked = await c.query(`BEGIN; SELECT seq FROM ${schema}.head FOR UPDATE`) as unknown as pg.QueryResult[];
+    let head = BigInt(locked[1].rows[0].seq);
     const ids = [...new Set(txns.map((t) => t.originTxn.toString()))];
-    const dup = await c.query(
-      `SELECT origin_txn, seq FROM ${schema}.log WHERE origin_branch = $1 AND origin_txn = ANY($2::bigint[]) AND part = 0`,
-      [branch, ids]);
-    const known = new Map<string, bigint>(dup.rows.map((r) => [String(r.origin_txn), BigInt(r.seq)]));
+    const dup = await c.query({
+      name: `dup-${schema}`,
+      text: `SELECT origin_txn::text AS t, seq::text AS seq FROM ${schema}.log WHERE origin_branch = $1 AND origin_txn = ANY($2::bigint[]) AND part = 0`,
+      values: [branch, ids],
+    });
+    const known = new Map<string, bigint>(dup.rows.map((r) => [r.t, BigInt(r.seq)]));
     const outcomes: AppendOutcome[] = [];
-    const rows = { seq: [] as string[], part: [] as number[], txn: [] as string[], last: [] as boolean[], n: [] as number[], body: [] as Buffer[] };
+    const complete: Sequenced[] = [];
+    const staged: string[] = [];
     for (const t of txns) {
       const id = t.originTxn.toString();
       const prior = known.get(id);
       if (prior !== undefined) { outcomes.push({ kind: "duplicate", seq: prior }); continue; }
       if (!t.lastChunk) {
-        if (t.chunkIndex === 0) {
-          // A resend restarts from chunk 0, possibly with other chunk borders.
-          await c.query(`DELETE FROM ${schema}.pending_chunks WHERE origin_branch = $1 AND origin_txn = $2`, [branch, id]);
-        }
-        await c.query(
-          `INSERT INTO ${schema}.pending_chunks(origin_branch, origin_txn, part, n_changes, body) VALUES ($1, $2, $3, $4, $5)
-           ON CONFLICT (origin_branch, origin_txn, part) DO UPDATE SET n_changes = excluded.n_changes, body = excluded.body`,
-          [branch, id, t.chunkIndex, t.nChanges, Buffer.from(t.body)]);
+        await stageChunk(c, schema, branch, t);
         outcomes.push({ kind: "staged" });
         continue;
       }
-      if (t.chunkIndex > 0) {
-        const p = await c.query(
-          `SELECT count(*)::int AS n, coalesce(max(part), -1) AS maxp FROM ${schema}.pending_chunks WHERE origin_branch = $1 AND origin_txn = $2 AND part < $3`,
-          [branch, id, t.chunkIndex]);
-        if (p.rows[0].n !== t.chunkIndex) {
-          outcomes.push({ kind: "rejected", error: `transaction ${id}: chunks 0..${t.chunkIndex - 1} not all received; resend it from chunk 0` });
-          continue;
-        }
+      const parts = t.chunkIndex > 0 ? await stagedParts(c, schema, branch, t) : [];
+      if (parts === null) {
+        outcomes.push({ kind: "rejected", error: `transaction ${id}: chunks 0..${t.chunkIndex - 1} not all received; resend it from chunk 0` });
+        continue;
       }
+      if (t.chunkIndex > 0) staged.push(id);
       head += 1n;
-      if (t.chunkIndex > 0) {
-        await c.query(
-          `INSERT INTO ${schema}.log(seq, part, origin_branch, origin_txn, last_part, n_changes, body)
-           SELECT $1, part, origin_branch, origin_txn, false, n_changes, body FROM ${schema}.pending_chunks
-            WHERE origin_branch = $2 AND origin_txn = $3 AND part < $4`,
-          [head.toString(), branch, id, t.chunkIndex]);
-        await c.query(`DELETE FROM ${schema}.pending_chunks WHERE origin_branch = $1 AND origin_txn = $2`, [branch, id]);
-      }
       known.set(id, head);
-      rows.seq.push(head.toString()); rows.part.push(t.chunkIndex); rows.txn.push(id);
-      rows.last.push(true); rows.n.push(t.nChanges); rows.body.push(Buffer.from(t.body));
+      parts.push({ part: t.chunkIndex, n: t.nChanges, body: t.body, changes: t.changes, rewrites: new Map(), conflicts: 0 });
+      complete.push({ id, seq: head, baseSeq: t.baseSeq, hlc: t.hlc, parts });
       outcomes.push({ kind: "accepted", seq: head });
     }
-    if (rows.seq.length > 0) {
-      await c.query(
-        `INSERT INTO ${schema}.log(seq, part, origin_branch, origin_txn, last_part, n_changes, body)
-         SELECT s, p, $1, t, l, n, b FROM unnest($2::bigint[], $3::int[], $4::bigint[], $5::bool[], $6::int[], $7::bytea[]) AS u(s, p, t, l, n, b)`,
-        [branch, rows.seq, rows.part, rows.txn, rows.last, rows.n, rows.body]);
-      await c.query(`UPDATE ${schema}.head SET seq = $1`, [head.toString()]);
-    }
+    const { versions, conflicts } = await resolveAll(c, schema, branch, complete, policies);
+    await writeLog(c, schema, branch, complete, versions, head, staged);
+    await insertConflicts(c, schema, conflicts);
     await c.query("COMMIT");
-    return { outcomes, head };
+    return { outcomes, head, conflicts };
   } catch (e) {
     await c.query("ROLLBACK").catch(() => undefined);
     throw e;
@@ -158,15 +128,129 @@ async function appendGeneral(
   }
 }
 
+async function stageChunk(c: pg.PoolClient, schema: string, branch: string, t: IncomingTxn) {
+  const id = t.originTxn.toString();
+  if (t.chunkIndex === 0) {
+    // A resend restarts from chunk 0, possibly with other chunk borders.
+    await c.query(`DELETE FROM ${schema}.pending_chunks WHERE origin_branch = $1 AND origin_txn = $2`, [branch, id]);
+  }
+  await c.query(
+    `INSERT INTO ${schema}.pending_chunks(origin_branch, origin_txn, part, n_changes, body) VALUES ($1, $2, $3, $4, $5)
+     ON CONFLICT (origin_branch, origin_txn, part) DO UPDATE SET n_changes = excluded.n_changes, body = excluded.body`,
+    [branch, id, t.chunkIndex, t.nChanges, Buffer.from(t.body)]);
+}
+
+/** The earlier chunks of a transaction whose last chunk arrived, or null if some are missing. */
+async function stagedParts(c: pg.PoolClient, schema: string, branch: string, t: IncomingTxn): Promise<Sequenced["parts"] | null> {
+  const { rows } = await c.query(
+    `SELECT part, n_changes, body FROM ${schema}.pending_chunks WHERE origin_branch = $1 AND origin_txn = $2 AND part < $3 ORDER BY part`,
+    [branch, t.originTxn.toString(), t.chunkIndex]);
+  if (rows.length !== t.chunkIndex) return null;
+  return rows.map((r) => ({ part: r.part, n: r.n_changes, body: r.body, changes: decodeTxn(r.body, 0, r.body.length).changes, rewrites: new Map(), conflicts: 0 }));
+}
+
+const ROW_OPS: Record<number, RowOp> = { [Op.INSERT]: "I", [Op.UPDATE]: "U", [Op.DELETE]: "D" };
+
+/**
+ * Runs every change of the batch past the row versions (conflict/resolve.ts),
+ * in sequence order, so a later transaction of the batch sees the versions
+ * an earlier one left. Records rewrites where the resolved row differs from
+ * what the origin wrote.
+ */
+async function resolveAll(c: pg.PoolClient, schema: string, branch: string, txns: Sequenced[], policies: Map<string, Policy>) {
+  const keys = new Map<string, { table: string; key: string }>();
+  for (const t of txns) for (const p of t.parts) for (const ch of p.changes) keys.set(rowId(ch.table, ch.key), { table: ch.table, key: ch.key });
+  const stored = await loadVersions(c, schema, [...keys.values()]);
+  // Images of stored versions that some change of the batch is concurrent with.
+  const needed: { seq: bigint; table: string; key: string }[] = [];
+  for (const t of txns) {
+    for (const p of t.parts) {
+      for (const ch of p.changes) {
+        const st = stored.get(rowId(ch.table, ch.key));
+        if (st && st.op !== "D" && st.seq > t.baseSeq) needed.push({ seq: st.seq, table: ch.table, key: ch.key });
+      }
+    }
+  }
+  const storedImages = await changesAt(c, schema, needed);
+  const current = new Map<string, { st: RowVersion; image: string | null }>();
+  const versionOf = (id: string, table: string, key: string) => {
+    const mine = current.get(id);
+    if (mine) return mine;
+    const st = stored.get(id);
+    if (!st) return undefined;
+    const img = st.op === "D" ? null : storedImages.get(imageId(st.seq, table, key))?.row ?? null;
+    return { st, image: img };
+  };
+  const conflicts: ConflictRecord[] = [];
+  for (const t of txns) {
+    for (const p of t.parts) {
+      p.changes.forEach((ch, i) => {
+        const id = rowId(ch.table, ch.key);
+        const before = versionOf(id, ch.table, ch.key);
+        const policy = policyOf(policies, ch.table);
+        const op = ROW_OPS[ch.op];
+        const v = resolve(policy, before?.st, before?.image ?? null, { op, row: ch.row, prev: ch.prev, branch, hlc: t.hlc, base: t.baseSeq, seq: t.seq });
+        current.set(id, { st: v.state, image: v.result });
+        if (!v.conflict) return;
+        p.conflicts++;
+        const wrote = op === "D" ? null : ch.row;
+        if (v.result !== wrote) {
+          p.rewrites.set(i, v.result === null
+            ? { table: ch.table, op: Op.DELETE, key: ch.key, row: before?.image ?? ch.row, prev: "" }
+            : { table: ch.table, op: Op.UPDATE, key: ch.key, row: v.result, prev: "" });
+        }
+        conflicts.push({
+          seq: t.seq, table: ch.table, key: ch.key, kind: v.conflict.kind, strategy: policy.strategy,
+          existingBranch: before!.st.branch, incomingBranch: branch, existingRow: before!.image, incomingRow: wrote,
+          resultRow: v.result, winnerBranch: v.conflict.winner, loserBranch: v.conflict.loser, reason: v.conflict.reason, status: v.conflict.status,
+        });
+      });
+    }
+  }
+  const versions = new Map<string, RowVersion>();
+  for (const [id, v] of current) versions.set(id, v.st);
+  return { versions, conflicts };
+}
+
+/** Encodes a part again with its resolved changes. */
+function rewritten(p: Sequenced["parts"][number]): Buffer {
+  if (p.rewrites.size === 0) return Buffer.from(p.body);
+  const t = fromBinary(TransactionSchema, p.body);
+  for (const [i, ch] of p.rewrites) t.changes[i] = create(ChangeSchema, ch);
+  return Buffer.from(toBinary(TransactionSchema, t));
+}
+
+async function writeLog(c: pg.PoolClient, schema: string, branch: string, txns: Sequenced[], versions: Map<string, RowVersion>, head: bigint, staged: string[]) {
+  if (txns.length === 0) return;
+  const rows = { seq: [] as string[], part: [] as number[], txn: [] as string[], last: [] as boolean[], n: [] as number[], conf: [] as number[], body: [] as Buffer[] };
+  for (const t of txns) {
+    t.parts.forEach((p, i) => {
+      rows.seq.push(t.seq.toString()); rows.part.push(p.part); rows.txn.push(t.id); rows.last.push(i === t.parts.length - 1);
+      rows.n.push(p.n); rows.conf.push(p.conflicts); rows.body.push(rewritten(p));
+    });
+  }
+  const up = versionsUpsert(schema, versions, 11);
+  await c.query({
+    name: `append-${schema}`,
+    text: `WITH ins AS (INSERT INTO ${schema}.log(seq, part, origin_branch, origin_txn, last_part, n_changes, conflicts, body)
+                        SELECT s, p, $1, t, l, n, k, b FROM unnest($2::bigint[], $3::int[], $4::bigint[], $5::bool[], $6::int[], $7::int[], $8::bytea[]) AS u(s, p, t, l, n, k, b)),
+                hd AS (UPDATE ${schema}.head SET seq = $9),
+                pc AS (DELETE FROM ${schema}.pending_chunks WHERE origin_branch = $1 AND origin_txn = ANY($10::bigint[])),
+                rs AS (${up.sql})
+           SELECT 1`,
+    values: [branch, rows.seq, rows.part, rows.txn, rows.last, rows.n, rows.conf, rows.body, head.toString(), staged, ...up.values],
+  });
+}
+
 /** Log entries after (seq, part), in order; at most `limit` rows. */
 export async function readAfter(pool: pg.Pool, schema: string, seq: bigint, part: number, limit: number): Promise<LogEntry[]> {
   const { rows } = await pool.query({
     name: `read-after-${schema}`,
-    text: `SELECT seq, part, last_part, origin_branch, origin_txn, n_changes, body FROM ${schema}.log
+    text: `SELECT seq, part, last_part, origin_branch, origin_txn, n_changes, conflicts, body FROM ${schema}.log
             WHERE (seq, part) > ($1::bigint, $2::int) ORDER BY seq, part LIMIT $3`,
     values: [seq.toString(), part, limit],
   });
-  return rows.map((r) => ({ seq: BigInt(r.seq), part: r.part, lastPart: r.last_part, originBranch: r.origin_branch, originTxn: BigInt(r.origin_txn), nChanges: r.n_changes, body: r.body }));
+  return rows.map((r) => ({ seq: BigInt(r.seq), part: r.part, lastPart: r.last_part, originBranch: r.origin_branch, originTxn: BigInt(r.origin_txn), nChanges: r.n_changes, conflicts: r.conflicts, body: r.body }));
 }
 
 export async function readHead(pool: pg.Pool, schema: string): Promise<bigint> {

@@ -3,6 +3,7 @@
  * makes concurrent replicas take turns; each step runs once, in order.
  */
 import type pg from "pg";
+import { tenantMigrations, upgradeTenant } from "./tenants.ts";
 
 const MIGRATIONS: string[] = [
   `CREATE TABLE branchsync.tenants (
@@ -28,6 +29,8 @@ const MIGRATIONS: string[] = [
      private_jwk jsonb NOT NULL,
      public_jwk jsonb NOT NULL,
      created_at timestamptz NOT NULL DEFAULT now())`,
+  // How many of tenantMigrations() a tenant's schema has (tenants.ts).
+  `ALTER TABLE branchsync.tenants ADD COLUMN schema_version int NOT NULL DEFAULT 0`,
 ];
 
 const LOCK_KEY = 0x6272_5359; // "brSY"
@@ -46,6 +49,19 @@ export async function migrate(pool: pg.Pool): Promise<number> {
       try {
         await c.query(MIGRATIONS[v - 1]);
         await c.query("INSERT INTO branchsync.schema_migrations(version) VALUES ($1)", [v]);
+        await c.query("COMMIT");
+      } catch (e) {
+        await c.query("ROLLBACK");
+        throw e;
+      }
+    }
+    // Tenant schemas follow, each step in its own transaction.
+    const latest = tenantMigrations("x").length;
+    const old = await c.query("SELECT id, schema_version FROM branchsync.tenants WHERE schema_version < $1", [latest]);
+    for (const t of old.rows) {
+      await c.query("BEGIN");
+      try {
+        await upgradeTenant(c, t.id, t.schema_version);
         await c.query("COMMIT");
       } catch (e) {
         await c.query("ROLLBACK");

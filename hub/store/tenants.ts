@@ -53,6 +53,73 @@ function tenantDdl(s: string): string[] {
   ];
 }
 
+/**
+ * Later steps of every tenant schema, in order; a tenant's `schema_version`
+ * says how many it has. Existing tenants are upgraded by migrate() at
+ * start-up, new ones get all steps at creation. Append only.
+ */
+export function tenantMigrations(s: string): string[][] {
+  return [[
+    // Conflicts: the newest version of every row the tenant has synced
+    // (a tombstone for a deleted one): which sequence number and branch it
+    // came from, its HLC, and for column-merge tables each column's version.
+    `CREATE TABLE ${s}.row_state (
+       tbl text NOT NULL,
+       key text NOT NULL,
+       op "char" NOT NULL,
+       seq bigint NOT NULL,
+       branch text NOT NULL,
+       exact boolean NOT NULL,
+       hlc bigint NOT NULL,
+       cols jsonb,
+       PRIMARY KEY (tbl, key))`,
+    `ALTER TABLE ${s}.log ADD COLUMN conflicts int NOT NULL DEFAULT 0`,
+    `ALTER TABLE ${s}.tables ADD COLUMN strategy text NOT NULL DEFAULT 'last-writer-wins',
+       ADD COLUMN branch_priority text[] NOT NULL DEFAULT '{}', ADD COLUMN delta_columns text[] NOT NULL DEFAULT '{}'`,
+    `CREATE TABLE ${s}.conflicts (
+       id bigserial PRIMARY KEY,
+       seq bigint NOT NULL,
+       tbl text NOT NULL,
+       key text NOT NULL,
+       kind text NOT NULL,
+       strategy text NOT NULL,
+       existing_branch text NOT NULL,
+       incoming_branch text NOT NULL,
+       existing_row text,
+       incoming_row text,
+       result_row text,
+       winner_branch text NOT NULL,
+       loser_branch text NOT NULL,
+       reason text NOT NULL,
+       status text NOT NULL,
+       created_at timestamptz NOT NULL DEFAULT now(),
+       resolved_at timestamptz,
+       resolution_seq bigint)`,
+    `CREATE INDEX ON ${s}.conflicts (seq)`,
+    `CREATE INDEX ON ${s}.conflicts (status) WHERE status = 'open'`,
+    `CREATE TABLE ${s}.quarantine (
+       branch_id text NOT NULL,
+       seq bigint NOT NULL,
+       origin_branch text NOT NULL,
+       error text NOT NULL,
+       sqlstate text NOT NULL,
+       status text NOT NULL,
+       created_at timestamptz NOT NULL DEFAULT now(),
+       updated_at timestamptz NOT NULL DEFAULT now(),
+       PRIMARY KEY (branch_id, seq))`,
+    `CREATE INDEX ON ${s}.quarantine (branch_id) WHERE status IN ('retry', 'discard')`,
+  ]];
+}
+
+/** Brings one tenant's schema to the newest version (caller holds the migration lock). */
+export async function upgradeTenant(c: pg.ClientBase, id: string, from: number): Promise<void> {
+  const steps = tenantMigrations(tenantSchema(id));
+  for (let v = from; v < steps.length; v++) {
+    for (const stmt of steps[v]) await c.query(stmt);
+    await c.query("UPDATE branchsync.tenants SET schema_version = $2 WHERE id = $1", [id, v + 1]);
+  }
+}
+
 export interface TenantRow { id: string; name: string; createdAt: Date; headSeq: bigint }
 export interface BranchRow { tenantId: string; id: string; name: string; createdAt: Date; ackedSeq: bigint; lastSeenAt: Date | null }
 
@@ -69,6 +136,7 @@ export async function createTenant(pool: pg.Pool, id: string, name: string): Pro
       [id, name || id]);
     if (r.rowCount === 0) throw new StatusError(Status.ALREADY_EXISTS, `tenant "${id}" already exists`);
     for (const stmt of tenantDdl(s)) await c.query(stmt);
+    await upgradeTenant(c, id, 0);
     await c.query("COMMIT");
     return { id, name: name || id, createdAt: r.rows[0].created_at, headSeq: 0n };
   } catch (e) {

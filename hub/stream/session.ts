@@ -29,6 +29,10 @@ import { withOriginBranch, type DecodedTxn } from "../../lib/protowire.ts";
 import type { Feed } from "./feed.ts";
 import { MAX_MESSAGE_BYTES } from "../../lib/wire.ts";
 import { metrics } from "../metrics.ts";
+import { hlcMs, hlcOf } from "../../lib/hlc.ts";
+import { loadPolicies } from "../store/policies.ts";
+import { noticesFor } from "../store/conflicts.ts";
+import { makeQuarantineDesk, type QuarantineDesk } from "./quarantine.ts";
 
 /** Part number past any real part: "after (seq, AFTER_ALL_PARTS)" means the next seq. */
 const AFTER_ALL_PARTS = 2_147_483_647;
@@ -43,10 +47,12 @@ export interface SessionLimits {
   /** Upstream batches an agent may have outstanding before it is told to slow down. */
   maxUpstreamQueue: number;
   downstreamWindow: number;
+  /** How far ahead of the hub's clock an incoming HLC may be. */
+  maxClockSkewMs: number;
 }
 
 export const DEFAULT_LIMITS: SessionLimits = {
-  maxBatchChanges: 2000, heartbeatMs: 15_000, maxUpstreamQueue: 16, downstreamWindow: 2,
+  maxBatchChanges: 2000, heartbeatMs: 15_000, maxUpstreamQueue: 16, downstreamWindow: 2, maxClockSkewMs: 60_000,
 };
 
 export interface SessionIO {
@@ -97,6 +103,9 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
   let expiry: NodeJS.Timeout | null = null;
   let closed = false;
   metrics.sessions.inc();
+  const quarantine: QuarantineDesk = makeQuarantineDesk({
+    pool: deps.pool, schema, branch: identity.branchId, log, signal: abort.signal, send: (m) => send(m),
+  });
 
   const fail = (err: unknown) => {
     if (closed) return;
@@ -154,6 +163,7 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
       expiry = setTimeout(() => session.drain("access token expired; reconnect with a fresh token"), Math.min(ms, 2 ** 31 - 1));
     }
     pump().catch(fail);
+    quarantine.start().catch(fail);
   }
 
   function beat() {
@@ -187,8 +197,24 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
       }
       outcomes.push(null);
     }
-    const res = valid.length === 0 ? { outcomes: [], head: 0n } : await appendBatch(deps.pool, schema, identity.branchId,
-      valid.map(({ t, body }) => ({ originTxn: t.originTxn, chunkIndex: t.chunkIndex, lastChunk: t.lastChunk, nChanges: t.changes.length, body })));
+    const now = Date.now();
+    for (const { t } of valid) {
+      const ahead = hlcMs(t.hlc) - now;
+      if (ahead > deps.limits.maxClockSkewMs) {
+        // Refusing the batch (not the transactions) keeps them at the branch
+        // until its clock is fixed: nothing is lost, and a fast clock never
+        // gets to win conflicts with timestamps from the future.
+        throw new StatusError(Status.FAILED_PRECONDITION,
+          `this branch's clock is ${Math.round(ahead / 1000)} s ahead of the hub's (at most ${Math.round(deps.limits.maxClockSkewMs / 1000)} s allowed); fix the branch's clock (NTP). Its changes wait at the branch until then`);
+      }
+    }
+    const policies = valid.length === 0 ? new Map() : await loadPolicies(deps.pool, schema);
+    const res = valid.length === 0 ? { outcomes: [], head: 0n, conflicts: [] } : await appendBatch(deps.pool, schema, identity.branchId,
+      valid.map(({ t, body }) => ({
+        originTxn: t.originTxn, chunkIndex: t.chunkIndex, lastChunk: t.lastChunk, nChanges: t.changes.length, body,
+        changes: t.changes, baseSeq: t.baseSeq, hlc: t.hlc === 0n ? hlcOf(now) : t.hlc,
+      })), policies);
+    for (const c of res.conflicts) metrics.conflicts.inc({ tenant: identity.tenantId, table: c.table, strategy: c.strategy });
     let j = 0;
     const final = outcomes.map((o) => o ?? res.outcomes[j++]);
     if (res.outcomes.some((o) => o.kind === "accepted")) {
@@ -256,22 +282,29 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
         continue;
       }
       const txns: StoredTxn[] = [];
+      const decided: bigint[] = [];
       let changes = 0;
       let bytes = 0;
       for (const e of entries) {
-        if (e.originBranch === identity.branchId) {
-          if (e.lastPart) ownSequenced.push({ originTxn: e.originTxn, seq: e.seq });
-        } else {
+        const own = e.originBranch === identity.branchId;
+        // Own entries are skipped unless conflicts were decided in them: then
+        // they hold resolved rows the branch does not have yet.
+        if (!own || e.conflicts > 0) {
           if (txns.length > 0 && (changes + e.nChanges > limit || bytes + e.body.length > MAX_MESSAGE_BYTES / 2)) break;
           txns.push({ seq: e.seq, body: e.body });
           changes += e.nChanges;
           bytes += e.body.length;
+          if (e.conflicts > 0 && decided.at(-1) !== e.seq) decided.push(e.seq);
         }
+        if (own && e.lastPart) ownSequenced.push({ originTxn: e.originTxn, seq: e.seq });
         sentSeq = e.seq;
         sentPart = e.part;
         if (e.lastPart) { lastComplete = e.seq; sentPart = AFTER_ALL_PARTS; }
       }
-      if (txns.length > 0) await sendBatch(txns, lastComplete, changes);
+      if (txns.length > 0) {
+        await sendBatch(txns, lastComplete, changes);
+        if (decided.length > 0) await sendNotices(decided);
+      }
       // A branch writing a lot keeps its sequenced transactions until its
       // cursor passes them: tell it about them in bounded steps.
       else if (ownSequenced.length >= OWN_BATCH && lastComplete > advertised) await sendBatch([], lastComplete);
@@ -290,6 +323,17 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
     const own = ownSequenced;
     ownSequenced = [];
     if (!closed) await io.send(encodeChangeBatch(txns, cursorAfter, own));
+  }
+
+  /** Tells the branch about conflicts it lost (or that merged its change) in these entries. */
+  async function sendNotices(seqs: bigint[]) {
+    for (const c of await noticesFor(deps.pool, schema, identity.branchId, seqs)) {
+      const winnerImage = c.resultRow ?? "";
+      await send(create(HubMessageSchema, { payload: { case: "conflict", value: {
+        table: c.table, key: c.key, winnerRow: winnerImage, loserRow: (c.loserBranch === c.incomingBranch ? c.incomingRow : c.existingRow) ?? "",
+        strategy: c.strategy, winnerBranch: c.winnerBranch, reason: c.reason, seq: c.seq, conflictId: c.id!, kind: c.kind,
+      } } }));
+    }
   }
 
   function handle(m: AgentMessage) {
@@ -323,6 +367,20 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
       case "pong":
         metrics.heartbeatRtt.observe(Math.max(0, Date.now() * 1000 - Number(p.value.sentAtUs)) / 1e6);
         return;
+      case "nack": {
+        if (!helloSeen) throw new StatusError(Status.FAILED_PRECONDITION, "send Hello before a Nack");
+        const n = p.value;
+        upstream = upstream.then(() => quarantine.onNack(n));
+        upstream.catch(fail);
+        return;
+      }
+      case "quarantineResult": {
+        if (!helloSeen) throw new StatusError(Status.FAILED_PRECONDITION, "send Hello before a QuarantineResult");
+        const r = p.value;
+        upstream = upstream.then(() => quarantine.onResult(r));
+        upstream.catch(fail);
+        return;
+      }
       default:
         throw new StatusError(Status.INVALID_ARGUMENT, "empty AgentMessage: set one payload");
     }

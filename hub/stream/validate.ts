@@ -80,6 +80,23 @@ export function checkTransaction(t: Transaction, tables: Map<string, TableDef>):
     for (const k of def.primaryKey) {
       if (obj[k] === null) return `${where(t, i)}: primary key column "${k}" is null`;
     }
+    const prev = (c as { prev?: string }).prev ?? "";
+    if (prev !== "") {
+      const err = checkPrev(prev, c.op, cols, def.primaryKey);
+      if (err) return `${where(t, i)}: ${err}`;
+    }
+  }
+  return null;
+}
+
+function checkPrev(prev: string, op: Op, cols: Map<string, unknown>, pk: string[]): string | null {
+  if (op !== Op.UPDATE) return "prev is only for updates";
+  let p: unknown;
+  try { p = JSON.parse(prev); } catch { return "prev is not JSON"; }
+  if (p === null || typeof p !== "object" || Array.isArray(p)) return "prev must be a JSON object";
+  for (const [k, v] of Object.entries(p)) {
+    if (!cols.has(k) || pk.includes(k)) return `prev names "${k}", which is not a non-key column`;
+    if (!Array.isArray(v) || v.length !== 1) return `prev of "${k}" must be a one-element array holding the old value`;
   }
   return null;
 }

@@ -2,15 +2,713 @@
 // @generated from file branchsync/v1/admin.proto (package branchsync.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file branchsync/v1/admin.proto.
  */
 export const file_branchsync_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChlicmFuY2hzeW5jL3YxL2FkbWluLnByb3RvEg1icmFuY2hzeW5jLnYxIkgKBlRlbmFudBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEhIKCmNyZWF0ZWRfYXQYAyABKAMSEAoIaGVhZF9zZXEYBCABKAQifwoGQnJhbmNoEhEKCXRlbmFudF9pZBgBIAEoCRIKCgJpZBgCIAEoCRIMCgRuYW1lGAMgASgJEhIKCmNyZWF0ZWRfYXQYBCABKAMSEQoJYWNrZWRfc2VxGAUgASgEEgsKA2xhZxgGIAEoBBIUCgxsYXN0X3NlZW5fYXQYByABKAMiLwoTQ3JlYXRlVGVuYW50UmVxdWVzdBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJIj0KFENyZWF0ZVRlbmFudFJlc3BvbnNlEiUKBnRlbmFudBgBIAEoCzIVLmJyYW5jaHN5bmMudjEuVGVuYW50IhQKEkxpc3RUZW5hbnRzUmVxdWVzdCI9ChNMaXN0VGVuYW50c1Jlc3BvbnNlEiYKB3RlbmFudHMYASADKAsyFS5icmFuY2hzeW5jLnYxLlRlbmFudCJJChNDcmVhdGVCcmFuY2hSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIRCglicmFuY2hfaWQYAiABKAkSDAoEbmFtZRgDIAEoCSJOChRDcmVhdGVCcmFuY2hSZXNwb25zZRIlCgZicmFuY2gYASABKAsyFS5icmFuY2hzeW5jLnYxLkJyYW5jaBIPCgdhcGlfa2V5GAIgASgJIigKE0xpc3RCcmFuY2hlc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJIj8KFExpc3RCcmFuY2hlc1Jlc3BvbnNlEicKCGJyYW5jaGVzGAEgAygLMhUuYnJhbmNoc3luYy52MS5CcmFuY2gy7wIKDEFkbWluU2VydmljZRJXCgxDcmVhdGVUZW5hbnQSIi5icmFuY2hzeW5jLnYxLkNyZWF0ZVRlbmFudFJlcXVlc3QaIy5icmFuY2hzeW5jLnYxLkNyZWF0ZVRlbmFudFJlc3BvbnNlElQKC0xpc3RUZW5hbnRzEiEuYnJhbmNoc3luYy52MS5MaXN0VGVuYW50c1JlcXVlc3QaIi5icmFuY2hzeW5jLnYxLkxpc3RUZW5hbnRzUmVzcG9uc2USVwoMQ3JlYXRlQnJhbmNoEiIuYnJhbmNoc3luYy52MS5DcmVhdGVCcmFuY2hSZXF1ZXN0GiMuYnJhbmNoc3luYy52MS5DcmVhdGVCcmFuY2hSZXNwb25zZRJXCgxMaXN0QnJhbmNoZXMSIi5icmFuY2hzeW5jLnYxLkxpc3RCcmFuY2hlc1JlcXVlc3QaIy5icmFuY2hzeW5jLnYxLkxpc3RCcmFuY2hlc1Jlc3BvbnNlYgZwcm90bzM");
+  fileDesc("ChlicmFuY2hzeW5jL3YxL2FkbWluLnByb3RvEg1icmFuY2hzeW5jLnYxIn8KC1RhYmxlUG9saWN5Eg0KBXRhYmxlGAEgASgJEjEKCHN0cmF0ZWd5GAIgASgOMh8uYnJhbmNoc3luYy52MS5Db25mbGljdFN0cmF0ZWd5EhcKD2JyYW5jaF9wcmlvcml0eRgDIAMoCRIVCg1kZWx0YV9jb2x1bW5zGAQgAygJIlYKFVNldFRhYmxlUG9saWN5UmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSKgoGcG9saWN5GAIgASgLMhouYnJhbmNoc3luYy52MS5UYWJsZVBvbGljeSJEChZTZXRUYWJsZVBvbGljeVJlc3BvbnNlEioKBnBvbGljeRgBIAEoCzIaLmJyYW5jaHN5bmMudjEuVGFibGVQb2xpY3kiLQoYTGlzdFRhYmxlUG9saWNpZXNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCSJJChlMaXN0VGFibGVQb2xpY2llc1Jlc3BvbnNlEiwKCHBvbGljaWVzGAEgAygLMhouYnJhbmNoc3luYy52MS5UYWJsZVBvbGljeSLoAgoIQ29uZmxpY3QSCgoCaWQYASABKAQSDQoFdGFibGUYAiABKAkSCwoDa2V5GAMgASgJEgwKBGtpbmQYBCABKAkSEAoIc3RyYXRlZ3kYBSABKAkSCwoDc2VxGAYgASgEEhcKD2V4aXN0aW5nX2JyYW5jaBgHIAEoCRIXCg9pbmNvbWluZ19icmFuY2gYCCABKAkSFAoMZXhpc3Rpbmdfcm93GAkgASgJEhQKDGluY29taW5nX3JvdxgKIAEoCRISCgpyZXN1bHRfcm93GAsgASgJEhUKDXdpbm5lcl9icmFuY2gYDCABKAkSDgoGcmVhc29uGA0gASgJEi0KBnN0YXR1cxgOIAEoDjIdLmJyYW5jaHN5bmMudjEuQ29uZmxpY3RTdGF0dXMSEgoKY3JlYXRlZF9hdBgPIAEoAxITCgtyZXNvbHZlZF9hdBgQIAEoAxIWCg5yZXNvbHV0aW9uX3NlcRgRIAEoBCKJAQoUTGlzdENvbmZsaWN0c1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEg0KBXRhYmxlGAIgASgJEi0KBnN0YXR1cxgDIAEoDjIdLmJyYW5jaHN5bmMudjEuQ29uZmxpY3RTdGF0dXMSDQoFbGltaXQYBCABKA0SEQoJYmVmb3JlX2lkGAUgASgEIkMKFUxpc3RDb25mbGljdHNSZXNwb25zZRIqCgljb25mbGljdHMYASADKAsyFy5icmFuY2hzeW5jLnYxLkNvbmZsaWN0IjMKEkdldENvbmZsaWN0UmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSCgoCaWQYAiABKAQiQAoTR2V0Q29uZmxpY3RSZXNwb25zZRIpCghjb25mbGljdBgBIAEoCzIXLmJyYW5jaHN5bmMudjEuQ29uZmxpY3QicwoWUmVzb2x2ZUNvbmZsaWN0UmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSCgoCaWQYAiABKAQSLQoKcmVzb2x1dGlvbhgDIAEoDjIZLmJyYW5jaHN5bmMudjEuUmVzb2x1dGlvbhILCgNyb3cYBCABKAkiRAoXUmVzb2x2ZUNvbmZsaWN0UmVzcG9uc2USKQoIY29uZmxpY3QYASABKAsyFy5icmFuY2hzeW5jLnYxLkNvbmZsaWN0IswBCgtRdWFyYW50aW5lZBIRCglicmFuY2hfaWQYASABKAkSCwoDc2VxGAIgASgEEhUKDW9yaWdpbl9icmFuY2gYAyABKAkSDQoFZXJyb3IYBCABKAkSEAoIc3Fsc3RhdGUYBSABKAkSLwoGc3RhdHVzGAYgASgOMh8uYnJhbmNoc3luYy52MS5RdWFyYW50aW5lU3RhdHVzEhIKCmNyZWF0ZWRfYXQYByABKAMSEgoKdXBkYXRlZF9hdBgIIAEoAxIMCgRyb3dzGAkgAygJIm8KFkxpc3RRdWFyYW50aW5lZFJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhEKCWJyYW5jaF9pZBgCIAEoCRIvCgZzdGF0dXMYAyABKA4yHy5icmFuY2hzeW5jLnYxLlF1YXJhbnRpbmVTdGF0dXMiRAoXTGlzdFF1YXJhbnRpbmVkUmVzcG9uc2USKQoFaXRlbXMYASADKAsyGi5icmFuY2hzeW5jLnYxLlF1YXJhbnRpbmVkIkwKF1JldHJ5UXVhcmFudGluZWRSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIRCglicmFuY2hfaWQYAiABKAkSCwoDc2VxGAMgASgEIkQKGFJldHJ5UXVhcmFudGluZWRSZXNwb25zZRIoCgRpdGVtGAEgASgLMhouYnJhbmNoc3luYy52MS5RdWFyYW50aW5lZCJOChlEaXNjYXJkUXVhcmFudGluZWRSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIRCglicmFuY2hfaWQYAiABKAkSCwoDc2VxGAMgASgEIkYKGkRpc2NhcmRRdWFyYW50aW5lZFJlc3BvbnNlEigKBGl0ZW0YASABKAsyGi5icmFuY2hzeW5jLnYxLlF1YXJhbnRpbmVkIkgKBlRlbmFudBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEhIKCmNyZWF0ZWRfYXQYAyABKAMSEAoIaGVhZF9zZXEYBCABKAQifwoGQnJhbmNoEhEKCXRlbmFudF9pZBgBIAEoCRIKCgJpZBgCIAEoCRIMCgRuYW1lGAMgASgJEhIKCmNyZWF0ZWRfYXQYBCABKAMSEQoJYWNrZWRfc2VxGAUgASgEEgsKA2xhZxgGIAEoBBIUCgxsYXN0X3NlZW5fYXQYByABKAMiLwoTQ3JlYXRlVGVuYW50UmVxdWVzdBIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJIj0KFENyZWF0ZVRlbmFudFJlc3BvbnNlEiUKBnRlbmFudBgBIAEoCzIVLmJyYW5jaHN5bmMudjEuVGVuYW50IhQKEkxpc3RUZW5hbnRzUmVxdWVzdCI9ChNMaXN0VGVuYW50c1Jlc3BvbnNlEiYKB3RlbmFudHMYASADKAsyFS5icmFuY2hzeW5jLnYxLlRlbmFudCJJChNDcmVhdGVCcmFuY2hSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIRCglicmFuY2hfaWQYAiABKAkSDAoEbmFtZRgDIAEoCSJOChRDcmVhdGVCcmFuY2hSZXNwb25zZRIlCgZicmFuY2gYASABKAsyFS5icmFuY2hzeW5jLnYxLkJyYW5jaBIPCgdhcGlfa2V5GAIgASgJIigKE0xpc3RCcmFuY2hlc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJIj8KFExpc3RCcmFuY2hlc1Jlc3BvbnNlEicKCGJyYW5jaGVzGAEgAygLMhUuYnJhbmNoc3luYy52MS5CcmFuY2gqxgEKEENvbmZsaWN0U3RyYXRlZ3kSIQodQ09ORkxJQ1RfU1RSQVRFR1lfVU5TUEVDSUZJRUQQABImCiJDT05GTElDVF9TVFJBVEVHWV9MQVNUX1dSSVRFUl9XSU5TEAESJQohQ09ORkxJQ1RfU1RSQVRFR1lfQlJBTkNIX1BSSU9SSVRZEAISIgoeQ09ORkxJQ1RfU1RSQVRFR1lfQ09MVU1OX01FUkdFEAMSHAoYQ09ORkxJQ1RfU1RSQVRFR1lfTUFOVUFMEAQqkAEKDkNvbmZsaWN0U3RhdHVzEh8KG0NPTkZMSUNUX1NUQVRVU19VTlNQRUNJRklFRBAAEhwKGENPTkZMSUNUX1NUQVRVU19SRVNPTFZFRBABEhgKFENPTkZMSUNUX1NUQVRVU19PUEVOEAISJQohQ09ORkxJQ1RfU1RBVFVTX1JFU09MVkVEX01BTlVBTExZEAMqbgoKUmVzb2x1dGlvbhIaChZSRVNPTFVUSU9OX1VOU1BFQ0lGSUVEEAASFwoTUkVTT0xVVElPTl9FWElTVElORxABEhcKE1JFU09MVVRJT05fSU5DT01JTkcQAhISCg5SRVNPTFVUSU9OX1JPVxADKugBChBRdWFyYW50aW5lU3RhdHVzEiEKHVFVQVJBTlRJTkVfU1RBVFVTX1VOU1BFQ0lGSUVEEAASIQodUVVBUkFOVElORV9TVEFUVVNfUVVBUkFOVElORUQQARIlCiFRVUFSQU5USU5FX1NUQVRVU19SRVRSWV9SRVFVRVNURUQQAhInCiNRVUFSQU5USU5FX1NUQVRVU19ESVNDQVJEX1JFUVVFU1RFRBADEh0KGVFVQVJBTlRJTkVfU1RBVFVTX0FQUExJRUQQBBIfChtRVUFSQU5USU5FX1NUQVRVU19ESVNDQVJERUQQBTL8CAoMQWRtaW5TZXJ2aWNlElcKDENyZWF0ZVRlbmFudBIiLmJyYW5jaHN5bmMudjEuQ3JlYXRlVGVuYW50UmVxdWVzdBojLmJyYW5jaHN5bmMudjEuQ3JlYXRlVGVuYW50UmVzcG9uc2USVAoLTGlzdFRlbmFudHMSIS5icmFuY2hzeW5jLnYxLkxpc3RUZW5hbnRzUmVxdWVzdBoiLmJyYW5jaHN5bmMudjEuTGlzdFRlbmFudHNSZXNwb25zZRJXCgxDcmVhdGVCcmFuY2gSIi5icmFuY2hzeW5jLnYxLkNyZWF0ZUJyYW5jaFJlcXVlc3QaIy5icmFuY2hzeW5jLnYxLkNyZWF0ZUJyYW5jaFJlc3BvbnNlElcKDExpc3RCcmFuY2hlcxIiLmJyYW5jaHN5bmMudjEuTGlzdEJyYW5jaGVzUmVxdWVzdBojLmJyYW5jaHN5bmMudjEuTGlzdEJyYW5jaGVzUmVzcG9uc2USXQoOU2V0VGFibGVQb2xpY3kSJC5icmFuY2hzeW5jLnYxLlNldFRhYmxlUG9saWN5UmVxdWVzdBolLmJyYW5jaHN5bmMudjEuU2V0VGFibGVQb2xpY3lSZXNwb25zZRJmChFMaXN0VGFibGVQb2xpY2llcxInLmJyYW5jaHN5bmMudjEuTGlzdFRhYmxlUG9saWNpZXNSZXF1ZXN0GiguYnJhbmNoc3luYy52MS5MaXN0VGFibGVQb2xpY2llc1Jlc3BvbnNlEloKDUxpc3RDb25mbGljdHMSIy5icmFuY2hzeW5jLnYxLkxpc3RDb25mbGljdHNSZXF1ZXN0GiQuYnJhbmNoc3luYy52MS5MaXN0Q29uZmxpY3RzUmVzcG9uc2USVAoLR2V0Q29uZmxpY3QSIS5icmFuY2hzeW5jLnYxLkdldENvbmZsaWN0UmVxdWVzdBoiLmJyYW5jaHN5bmMudjEuR2V0Q29uZmxpY3RSZXNwb25zZRJgCg9SZXNvbHZlQ29uZmxpY3QSJS5icmFuY2hzeW5jLnYxLlJlc29sdmVDb25mbGljdFJlcXVlc3QaJi5icmFuY2hzeW5jLnYxLlJlc29sdmVDb25mbGljdFJlc3BvbnNlEmAKD0xpc3RRdWFyYW50aW5lZBIlLmJyYW5jaHN5bmMudjEuTGlzdFF1YXJhbnRpbmVkUmVxdWVzdBomLmJyYW5jaHN5bmMudjEuTGlzdFF1YXJhbnRpbmVkUmVzcG9uc2USYwoQUmV0cnlRdWFyYW50aW5lZBImLmJyYW5jaHN5bmMudjEuUmV0cnlRdWFyYW50aW5lZFJlcXVlc3QaJy5icmFuY2hzeW5jLnYxLlJldHJ5UXVhcmFudGluZWRSZXNwb25zZRJpChJEaXNjYXJkUXVhcmFudGluZWQSKC5icmFuY2hzeW5jLnYxLkRpc2NhcmRRdWFyYW50aW5lZFJlcXVlc3QaKS5icmFuY2hzeW5jLnYxLkRpc2NhcmRRdWFyYW50aW5lZFJlc3BvbnNlYgZwcm90bzM");
+
+/**
+ * TablePolicy is a table's conflict handling.
+ *
+ * @generated from message branchsync.v1.TablePolicy
+ */
+export type TablePolicy = Message<"branchsync.v1.TablePolicy"> & {
+  /**
+   * Schema-qualified table name, e.g. "public.items".
+   *
+   * @generated from field: string table = 1;
+   */
+  table: string;
+
+  /**
+   * The strategy.
+   *
+   * @generated from field: branchsync.v1.ConflictStrategy strategy = 2;
+   */
+  strategy: ConflictStrategy;
+
+  /**
+   * BRANCH_PRIORITY: branch ids, highest priority first.
+   *
+   * @generated from field: repeated string branch_priority = 3;
+   */
+  branchPriority: string[];
+
+  /**
+   * Counter columns (integer or numeric): when two branches change one
+   * concurrently, both changes count (the result is the current value plus
+   * the incoming change's delta), whatever the strategy.
+   *
+   * @generated from field: repeated string delta_columns = 4;
+   */
+  deltaColumns: string[];
+};
+
+/**
+ * Describes the message branchsync.v1.TablePolicy.
+ * Use `create(TablePolicySchema)` to create a new message.
+ */
+export const TablePolicySchema: GenMessage<TablePolicy> = /*@__PURE__*/
+  messageDesc(file_branchsync_v1_admin, 0);
+
+/**
+ * SetTablePolicyRequest names the tenant and the policy.
+ *
+ * @generated from message branchsync.v1.SetTablePolicyRequest
+ */
+export type SetTablePolicyRequest = Message<"branchsync.v1.SetTablePolicyRequest"> & {
+  /**
+   * Existing tenant id.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * The new policy; policy.table names the table.
+   *
+   * @generated from field: branchsync.v1.TablePolicy policy = 2;
+   */
+  policy?: TablePolicy | undefined;
+};
+
+/**
+ * Describes the message branchsync.v1.SetTablePolicyRequest.
+ * Use `create(SetTablePolicyRequestSchema)` to create a new message.
+ */
+export const SetTablePolicyRequestSchema: GenMessage<SetTablePolicyRequest> = /*@__PURE__*/
+  messageDesc(file_branchsync_v1_admin, 1);
+
+/**
+ * SetTablePolicyResponse returns the stored policy.
+ *
+ * @generated from message branchsync.v1.SetTablePolicyResponse
+ */
+export type SetTablePolicyResponse = Message<"branchsync.v1.SetTablePolicyResponse"> & {
+  /**
+   * The policy as stored.
+   *
+   * @generated from field: branchsync.v1.TablePolicy policy = 1;
+   */
+  policy?: TablePolicy | undefined;
+};
+
+/**
+ * Describes the message branchsync.v1.SetTablePolicyResponse.
+ * Use `create(SetTablePolicyResponseSchema)` to create a new message.
+ */
+export const SetTablePolicyResponseSchema: GenMessage<SetTablePolicyResponse> = /*@__PURE__*/
+  messageDesc(file_branchsync_v1_admin, 2);
+
+/**
+ * ListTablePoliciesRequest names the tenant.
+ *
+ * @generated from message branchsync.v1.ListTablePoliciesRequest
+ */
+export type ListTablePoliciesRequest = Message<"branchsync.v1.ListTablePoliciesRequest"> & {
+  /**
+   * Existing tenant id.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+};
+
+/**
+ * Describes the message branchsync.v1.ListTablePoliciesRequest.
+ * Use `create(ListTablePoliciesRequestSchema)` to create a new message.
+ */
+export const ListTablePoliciesRequestSchema: GenMessage<ListTablePoliciesRequest> = /*@__PURE__*/
+  messageDesc(file_branchsync_v1_admin, 3);
+
+/**
+ * ListTablePoliciesResponse lists every registered table's policy.
+ *
+ * @generated from message branchsync.v1.ListTablePoliciesResponse
+ */
+export type ListTablePoliciesResponse = Message<"branchsync.v1.ListTablePoliciesResponse"> & {
+  /**
+   * One per table, ordered by name.
+   *
+   * @generated from field: repeated branchsync.v1.TablePolicy policies = 1;
+   */
+  policies: TablePolicy[];
+};
+
+/**
+ * Describes the message branchsync.v1.ListTablePoliciesResponse.
+ * Use `create(ListTablePoliciesResponseSchema)` to create a new message.
+ */
+export const ListTablePoliciesResponseSchema: GenMessage<ListTablePoliciesResponse> = /*@__PURE__*/
+  messageDesc(file_branchsync_v1_admin, 4);
+
+/**
+ * Conflict is one recorded pair of concurrent changes to one row.
+ *
+ * @generated from message branchsync.v1.Conflict
+ */
+export type Conflict = Message<"branchsync.v1.Conflict"> & {
+  /**
+   * Ledger id, unique within the tenant.
+   *
+   * @generated from field: uint64 id = 1;
+   */
+  id: bigint;
+
+  /**
+   * Table of the row.
+   *
+   * @generated from field: string table = 2;
+   */
+  table: string;
+
+  /**
+   * Primary key of the row (same encoding as Change.key).
+   *
+   * @generated from field: string key = 3;
+   */
+  key: string;
+
+  /**
+   * Existing and incoming operation, e.g. "update/update", "insert/insert",
+   * "update/delete", "delete/update".
+   *
+   * @generated from field: string kind = 4;
+   */
+  kind: string;
+
+  /**
+   * Strategy that decided, e.g. "last-writer-wins".
+   *
+   * @generated from field: string strategy = 5;
+   */
+  strategy: string;
+
+  /**
+   * Tenant sequence number of the incoming transaction.
+   *
+   * @generated from field: uint64 seq = 6;
+   */
+  seq: bigint;
+
+  /**
+   * Branch of the row's version the incoming change did not know about.
+   *
+   * @generated from field: string existing_branch = 7;
+   */
+  existingBranch: string;
+
+  /**
+   * Branch of the incoming change.
+   *
+   * @generated from field: string incoming_branch = 8;
+   */
+  incomingBranch: string;
+
+  /**
+   * The existing row image (empty if the row was deleted).
+   *
+   * @generated from field: string existing_row = 9;
+   */
+  existingRow: string;
+
+  /**
+   * The incoming row image (empty for a delete).
+   *
+   * @generated from field: string incoming_row = 10;
+   */
+  incomingRow: string;
+
+  /**
+   * The row after resolution (empty if deleted).
+   *
+   * @generated from field: string result_row = 11;
+   */
+  resultRow: string;
+
+  /**
+   * Branch whose version won ("" when both contributed: a merge).
+   *
+   * @generated from field: string winner_branch = 12;
+   */
+  winnerBranch: string;
+
+  /**
+   * Why, in words.
+   *
+   * @generated from field: string reason = 13;
+   */
+  reason: string;
+
+  /**
+   * Where it stands.
+   *
+   * @generated from field: branchsync.v1.ConflictStatus status = 14;
+   */
+  status: ConflictStatus;
+
+  /**
+   * Detection time, seconds since the Unix epoch.
+   *
+   * @generated from field: int64 created_at = 15;
+   */
+  createdAt: bigint;
+
+  /**
+   * Operator resolution time (0 unless RESOLVED_MANUALLY).
+   *
+   * @generated from field: int64 resolved_at = 16;
+   */
+  resolvedAt: bigint;
+
+  /**
+   * Sequence number of the operator's resolution change (0 unless
+   * RESOLVED_MANUALLY).
+   *
+   * @generated from field: uint64 resolution_seq = 17;
+   */
+  resolutionSeq: bigint;
+};
+
+/**
+ * Describes the message branchsync.v1.Conflict.
+ * Use `create(ConflictSchema)` to create a new message.
+ */
+export const ConflictSchema: GenMessage<Conflict> = /*@__PURE__*/
+  messageDesc(file_branchsync_v1_admin, 5);
+
+/**
+ * ListConflictsRequest filters the ledger.
+ *
+ * @generated from message branchsync.v1.ListConflictsRequest
+ */
+export type ListConflictsRequest = Message<"branchsync.v1.ListConflictsRequest"> & {
+  /**
+   * Existing tenant id.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * Only this table ("" = all).
+   *
+   * @generated from field: string table = 2;
+   */
+  table: string;
+
+  /**
+   * Only this status (UNSPECIFIED = all).
+   *
+   * @generated from field: branchsync.v1.ConflictStatus status = 3;
+   */
+  status: ConflictStatus;
+
+  /**
+   * Page size; 0 means 100, at most 1000.
+   *
+   * @generated from field: uint32 limit = 4;
+   */
+  limit: number;
+
+  /**
+   * Only ids below this one (0 = from the newest), for paging.
+   *
+   * @generated from field: uint64 before_id = 5;
+   */
+  beforeId: bigint;
+};
+
+/**
+ * Describes the message branchsync.v1.ListConflictsRequest.
+ * Use `create(ListConflictsRequestSchema)` to create a new message.
+ */
+export const ListConflictsRequestSchema: GenMessage<ListConflictsRequest> = /*@__PURE__*/
+  messageDesc(file_branchsync_v1_admin, 6);
+
+/**
+ * ListConflictsResponse is one page, newest first.
+ *
+ * @generated from message branchsync.v1.ListConflictsResponse
+ */
+export type ListConflictsResponse = Message<"branchsync.v1.ListConflictsResponse"> & {
+  /**
+   * The conflicts.
+   *
+   * @generated from field: repeated branchsync.v1.Conflict conflicts = 1;
+   */
+  conflicts: Conflict[];
+};
+
+/**
+ * Describes the message branchsync.v1.ListConflictsResponse.
+ * Use `create(ListConflictsResponseSchema)` to create a new message.
+ */
+export const ListConflictsResponseSchema: GenMessage<ListConflictsResponse> = /*@__PURE__*/
+  messageDesc(file_branchsync_v1_admin, 7);
+
+/**
+ * GetConflictRequest names one conflict.
+ *
+ * @generated from message branchsync.v1.GetConflictRequest
+ */
+export type GetConflictRequest = Message<"branchsync.v1.GetConflictRequest"> & {
+  /**
+   * Existing tenant id.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * Conflict id.
+   *
+   * @generated from field: uint64 id = 2;
+   */
+  id: bigint;
+};
+
+/**
+ * Describes the message branchsync.v1.GetConflictRequest.
+ * Use `create(GetConflictRequestSchema)` to create a new message.
+ */
+export const GetConflictRequestSchema: GenMessage<GetConflictRequest> = /*@__PURE__*/
+  messageDesc(file_branchsync_v1_admin, 8);
+
+/**
+ * GetConflictResponse returns it.
+ *
+ * @generated from message branchsync.v1.GetConflictResponse
+ */
+export type GetConflictResponse = Message<"branchsync.v1.GetConflictResponse"> & {
+  /**
+   * The conflict.
+   *
+   * @generated from field: branchsync.v1.Conflict conflict = 1;
+   */
+  conflict?: Conflict | undefined;
+};
+
+/**
+ * Describes the message branchsync.v1.GetConflictResponse.
+ * Use `create(GetConflictResponseSchema)` to create a new message.
+ */
+export const GetConflictResponseSchema: GenMessage<GetConflictResponse> = /*@__PURE__*/
+  messageDesc(file_branchsync_v1_admin, 9);
+
+/**
+ * ResolveConflictRequest settles an open conflict.
+ *
+ * @generated from message branchsync.v1.ResolveConflictRequest
+ */
+export type ResolveConflictRequest = Message<"branchsync.v1.ResolveConflictRequest"> & {
+  /**
+   * Existing tenant id.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * Conflict id.
+   *
+   * @generated from field: uint64 id = 2;
+   */
+  id: bigint;
+
+  /**
+   * The choice.
+   *
+   * @generated from field: branchsync.v1.Resolution resolution = 3;
+   */
+  resolution: Resolution;
+
+  /**
+   * For RESOLUTION_ROW: the full row as a JSON object (same encoding as
+   * Change.row); its primary key must be the conflict's.
+   *
+   * @generated from field: string row = 4;
+   */
+  row: string;
+};
+
+/**
+ * Describes the message branchsync.v1.ResolveConflictRequest.
+ * Use `create(ResolveConflictRequestSchema)` to create a new message.
+ */
+export const ResolveConflictRequestSchema: GenMessage<ResolveConflictRequest> = /*@__PURE__*/
+  messageDesc(file_branchsync_v1_admin, 10);
+
+/**
+ * ResolveConflictResponse returns the settled conflict.
+ *
+ * @generated from message branchsync.v1.ResolveConflictResponse
+ */
+export type ResolveConflictResponse = Message<"branchsync.v1.ResolveConflictResponse"> & {
+  /**
+   * The conflict, now RESOLVED_MANUALLY.
+   *
+   * @generated from field: branchsync.v1.Conflict conflict = 1;
+   */
+  conflict?: Conflict | undefined;
+};
+
+/**
+ * Describes the message branchsync.v1.ResolveConflictResponse.
+ * Use `create(ResolveConflictResponseSchema)` to create a new message.
+ */
+export const ResolveConflictResponseSchema: GenMessage<ResolveConflictResponse> = /*@__PURE__*/
+  messageDesc(file_branchsync_v1_admin, 11);
+
+/**
+ * Quarantined is one transaction a branch could not apply.
+ *
+ * @generated from message branchsync.v1.Quarantined
+ */
+export type Quarantined = Message<"branchsync.v1.Quarantined"> & {
+  /**
+   * The branch.
+   *
+   * @generated from field: string branch_id = 1;
+   */
+  branchId: string;
+
+  /**
+   * Tenant sequence number of the transaction.
+   *
+   * @generated from field: uint64 seq = 2;
+   */
+  seq: bigint;
+
+  /**
+   * Its origin branch.
+   *
+   * @generated from field: string origin_branch = 3;
+   */
+  originBranch: string;
+
+  /**
+   * The last database error at the branch.
+   *
+   * @generated from field: string error = 4;
+   */
+  error: string;
+
+  /**
+   * Its SQLSTATE.
+   *
+   * @generated from field: string sqlstate = 5;
+   */
+  sqlstate: string;
+
+  /**
+   * Where it stands.
+   *
+   * @generated from field: branchsync.v1.QuarantineStatus status = 6;
+   */
+  status: QuarantineStatus;
+
+  /**
+   * First failure, seconds since the Unix epoch.
+   *
+   * @generated from field: int64 created_at = 7;
+   */
+  createdAt: bigint;
+
+  /**
+   * Last change of status, seconds since the Unix epoch.
+   *
+   * @generated from field: int64 updated_at = 8;
+   */
+  updatedAt: bigint;
+
+  /**
+   * Tables and keys the transaction touched, as "table key" lines.
+   *
+   * @generated from field: repeated string rows = 9;
+   */
+  rows: string[];
+};
+
+/**
+ * Describes the message branchsync.v1.Quarantined.
+ * Use `create(QuarantinedSchema)` to create a new message.
+ */
+export const QuarantinedSchema: GenMessage<Quarantined> = /*@__PURE__*/
+  messageDesc(file_branchsync_v1_admin, 12);
+
+/**
+ * ListQuarantinedRequest filters the quarantine.
+ *
+ * @generated from message branchsync.v1.ListQuarantinedRequest
+ */
+export type ListQuarantinedRequest = Message<"branchsync.v1.ListQuarantinedRequest"> & {
+  /**
+   * Existing tenant id.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * Only this branch ("" = all).
+   *
+   * @generated from field: string branch_id = 2;
+   */
+  branchId: string;
+
+  /**
+   * Only this status (UNSPECIFIED = all).
+   *
+   * @generated from field: branchsync.v1.QuarantineStatus status = 3;
+   */
+  status: QuarantineStatus;
+};
+
+/**
+ * Describes the message branchsync.v1.ListQuarantinedRequest.
+ * Use `create(ListQuarantinedRequestSchema)` to create a new message.
+ */
+export const ListQuarantinedRequestSchema: GenMessage<ListQuarantinedRequest> = /*@__PURE__*/
+  messageDesc(file_branchsync_v1_admin, 13);
+
+/**
+ * ListQuarantinedResponse lists them, oldest first.
+ *
+ * @generated from message branchsync.v1.ListQuarantinedResponse
+ */
+export type ListQuarantinedResponse = Message<"branchsync.v1.ListQuarantinedResponse"> & {
+  /**
+   * The quarantined transactions.
+   *
+   * @generated from field: repeated branchsync.v1.Quarantined items = 1;
+   */
+  items: Quarantined[];
+};
+
+/**
+ * Describes the message branchsync.v1.ListQuarantinedResponse.
+ * Use `create(ListQuarantinedResponseSchema)` to create a new message.
+ */
+export const ListQuarantinedResponseSchema: GenMessage<ListQuarantinedResponse> = /*@__PURE__*/
+  messageDesc(file_branchsync_v1_admin, 14);
+
+/**
+ * RetryQuarantinedRequest names one quarantined transaction.
+ *
+ * @generated from message branchsync.v1.RetryQuarantinedRequest
+ */
+export type RetryQuarantinedRequest = Message<"branchsync.v1.RetryQuarantinedRequest"> & {
+  /**
+   * Existing tenant id.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * The branch that quarantined it.
+   *
+   * @generated from field: string branch_id = 2;
+   */
+  branchId: string;
+
+  /**
+   * Its tenant sequence number.
+   *
+   * @generated from field: uint64 seq = 3;
+   */
+  seq: bigint;
+};
+
+/**
+ * Describes the message branchsync.v1.RetryQuarantinedRequest.
+ * Use `create(RetryQuarantinedRequestSchema)` to create a new message.
+ */
+export const RetryQuarantinedRequestSchema: GenMessage<RetryQuarantinedRequest> = /*@__PURE__*/
+  messageDesc(file_branchsync_v1_admin, 15);
+
+/**
+ * RetryQuarantinedResponse returns the item, now RETRY_REQUESTED.
+ *
+ * @generated from message branchsync.v1.RetryQuarantinedResponse
+ */
+export type RetryQuarantinedResponse = Message<"branchsync.v1.RetryQuarantinedResponse"> & {
+  /**
+   * The item.
+   *
+   * @generated from field: branchsync.v1.Quarantined item = 1;
+   */
+  item?: Quarantined | undefined;
+};
+
+/**
+ * Describes the message branchsync.v1.RetryQuarantinedResponse.
+ * Use `create(RetryQuarantinedResponseSchema)` to create a new message.
+ */
+export const RetryQuarantinedResponseSchema: GenMessage<RetryQuarantinedResponse> = /*@__PURE__*/
+  messageDesc(file_branchsync_v1_admin, 16);
+
+/**
+ * DiscardQuarantinedRequest names one quarantined transaction.
+ *
+ * @generated from message branchsync.v1.DiscardQuarantinedRequest
+ */
+export type DiscardQuarantinedRequest = Message<"branchsync.v1.DiscardQuarantinedRequest"> & {
+  /**
+   * Existing tenant id.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * The branch that quarantined it.
+   *
+   * @generated from field: string branch_id = 2;
+   */
+  branchId: string;
+
+  /**
+   * Its tenant sequence number.
+   *
+   * @generated from field: uint64 seq = 3;
+   */
+  seq: bigint;
+};
+
+/**
+ * Describes the message branchsync.v1.DiscardQuarantinedRequest.
+ * Use `create(DiscardQuarantinedRequestSchema)` to create a new message.
+ */
+export const DiscardQuarantinedRequestSchema: GenMessage<DiscardQuarantinedRequest> = /*@__PURE__*/
+  messageDesc(file_branchsync_v1_admin, 17);
+
+/**
+ * DiscardQuarantinedResponse returns the item, now DISCARD_REQUESTED.
+ *
+ * @generated from message branchsync.v1.DiscardQuarantinedResponse
+ */
+export type DiscardQuarantinedResponse = Message<"branchsync.v1.DiscardQuarantinedResponse"> & {
+  /**
+   * The item.
+   *
+   * @generated from field: branchsync.v1.Quarantined item = 1;
+   */
+  item?: Quarantined | undefined;
+};
+
+/**
+ * Describes the message branchsync.v1.DiscardQuarantinedResponse.
+ * Use `create(DiscardQuarantinedResponseSchema)` to create a new message.
+ */
+export const DiscardQuarantinedResponseSchema: GenMessage<DiscardQuarantinedResponse> = /*@__PURE__*/
+  messageDesc(file_branchsync_v1_admin, 18);
 
 /**
  * Tenant is one customer; its branches share data with each other only.
@@ -52,7 +750,7 @@ export type Tenant = Message<"branchsync.v1.Tenant"> & {
  * Use `create(TenantSchema)` to create a new message.
  */
 export const TenantSchema: GenMessage<Tenant> = /*@__PURE__*/
-  messageDesc(file_branchsync_v1_admin, 0);
+  messageDesc(file_branchsync_v1_admin, 19);
 
 /**
  * Branch is one site of a tenant.
@@ -115,7 +813,7 @@ export type Branch = Message<"branchsync.v1.Branch"> & {
  * Use `create(BranchSchema)` to create a new message.
  */
 export const BranchSchema: GenMessage<Branch> = /*@__PURE__*/
-  messageDesc(file_branchsync_v1_admin, 1);
+  messageDesc(file_branchsync_v1_admin, 20);
 
 /**
  * CreateTenantRequest names the new tenant.
@@ -143,7 +841,7 @@ export type CreateTenantRequest = Message<"branchsync.v1.CreateTenantRequest"> &
  * Use `create(CreateTenantRequestSchema)` to create a new message.
  */
 export const CreateTenantRequestSchema: GenMessage<CreateTenantRequest> = /*@__PURE__*/
-  messageDesc(file_branchsync_v1_admin, 2);
+  messageDesc(file_branchsync_v1_admin, 21);
 
 /**
  * CreateTenantResponse returns the tenant.
@@ -164,7 +862,7 @@ export type CreateTenantResponse = Message<"branchsync.v1.CreateTenantResponse">
  * Use `create(CreateTenantResponseSchema)` to create a new message.
  */
 export const CreateTenantResponseSchema: GenMessage<CreateTenantResponse> = /*@__PURE__*/
-  messageDesc(file_branchsync_v1_admin, 3);
+  messageDesc(file_branchsync_v1_admin, 22);
 
 /**
  * ListTenantsRequest has no parameters.
@@ -179,7 +877,7 @@ export type ListTenantsRequest = Message<"branchsync.v1.ListTenantsRequest"> & {
  * Use `create(ListTenantsRequestSchema)` to create a new message.
  */
 export const ListTenantsRequestSchema: GenMessage<ListTenantsRequest> = /*@__PURE__*/
-  messageDesc(file_branchsync_v1_admin, 4);
+  messageDesc(file_branchsync_v1_admin, 23);
 
 /**
  * ListTenantsResponse lists tenants, ordered by id.
@@ -200,7 +898,7 @@ export type ListTenantsResponse = Message<"branchsync.v1.ListTenantsResponse"> &
  * Use `create(ListTenantsResponseSchema)` to create a new message.
  */
 export const ListTenantsResponseSchema: GenMessage<ListTenantsResponse> = /*@__PURE__*/
-  messageDesc(file_branchsync_v1_admin, 5);
+  messageDesc(file_branchsync_v1_admin, 24);
 
 /**
  * CreateBranchRequest names the new branch.
@@ -235,7 +933,7 @@ export type CreateBranchRequest = Message<"branchsync.v1.CreateBranchRequest"> &
  * Use `create(CreateBranchRequestSchema)` to create a new message.
  */
 export const CreateBranchRequestSchema: GenMessage<CreateBranchRequest> = /*@__PURE__*/
-  messageDesc(file_branchsync_v1_admin, 6);
+  messageDesc(file_branchsync_v1_admin, 25);
 
 /**
  * CreateBranchResponse returns the branch and its only copy of the API key.
@@ -264,7 +962,7 @@ export type CreateBranchResponse = Message<"branchsync.v1.CreateBranchResponse">
  * Use `create(CreateBranchResponseSchema)` to create a new message.
  */
 export const CreateBranchResponseSchema: GenMessage<CreateBranchResponse> = /*@__PURE__*/
-  messageDesc(file_branchsync_v1_admin, 7);
+  messageDesc(file_branchsync_v1_admin, 26);
 
 /**
  * ListBranchesRequest names the tenant.
@@ -285,7 +983,7 @@ export type ListBranchesRequest = Message<"branchsync.v1.ListBranchesRequest"> &
  * Use `create(ListBranchesRequestSchema)` to create a new message.
  */
 export const ListBranchesRequestSchema: GenMessage<ListBranchesRequest> = /*@__PURE__*/
-  messageDesc(file_branchsync_v1_admin, 8);
+  messageDesc(file_branchsync_v1_admin, 27);
 
 /**
  * ListBranchesResponse lists a tenant's branches, ordered by id.
@@ -306,7 +1004,197 @@ export type ListBranchesResponse = Message<"branchsync.v1.ListBranchesResponse">
  * Use `create(ListBranchesResponseSchema)` to create a new message.
  */
 export const ListBranchesResponseSchema: GenMessage<ListBranchesResponse> = /*@__PURE__*/
-  messageDesc(file_branchsync_v1_admin, 9);
+  messageDesc(file_branchsync_v1_admin, 28);
+
+/**
+ * ConflictStrategy decides between concurrent changes to one row.
+ *
+ * @generated from enum branchsync.v1.ConflictStrategy
+ */
+export enum ConflictStrategy {
+  /**
+   * Unset; SetTablePolicy treats it as LAST_WRITER_WINS.
+   *
+   * @generated from enum value: CONFLICT_STRATEGY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The change with the larger hybrid logical clock wins the whole row;
+   * equal clocks are broken by the larger branch id. The default.
+   *
+   * @generated from enum value: CONFLICT_STRATEGY_LAST_WRITER_WINS = 1;
+   */
+  LAST_WRITER_WINS = 1,
+
+  /**
+   * The branch earlier in branch_priority wins; branches not listed come
+   * after all listed ones; equal rank falls back to last-writer-wins.
+   *
+   * @generated from enum value: CONFLICT_STRATEGY_BRANCH_PRIORITY = 2;
+   */
+  BRANCH_PRIORITY = 2,
+
+  /**
+   * Per column last-writer-wins: concurrent edits of different columns
+   * both survive. A delete against an update is decided for the whole row
+   * by last-writer-wins.
+   *
+   * @generated from enum value: CONFLICT_STRATEGY_COLUMN_MERGE = 3;
+   */
+  COLUMN_MERGE = 3,
+
+  /**
+   * The row keeps its current version and the conflict stays open for an
+   * operator (ResolveConflict).
+   *
+   * @generated from enum value: CONFLICT_STRATEGY_MANUAL = 4;
+   */
+  MANUAL = 4,
+}
+
+/**
+ * Describes the enum branchsync.v1.ConflictStrategy.
+ */
+export const ConflictStrategySchema: GenEnum<ConflictStrategy> = /*@__PURE__*/
+  enumDesc(file_branchsync_v1_admin, 0);
+
+/**
+ * ConflictStatus is where a conflict stands.
+ *
+ * @generated from enum branchsync.v1.ConflictStatus
+ */
+export enum ConflictStatus {
+  /**
+   * Unset: in ListConflictsRequest, any status.
+   *
+   * @generated from enum value: CONFLICT_STATUS_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Decided by the table's strategy when detected.
+   *
+   * @generated from enum value: CONFLICT_STATUS_RESOLVED = 1;
+   */
+  RESOLVED = 1,
+
+  /**
+   * Waiting for an operator (MANUAL strategy).
+   *
+   * @generated from enum value: CONFLICT_STATUS_OPEN = 2;
+   */
+  OPEN = 2,
+
+  /**
+   * Settled by an operator through ResolveConflict.
+   *
+   * @generated from enum value: CONFLICT_STATUS_RESOLVED_MANUALLY = 3;
+   */
+  RESOLVED_MANUALLY = 3,
+}
+
+/**
+ * Describes the enum branchsync.v1.ConflictStatus.
+ */
+export const ConflictStatusSchema: GenEnum<ConflictStatus> = /*@__PURE__*/
+  enumDesc(file_branchsync_v1_admin, 1);
+
+/**
+ * Resolution is what an operator chose for an open conflict.
+ *
+ * @generated from enum branchsync.v1.Resolution
+ */
+export enum Resolution {
+  /**
+   * Invalid.
+   *
+   * @generated from enum value: RESOLUTION_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Keep the existing version (the row as it is now).
+   *
+   * @generated from enum value: RESOLUTION_EXISTING = 1;
+   */
+  EXISTING = 1,
+
+  /**
+   * Take the incoming version.
+   *
+   * @generated from enum value: RESOLUTION_INCOMING = 2;
+   */
+  INCOMING = 2,
+
+  /**
+   * Take the row given in ResolveConflictRequest.row.
+   *
+   * @generated from enum value: RESOLUTION_ROW = 3;
+   */
+  ROW = 3,
+}
+
+/**
+ * Describes the enum branchsync.v1.Resolution.
+ */
+export const ResolutionSchema: GenEnum<Resolution> = /*@__PURE__*/
+  enumDesc(file_branchsync_v1_admin, 2);
+
+/**
+ * QuarantineStatus is where a quarantined transaction stands.
+ *
+ * @generated from enum branchsync.v1.QuarantineStatus
+ */
+export enum QuarantineStatus {
+  /**
+   * Unset: in ListQuarantinedRequest, any status.
+   *
+   * @generated from enum value: QUARANTINE_STATUS_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The branch could not apply it.
+   *
+   * @generated from enum value: QUARANTINE_STATUS_QUARANTINED = 1;
+   */
+  QUARANTINED = 1,
+
+  /**
+   * An operator asked for a retry; the branch has not answered yet.
+   *
+   * @generated from enum value: QUARANTINE_STATUS_RETRY_REQUESTED = 2;
+   */
+  RETRY_REQUESTED = 2,
+
+  /**
+   * An operator asked to discard it; the branch has not answered yet.
+   *
+   * @generated from enum value: QUARANTINE_STATUS_DISCARD_REQUESTED = 3;
+   */
+  DISCARD_REQUESTED = 3,
+
+  /**
+   * A retry applied it.
+   *
+   * @generated from enum value: QUARANTINE_STATUS_APPLIED = 4;
+   */
+  APPLIED = 4,
+
+  /**
+   * The branch dropped it.
+   *
+   * @generated from enum value: QUARANTINE_STATUS_DISCARDED = 5;
+   */
+  DISCARDED = 5,
+}
+
+/**
+ * Describes the enum branchsync.v1.QuarantineStatus.
+ */
+export const QuarantineStatusSchema: GenEnum<QuarantineStatus> = /*@__PURE__*/
+  enumDesc(file_branchsync_v1_admin, 3);
 
 /**
  * AdminService manages tenants and branches. It requires the metadata
@@ -357,6 +1245,93 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof ListBranchesRequestSchema;
     output: typeof ListBranchesResponseSchema;
+  },
+  /**
+   * SetTablePolicy sets how concurrent changes to a table's rows are
+   * resolved. It applies to conflicts detected from then on. Fails with
+   * NOT_FOUND for a table no branch has declared, INVALID_ARGUMENT for an
+   * unknown column or a delta column that is not an integer or numeric.
+   *
+   * @generated from rpc branchsync.v1.AdminService.SetTablePolicy
+   */
+  setTablePolicy: {
+    methodKind: "unary";
+    input: typeof SetTablePolicyRequestSchema;
+    output: typeof SetTablePolicyResponseSchema;
+  },
+  /**
+   * ListTablePolicies lists a tenant's tables with their policies.
+   *
+   * @generated from rpc branchsync.v1.AdminService.ListTablePolicies
+   */
+  listTablePolicies: {
+    methodKind: "unary";
+    input: typeof ListTablePoliciesRequestSchema;
+    output: typeof ListTablePoliciesResponseSchema;
+  },
+  /**
+   * ListConflicts lists a tenant's recorded conflicts, newest first.
+   *
+   * @generated from rpc branchsync.v1.AdminService.ListConflicts
+   */
+  listConflicts: {
+    methodKind: "unary";
+    input: typeof ListConflictsRequestSchema;
+    output: typeof ListConflictsResponseSchema;
+  },
+  /**
+   * GetConflict shows one conflict with both versions and the result.
+   *
+   * @generated from rpc branchsync.v1.AdminService.GetConflict
+   */
+  getConflict: {
+    methodKind: "unary";
+    input: typeof GetConflictRequestSchema;
+    output: typeof GetConflictResponseSchema;
+  },
+  /**
+   * ResolveConflict settles an open (manual) conflict: the chosen row is
+   * sequenced as a new change and reaches every branch. Fails with
+   * FAILED_PRECONDITION if the conflict is not open.
+   *
+   * @generated from rpc branchsync.v1.AdminService.ResolveConflict
+   */
+  resolveConflict: {
+    methodKind: "unary";
+    input: typeof ResolveConflictRequestSchema;
+    output: typeof ResolveConflictResponseSchema;
+  },
+  /**
+   * ListQuarantined lists transactions branches could not apply.
+   *
+   * @generated from rpc branchsync.v1.AdminService.ListQuarantined
+   */
+  listQuarantined: {
+    methodKind: "unary";
+    input: typeof ListQuarantinedRequestSchema;
+    output: typeof ListQuarantinedResponseSchema;
+  },
+  /**
+   * RetryQuarantined asks the branch to apply the transaction's rows again
+   * (in their current version), once it is connected.
+   *
+   * @generated from rpc branchsync.v1.AdminService.RetryQuarantined
+   */
+  retryQuarantined: {
+    methodKind: "unary";
+    input: typeof RetryQuarantinedRequestSchema;
+    output: typeof RetryQuarantinedResponseSchema;
+  },
+  /**
+   * DiscardQuarantined asks the branch to drop the transaction. Its rows
+   * may then differ from the other branches until they change again.
+   *
+   * @generated from rpc branchsync.v1.AdminService.DiscardQuarantined
+   */
+  discardQuarantined: {
+    methodKind: "unary";
+    input: typeof DiscardQuarantinedRequestSchema;
+    output: typeof DiscardQuarantinedResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_branchsync_v1_admin, 0);

@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file branchsync/v1/sync.proto.
  */
 export const file_branchsync_v1_sync: GenFile = /*@__PURE__*/
-  fileDesc("ChhicmFuY2hzeW5jL3YxL3N5bmMucHJvdG8SDWJyYW5jaHN5bmMudjEi3AEKDEFnZW50TWVzc2FnZRIlCgVoZWxsbxgBIAEoCzIULmJyYW5jaHN5bmMudjEuSGVsbG9IABItCgdjaGFuZ2VzGAIgASgLMhouYnJhbmNoc3luYy52MS5DaGFuZ2VCYXRjaEgAEiEKA2FjaxgDIAEoCzISLmJyYW5jaHN5bmMudjEuQWNrSAASIwoEcGluZxgEIAEoCzITLmJyYW5jaHN5bmMudjEuUGluZ0gAEiMKBHBvbmcYBSABKAsyEy5icmFuY2hzeW5jLnYxLlBvbmdIAEIJCgdwYXlsb2FkIsMCCgpIdWJNZXNzYWdlEikKB3dlbGNvbWUYASABKAsyFi5icmFuY2hzeW5jLnYxLldlbGNvbWVIABItCgdjaGFuZ2VzGAIgASgLMhouYnJhbmNoc3luYy52MS5DaGFuZ2VCYXRjaEgAEiwKCWJhdGNoX2FjaxgDIAEoCzIXLmJyYW5jaHN5bmMudjEuQmF0Y2hBY2tIABIxCghjb25mbGljdBgEIAEoCzIdLmJyYW5jaHN5bmMudjEuQ29uZmxpY3ROb3RpY2VIABIlCgVkcmFpbhgFIAEoCzIULmJyYW5jaHN5bmMudjEuRHJhaW5IABIjCgRwaW5nGAYgASgLMhMuYnJhbmNoc3luYy52MS5QaW5nSAASIwoEcG9uZxgHIAEoCzITLmJyYW5jaHN5bmMudjEuUG9uZ0gAQgkKB3BheWxvYWQimQEKBUhlbGxvEhUKDWFnZW50X3ZlcnNpb24YASABKAkSKgoGdGFibGVzGAIgAygLMhouYnJhbmNoc3luYy52MS5UYWJsZVNjaGVtYRIVCg1yZXN1bWVfY3Vyc29yGAMgASgEEhoKEmV4cGVjdGVkX3RlbmFudF9pZBgEIAEoCRIaChJleHBlY3RlZF9icmFuY2hfaWQYBSABKAkiWAoLVGFibGVTY2hlbWESDAoEbmFtZRgBIAEoCRImCgdjb2x1bW5zGAIgAygLMhUuYnJhbmNoc3luYy52MS5Db2x1bW4SEwoLcHJpbWFyeV9rZXkYAyADKAkiNgoGQ29sdW1uEgwKBG5hbWUYASABKAkSDAoEdHlwZRgCIAEoCRIQCghudWxsYWJsZRgDIAEoCCK/AQoHV2VsY29tZRISCgpzZXNzaW9uX2lkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIRCglicmFuY2hfaWQYAyABKAkSEAoIaGVhZF9zZXEYBCABKAQSEwoLcmVzdW1lX2Zyb20YBSABKAQSGQoRbWF4X2JhdGNoX2NoYW5nZXMYBiABKA0SGQoRbWF4X21lc3NhZ2VfYnl0ZXMYByABKA0SHQoVaGVhcnRiZWF0X2ludGVydmFsX21zGAggASgNIpsBCgtDaGFuZ2VCYXRjaBIQCghiYXRjaF9pZBgBIAEoBBIwCgx0cmFuc2FjdGlvbnMYAiADKAsyGi5icmFuY2hzeW5jLnYxLlRyYW5zYWN0aW9uEhQKDGN1cnNvcl9hZnRlchgDIAEoBBIyCg1vd25fc2VxdWVuY2VkGAQgAygLMhsuYnJhbmNoc3luYy52MS5TZXF1ZW5jZWRPd24iLwoMU2VxdWVuY2VkT3duEhIKCm9yaWdpbl90eG4YASABKAQSCwoDc2VxGAIgASgEIq4BCgtUcmFuc2FjdGlvbhISCgpvcmlnaW5fdHhuGAEgASgEEhUKDW9yaWdpbl9icmFuY2gYAiABKAkSCwoDc2VxGAMgASgEEhMKC2NodW5rX2luZGV4GAQgASgNEhIKCmxhc3RfY2h1bmsYBSABKAgSFgoOY29tbWl0X3RpbWVfdXMYBiABKAMSJgoHY2hhbmdlcxgHIAMoCzIVLmJyYW5jaHN5bmMudjEuQ2hhbmdlIlAKBkNoYW5nZRINCgV0YWJsZRgBIAEoCRIdCgJvcBgCIAEoDjIRLmJyYW5jaHN5bmMudjEuT3ASCwoDa2V5GAMgASgJEgsKA3JvdxgEIAEoCSJRCghCYXRjaEFjaxIQCghiYXRjaF9pZBgBIAEoBBIzCghvdXRjb21lcxgCIAMoCzIhLmJyYW5jaHN5bmMudjEuVHJhbnNhY3Rpb25PdXRjb21lIoIBChJUcmFuc2FjdGlvbk91dGNvbWUSEgoKb3JpZ2luX3R4bhgBIAEoBBITCgtjaHVua19pbmRleBgCIAEoDRInCgdvdXRjb21lGAMgASgOMhYuYnJhbmNoc3luYy52MS5PdXRjb21lEgsKA3NlcRgEIAEoBBINCgVlcnJvchgFIAEoCSIVCgNBY2sSDgoGY3Vyc29yGAEgASgEIpkBCg5Db25mbGljdE5vdGljZRINCgV0YWJsZRgBIAEoCRILCgNrZXkYAiABKAkSEgoKd2lubmVyX3JvdxgDIAEoCRIRCglsb3Nlcl9yb3cYBCABKAkSEAoIc3RyYXRlZ3kYBSABKAkSFQoNd2lubmVyX2JyYW5jaBgGIAEoCRIOCgZyZWFzb24YByABKAkSCwoDc2VxGAggASgEIjMKBURyYWluEg4KBnJlYXNvbhgBIAEoCRIaChJyZWNvbm5lY3RfYWZ0ZXJfbXMYAiABKA0iKQoEUGluZxINCgVub25jZRgBIAEoBBISCgpzZW50X2F0X3VzGAIgASgDIikKBFBvbmcSDQoFbm9uY2UYASABKAQSEgoKc2VudF9hdF91cxgCIAEoAypFCgJPcBISCg5PUF9VTlNQRUNJRklFRBAAEg0KCU9QX0lOU0VSVBABEg0KCU9QX1VQREFURRACEg0KCU9QX0RFTEVURRADKnkKB091dGNvbWUSFwoTT1VUQ09NRV9VTlNQRUNJRklFRBAAEhQKEE9VVENPTUVfQUNDRVBURUQQARIVChFPVVRDT01FX0RVUExJQ0FURRACEhIKDk9VVENPTUVfU1RBR0VEEAMSFAoQT1VUQ09NRV9SRUpFQ1RFRBAEMlcKC1N5bmNTZXJ2aWNlEkgKClN5bmNTdHJlYW0SGy5icmFuY2hzeW5jLnYxLkFnZW50TWVzc2FnZRoZLmJyYW5jaHN5bmMudjEuSHViTWVzc2FnZSgBMAFiBnByb3RvMw");
+  fileDesc("ChhicmFuY2hzeW5jL3YxL3N5bmMucHJvdG8SDWJyYW5jaHN5bmMudjEivwIKDEFnZW50TWVzc2FnZRIlCgVoZWxsbxgBIAEoCzIULmJyYW5jaHN5bmMudjEuSGVsbG9IABItCgdjaGFuZ2VzGAIgASgLMhouYnJhbmNoc3luYy52MS5DaGFuZ2VCYXRjaEgAEiEKA2FjaxgDIAEoCzISLmJyYW5jaHN5bmMudjEuQWNrSAASIwoEcGluZxgEIAEoCzITLmJyYW5jaHN5bmMudjEuUGluZ0gAEiMKBHBvbmcYBSABKAsyEy5icmFuY2hzeW5jLnYxLlBvbmdIABIjCgRuYWNrGAYgASgLMhMuYnJhbmNoc3luYy52MS5OYWNrSAASPAoRcXVhcmFudGluZV9yZXN1bHQYByABKAsyHy5icmFuY2hzeW5jLnYxLlF1YXJhbnRpbmVSZXN1bHRIAEIJCgdwYXlsb2FkIoEDCgpIdWJNZXNzYWdlEikKB3dlbGNvbWUYASABKAsyFi5icmFuY2hzeW5jLnYxLldlbGNvbWVIABItCgdjaGFuZ2VzGAIgASgLMhouYnJhbmNoc3luYy52MS5DaGFuZ2VCYXRjaEgAEiwKCWJhdGNoX2FjaxgDIAEoCzIXLmJyYW5jaHN5bmMudjEuQmF0Y2hBY2tIABIxCghjb25mbGljdBgEIAEoCzIdLmJyYW5jaHN5bmMudjEuQ29uZmxpY3ROb3RpY2VIABIlCgVkcmFpbhgFIAEoCzIULmJyYW5jaHN5bmMudjEuRHJhaW5IABIjCgRwaW5nGAYgASgLMhMuYnJhbmNoc3luYy52MS5QaW5nSAASIwoEcG9uZxgHIAEoCzITLmJyYW5jaHN5bmMudjEuUG9uZ0gAEjwKEXF1YXJhbnRpbmVfYWN0aW9uGAggASgLMh8uYnJhbmNoc3luYy52MS5RdWFyYW50aW5lQWN0aW9uSABCCQoHcGF5bG9hZCKZAQoFSGVsbG8SFQoNYWdlbnRfdmVyc2lvbhgBIAEoCRIqCgZ0YWJsZXMYAiADKAsyGi5icmFuY2hzeW5jLnYxLlRhYmxlU2NoZW1hEhUKDXJlc3VtZV9jdXJzb3IYAyABKAQSGgoSZXhwZWN0ZWRfdGVuYW50X2lkGAQgASgJEhoKEmV4cGVjdGVkX2JyYW5jaF9pZBgFIAEoCSJYCgtUYWJsZVNjaGVtYRIMCgRuYW1lGAEgASgJEiYKB2NvbHVtbnMYAiADKAsyFS5icmFuY2hzeW5jLnYxLkNvbHVtbhITCgtwcmltYXJ5X2tleRgDIAMoCSI2CgZDb2x1bW4SDAoEbmFtZRgBIAEoCRIMCgR0eXBlGAIgASgJEhAKCG51bGxhYmxlGAMgASgIIr8BCgdXZWxjb21lEhIKCnNlc3Npb25faWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEhEKCWJyYW5jaF9pZBgDIAEoCRIQCghoZWFkX3NlcRgEIAEoBBITCgtyZXN1bWVfZnJvbRgFIAEoBBIZChFtYXhfYmF0Y2hfY2hhbmdlcxgGIAEoDRIZChFtYXhfbWVzc2FnZV9ieXRlcxgHIAEoDRIdChVoZWFydGJlYXRfaW50ZXJ2YWxfbXMYCCABKA0imwEKC0NoYW5nZUJhdGNoEhAKCGJhdGNoX2lkGAEgASgEEjAKDHRyYW5zYWN0aW9ucxgCIAMoCzIaLmJyYW5jaHN5bmMudjEuVHJhbnNhY3Rpb24SFAoMY3Vyc29yX2FmdGVyGAMgASgEEjIKDW93bl9zZXF1ZW5jZWQYBCADKAsyGy5icmFuY2hzeW5jLnYxLlNlcXVlbmNlZE93biIvCgxTZXF1ZW5jZWRPd24SEgoKb3JpZ2luX3R4bhgBIAEoBBILCgNzZXEYAiABKAQizQEKC1RyYW5zYWN0aW9uEhIKCm9yaWdpbl90eG4YASABKAQSFQoNb3JpZ2luX2JyYW5jaBgCIAEoCRILCgNzZXEYAyABKAQSEwoLY2h1bmtfaW5kZXgYBCABKA0SEgoKbGFzdF9jaHVuaxgFIAEoCBIWCg5jb21taXRfdGltZV91cxgGIAEoAxImCgdjaGFuZ2VzGAcgAygLMhUuYnJhbmNoc3luYy52MS5DaGFuZ2USEAoIYmFzZV9zZXEYCCABKAQSCwoDaGxjGAkgASgEIl4KBkNoYW5nZRINCgV0YWJsZRgBIAEoCRIdCgJvcBgCIAEoDjIRLmJyYW5jaHN5bmMudjEuT3ASCwoDa2V5GAMgASgJEgsKA3JvdxgEIAEoCRIMCgRwcmV2GAUgASgJIlEKCEJhdGNoQWNrEhAKCGJhdGNoX2lkGAEgASgEEjMKCG91dGNvbWVzGAIgAygLMiEuYnJhbmNoc3luYy52MS5UcmFuc2FjdGlvbk91dGNvbWUiggEKElRyYW5zYWN0aW9uT3V0Y29tZRISCgpvcmlnaW5fdHhuGAEgASgEEhMKC2NodW5rX2luZGV4GAIgASgNEicKB291dGNvbWUYAyABKA4yFi5icmFuY2hzeW5jLnYxLk91dGNvbWUSCwoDc2VxGAQgASgEEg0KBWVycm9yGAUgASgJIhUKA0FjaxIOCgZjdXJzb3IYASABKAQivAEKDkNvbmZsaWN0Tm90aWNlEg0KBXRhYmxlGAEgASgJEgsKA2tleRgCIAEoCRISCgp3aW5uZXJfcm93GAMgASgJEhEKCWxvc2VyX3JvdxgEIAEoCRIQCghzdHJhdGVneRgFIAEoCRIVCg13aW5uZXJfYnJhbmNoGAYgASgJEg4KBnJlYXNvbhgHIAEoCRILCgNzZXEYCCABKAQSEwoLY29uZmxpY3RfaWQYCSABKAQSDAoEa2luZBgKIAEoCSJfCgROYWNrEgsKA3NlcRgBIAEoBBIVCg1vcmlnaW5fYnJhbmNoGAIgASgJEhIKCm9yaWdpbl90eG4YAyABKAQSDQoFZXJyb3IYBCABKAkSEAoIc3Fsc3RhdGUYBSABKAkieAoQUXVhcmFudGluZUFjdGlvbhILCgNzZXEYASABKAQSKwoEdmVyYhgCIAEoDjIdLmJyYW5jaHN5bmMudjEuUXVhcmFudGluZVZlcmISKgoGcmVwYWlyGAMgASgLMhouYnJhbmNoc3luYy52MS5UcmFuc2FjdGlvbiJhChBRdWFyYW50aW5lUmVzdWx0EgsKA3NlcRgBIAEoBBIxCgdvdXRjb21lGAIgASgOMiAuYnJhbmNoc3luYy52MS5RdWFyYW50aW5lT3V0Y29tZRINCgVlcnJvchgDIAEoCSIzCgVEcmFpbhIOCgZyZWFzb24YASABKAkSGgoScmVjb25uZWN0X2FmdGVyX21zGAIgASgNIikKBFBpbmcSDQoFbm9uY2UYASABKAQSEgoKc2VudF9hdF91cxgCIAEoAyIpCgRQb25nEg0KBW5vbmNlGAEgASgEEhIKCnNlbnRfYXRfdXMYAiABKAMqRQoCT3ASEgoOT1BfVU5TUEVDSUZJRUQQABINCglPUF9JTlNFUlQQARINCglPUF9VUERBVEUQAhINCglPUF9ERUxFVEUQAyp5CgdPdXRjb21lEhcKE09VVENPTUVfVU5TUEVDSUZJRUQQABIUChBPVVRDT01FX0FDQ0VQVEVEEAESFQoRT1VUQ09NRV9EVVBMSUNBVEUQAhISCg5PVVRDT01FX1NUQUdFRBADEhQKEE9VVENPTUVfUkVKRUNURUQQBCppCg5RdWFyYW50aW5lVmVyYhIfChtRVUFSQU5USU5FX1ZFUkJfVU5TUEVDSUZJRUQQABIZChVRVUFSQU5USU5FX1ZFUkJfUkVUUlkQARIbChdRVUFSQU5USU5FX1ZFUkJfRElTQ0FSRBACKpgBChFRdWFyYW50aW5lT3V0Y29tZRIiCh5RVUFSQU5USU5FX09VVENPTUVfVU5TUEVDSUZJRUQQABIeChpRVUFSQU5USU5FX09VVENPTUVfQVBQTElFRBABEh0KGVFVQVJBTlRJTkVfT1VUQ09NRV9GQUlMRUQQAhIgChxRVUFSQU5USU5FX09VVENPTUVfRElTQ0FSREVEEAMyVwoLU3luY1NlcnZpY2USSAoKU3luY1N0cmVhbRIbLmJyYW5jaHN5bmMudjEuQWdlbnRNZXNzYWdlGhkuYnJhbmNoc3luYy52MS5IdWJNZXNzYWdlKAEwAWIGcHJvdG8z");
 
 /**
  * AgentMessage is everything an agent sends on SyncStream.
@@ -64,6 +64,23 @@ export type AgentMessage = Message<"branchsync.v1.AgentMessage"> & {
      */
     value: Pong;
     case: "pong";
+  } | {
+    /**
+     * A downstream transaction could not be applied at this branch; it was
+     * quarantined there and later transactions keep flowing.
+     *
+     * @generated from field: branchsync.v1.Nack nack = 6;
+     */
+    value: Nack;
+    case: "nack";
+  } | {
+    /**
+     * Outcome of a QuarantineAction the hub sent.
+     *
+     * @generated from field: branchsync.v1.QuarantineResult quarantine_result = 7;
+     */
+    value: QuarantineResult;
+    case: "quarantineResult";
   } | { case: undefined; value?: undefined };
 };
 
@@ -141,6 +158,15 @@ export type HubMessage = Message<"branchsync.v1.HubMessage"> & {
      */
     value: Pong;
     case: "pong";
+  } | {
+    /**
+     * An operator asked to retry or discard a transaction this branch
+     * quarantined.
+     *
+     * @generated from field: branchsync.v1.QuarantineAction quarantine_action = 8;
+     */
+    value: QuarantineAction;
+    case: "quarantineAction";
   } | { case: undefined; value?: undefined };
 };
 
@@ -495,6 +521,40 @@ export type Transaction = Message<"branchsync.v1.Transaction"> & {
    * @generated from field: repeated branchsync.v1.Change changes = 7;
    */
   changes: Change[];
+
+  /**
+   * What the transaction was based on: the tenant sequence number the
+   * origin branch had applied (its cursor) when it made the transaction.
+   *
+   * Why a number and not a per-row version vector: every branch applies the
+   * one tenant order as a prefix, so what a branch knew when it wrote is
+   * exactly "the tenant log up to base_seq, plus its own earlier writes".
+   * A version vector over branches would say the same thing in more bytes.
+   * The hub therefore calls two changes to one row concurrent exactly when
+   * the later-sequenced one comes from another branch than the row's
+   * current version and its base_seq is below that version's seq. Edits
+   * made one after the other at different branches (the second made after
+   * the first arrived) are never conflicts. 0 upstream means "knew
+   * nothing", which makes every existing row version concurrent with it.
+   *
+   * @generated from field: uint64 base_seq = 8;
+   */
+  baseSeq: bigint;
+
+  /**
+   * Hybrid logical clock of the transaction at its origin: the upper 48
+   * bits are milliseconds since the Unix epoch, the lower 16 a counter. The
+   * origin keeps it above its wall clock and above every HLC it has
+   * applied, so a change made after seeing another always has the larger
+   * HLC, however the two clocks are set. last-writer-wins compares HLCs
+   * (then branch ids). The hub refuses a batch whose HLC is further ahead
+   * of its own clock than it allows (FAILED_PRECONDITION naming the skew):
+   * a branch with a fast clock cannot win every conflict, and its changes
+   * wait at the branch, unlost, until the clock is fixed.
+   *
+   * @generated from field: uint64 hlc = 9;
+   */
+  hlc: bigint;
 };
 
 /**
@@ -543,6 +603,18 @@ export type Change = Message<"branchsync.v1.Change"> & {
    * @generated from field: string row = 4;
    */
   row: string;
+
+  /**
+   * OP_UPDATE only: the columns this update changed, as a JSON object
+   * mapping each changed column to a one-element array holding its old
+   * value (same encoding as row), e.g. {"qty":[5]}. The hub uses it to
+   * merge concurrent edits of different columns and to add up concurrent
+   * changes of delta (counter) columns. Empty means unknown: every column
+   * counts as changed.
+   *
+   * @generated from field: string prev = 5;
+   */
+  prev: string;
 };
 
 /**
@@ -654,7 +726,13 @@ export const AckSchema: GenMessage<Ack> = /*@__PURE__*/
   messageDesc(file_branchsync_v1_sync, 12);
 
 /**
- * ConflictNotice tells a branch that one of its changes lost a conflict.
+ * ConflictNotice tells a branch that one of its changes was concurrent with
+ * another branch's change to the same row and did not (wholly) win.
+ *
+ * The notice is informational: the resolved row reaches the branch as an
+ * ordinary change in the ChangeBatch stream, in tenant order (for the
+ * branch's own transaction, the hub sends the resolved transaction back to
+ * it). The agent logs and counts notices.
  *
  * @generated from message branchsync.v1.ConflictNotice
  */
@@ -709,11 +787,25 @@ export type ConflictNotice = Message<"branchsync.v1.ConflictNotice"> & {
   reason: string;
 
   /**
-   * Tenant sequence number of the winning version.
+   * Tenant sequence number of the transaction whose change was resolved.
    *
    * @generated from field: uint64 seq = 8;
    */
   seq: bigint;
+
+  /**
+   * Id of the record in the hub's conflict ledger (AdminService.GetConflict).
+   *
+   * @generated from field: uint64 conflict_id = 9;
+   */
+  conflictId: bigint;
+
+  /**
+   * Existing and incoming operation, e.g. "update/delete".
+   *
+   * @generated from field: string kind = 10;
+   */
+  kind: string;
 };
 
 /**
@@ -722,6 +814,135 @@ export type ConflictNotice = Message<"branchsync.v1.ConflictNotice"> & {
  */
 export const ConflictNoticeSchema: GenMessage<ConflictNotice> = /*@__PURE__*/
   messageDesc(file_branchsync_v1_sync, 13);
+
+/**
+ * Nack reports a downstream transaction the branch could not apply (a
+ * local constraint, a missing referenced row, a type mismatch). The branch
+ * keeps it, whole, in its quarantine, applies everything after it, and
+ * moves its cursor on; an operator retries or discards it through
+ * AdminService. Sending the same Nack again is harmless.
+ *
+ * @generated from message branchsync.v1.Nack
+ */
+export type Nack = Message<"branchsync.v1.Nack"> & {
+  /**
+   * Tenant sequence number of the transaction.
+   *
+   * @generated from field: uint64 seq = 1;
+   */
+  seq: bigint;
+
+  /**
+   * Its origin branch.
+   *
+   * @generated from field: string origin_branch = 2;
+   */
+  originBranch: string;
+
+  /**
+   * Its origin transaction id.
+   *
+   * @generated from field: uint64 origin_txn = 3;
+   */
+  originTxn: bigint;
+
+  /**
+   * The database error, e.g. "new row for relation \"items\" violates check
+   * constraint \"qty_small\"".
+   *
+   * @generated from field: string error = 4;
+   */
+  error: string;
+
+  /**
+   * The PostgreSQL SQLSTATE of the error, e.g. "23514".
+   *
+   * @generated from field: string sqlstate = 5;
+   */
+  sqlstate: string;
+};
+
+/**
+ * Describes the message branchsync.v1.Nack.
+ * Use `create(NackSchema)` to create a new message.
+ */
+export const NackSchema: GenMessage<Nack> = /*@__PURE__*/
+  messageDesc(file_branchsync_v1_sync, 14);
+
+/**
+ * QuarantineAction asks the agent to retry or discard one quarantined
+ * transaction.
+ *
+ * @generated from message branchsync.v1.QuarantineAction
+ */
+export type QuarantineAction = Message<"branchsync.v1.QuarantineAction"> & {
+  /**
+   * Tenant sequence number of the quarantined transaction.
+   *
+   * @generated from field: uint64 seq = 1;
+   */
+  seq: bigint;
+
+  /**
+   * Retry or discard.
+   *
+   * @generated from field: branchsync.v1.QuarantineVerb verb = 2;
+   */
+  verb: QuarantineVerb;
+
+  /**
+   * RETRY: the current version at the hub of every row the transaction
+   * touched (an upsert, or a delete for a row that is gone), so a retry
+   * never brings back an older version of a row changed since. The agent
+   * applies it in one local transaction, skipping rows with a local change
+   * the hub has not sequenced yet.
+   *
+   * @generated from field: branchsync.v1.Transaction repair = 3;
+   */
+  repair?: Transaction | undefined;
+};
+
+/**
+ * Describes the message branchsync.v1.QuarantineAction.
+ * Use `create(QuarantineActionSchema)` to create a new message.
+ */
+export const QuarantineActionSchema: GenMessage<QuarantineAction> = /*@__PURE__*/
+  messageDesc(file_branchsync_v1_sync, 15);
+
+/**
+ * QuarantineResult answers a QuarantineAction.
+ *
+ * @generated from message branchsync.v1.QuarantineResult
+ */
+export type QuarantineResult = Message<"branchsync.v1.QuarantineResult"> & {
+  /**
+   * The QuarantineAction's seq.
+   *
+   * @generated from field: uint64 seq = 1;
+   */
+  seq: bigint;
+
+  /**
+   * What happened.
+   *
+   * @generated from field: branchsync.v1.QuarantineOutcome outcome = 2;
+   */
+  outcome: QuarantineOutcome;
+
+  /**
+   * For FAILED: the database error.
+   *
+   * @generated from field: string error = 3;
+   */
+  error: string;
+};
+
+/**
+ * Describes the message branchsync.v1.QuarantineResult.
+ * Use `create(QuarantineResultSchema)` to create a new message.
+ */
+export const QuarantineResultSchema: GenMessage<QuarantineResult> = /*@__PURE__*/
+  messageDesc(file_branchsync_v1_sync, 16);
 
 /**
  * Drain asks the agent to close this stream and reconnect.
@@ -749,7 +970,7 @@ export type Drain = Message<"branchsync.v1.Drain"> & {
  * Use `create(DrainSchema)` to create a new message.
  */
 export const DrainSchema: GenMessage<Drain> = /*@__PURE__*/
-  messageDesc(file_branchsync_v1_sync, 14);
+  messageDesc(file_branchsync_v1_sync, 17);
 
 /**
  * Ping probes liveness.
@@ -777,7 +998,7 @@ export type Ping = Message<"branchsync.v1.Ping"> & {
  * Use `create(PingSchema)` to create a new message.
  */
 export const PingSchema: GenMessage<Ping> = /*@__PURE__*/
-  messageDesc(file_branchsync_v1_sync, 15);
+  messageDesc(file_branchsync_v1_sync, 18);
 
 /**
  * Pong answers a Ping.
@@ -805,7 +1026,7 @@ export type Pong = Message<"branchsync.v1.Pong"> & {
  * Use `create(PongSchema)` to create a new message.
  */
 export const PongSchema: GenMessage<Pong> = /*@__PURE__*/
-  messageDesc(file_branchsync_v1_sync, 16);
+  messageDesc(file_branchsync_v1_sync, 19);
 
 /**
  * Op is the kind of a row change.
@@ -897,6 +1118,82 @@ export enum Outcome {
  */
 export const OutcomeSchema: GenEnum<Outcome> = /*@__PURE__*/
   enumDesc(file_branchsync_v1_sync, 1);
+
+/**
+ * QuarantineVerb is what an operator asked for.
+ *
+ * @generated from enum branchsync.v1.QuarantineVerb
+ */
+export enum QuarantineVerb {
+  /**
+   * Invalid.
+   *
+   * @generated from enum value: QUARANTINE_VERB_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Apply the rows again, in their current version at the hub.
+   *
+   * @generated from enum value: QUARANTINE_VERB_RETRY = 1;
+   */
+  RETRY = 1,
+
+  /**
+   * Give up on the transaction at this branch.
+   *
+   * @generated from enum value: QUARANTINE_VERB_DISCARD = 2;
+   */
+  DISCARD = 2,
+}
+
+/**
+ * Describes the enum branchsync.v1.QuarantineVerb.
+ */
+export const QuarantineVerbSchema: GenEnum<QuarantineVerb> = /*@__PURE__*/
+  enumDesc(file_branchsync_v1_sync, 2);
+
+/**
+ * QuarantineOutcome is what became of a quarantined transaction.
+ *
+ * @generated from enum branchsync.v1.QuarantineOutcome
+ */
+export enum QuarantineOutcome {
+  /**
+   * Invalid.
+   *
+   * @generated from enum value: QUARANTINE_OUTCOME_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The retry applied (exactly once: a repeated retry of an applied
+   * transaction changes nothing and reports APPLIED again).
+   *
+   * @generated from enum value: QUARANTINE_OUTCOME_APPLIED = 1;
+   */
+  APPLIED = 1,
+
+  /**
+   * The retry failed again; error says why. It stays quarantined.
+   *
+   * @generated from enum value: QUARANTINE_OUTCOME_FAILED = 2;
+   */
+  FAILED = 2,
+
+  /**
+   * The branch dropped it.
+   *
+   * @generated from enum value: QUARANTINE_OUTCOME_DISCARDED = 3;
+   */
+  DISCARDED = 3,
+}
+
+/**
+ * Describes the enum branchsync.v1.QuarantineOutcome.
+ */
+export const QuarantineOutcomeSchema: GenEnum<QuarantineOutcome> = /*@__PURE__*/
+  enumDesc(file_branchsync_v1_sync, 3);
 
 /**
  * SyncService is the data plane between a branch agent and the hub.

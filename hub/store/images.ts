@@ -1,0 +1,29 @@
+/**
+ * Row images out of the log: the version of a row that a given sequence
+ * number wrote is that transaction's last change to the row (after
+ * resolution, which the log stores). Conflicts, operator resolutions and
+ * quarantine repairs read rows this way, so the hub keeps no second copy
+ * of every row.
+ */
+import type pg from "pg";
+import { decodeTxn, type WireChange } from "../../lib/protowire.ts";
+import { rowId } from "./rowState.ts";
+
+/** For each (seq, table, key) asked, the change that seq made to the row (undefined if none). */
+export async function changesAt(c: pg.ClientBase | pg.Pool, schema: string, wanted: { seq: bigint; table: string; key: string }[]): Promise<Map<string, WireChange>> {
+  const out = new Map<string, WireChange>();
+  if (wanted.length === 0) return out;
+  const seqs = [...new Set(wanted.map((w) => w.seq.toString()))];
+  const { rows } = await c.query(`SELECT seq::text AS seq, body FROM ${schema}.log WHERE seq = ANY($1::bigint[]) ORDER BY seq, part`, [seqs]);
+  const want = new Set(wanted.map((w) => `${w.seq}\u0000${rowId(w.table, w.key)}`));
+  for (const r of rows) {
+    const t = decodeTxn(r.body, 0, r.body.length);
+    for (const ch of t.changes) {
+      const id = `${r.seq}\u0000${rowId(ch.table, ch.key)}`;
+      if (want.has(id)) out.set(id, ch);
+    }
+  }
+  return out;
+}
+
+export const imageId = (seq: bigint, table: string, key: string) => `${seq}\u0000${rowId(table, key)}`;
