@@ -5,11 +5,21 @@ import { AdminService } from "../gen/branchsync/v1/admin_pb.ts";
 import { ConfigError, parseConfig, url, str, helpText, type Spec } from "../lib/config.ts";
 import { readAdminTokenFile } from "./adminToken.ts";
 import { ADMIN_USAGE } from "./usage.ts";
+import { runConflictAdmin } from "./adminConflicts.ts";
 
 const adminSpec = {
   adminUrl: url("hub control plane", "HUB_ADMIN_URL", "hub-admin-url", ["http:", "https:"], "http://127.0.0.1:8080"),
   adminToken: str("AdminService bearer token (default: .branchsync/admin-token written by `branchsync hub`)", "ADMIN_TOKEN", "admin-token", ""),
   name: str("display name for create", "BRANCHSYNC_NAME", "name", ""),
+  strategy: str("policy set: conflict strategy", "BRANCHSYNC_STRATEGY", "strategy", ""),
+  priority: str("policy set: branch ids, highest priority first (comma-separated)", "BRANCHSYNC_PRIORITY", "priority", ""),
+  delta: str("policy set: counter columns (comma-separated)", "BRANCHSYNC_DELTA", "delta", ""),
+  table: str("conflicts list: only this table", "BRANCHSYNC_TABLE", "table", ""),
+  status: str("conflicts/quarantine list: only this status", "BRANCHSYNC_STATUS", "status", ""),
+  limit: str("conflicts list: page size", "BRANCHSYNC_LIMIT", "limit", ""),
+  take: str("conflicts resolve: existing, incoming or row", "BRANCHSYNC_TAKE", "take", ""),
+  row: str("conflicts resolve --take row: the full row as JSON", "BRANCHSYNC_ROW", "row", ""),
+  branch: str("quarantine list: only this branch", "BRANCHSYNC_BRANCH", "branch", ""),
 } satisfies Spec;
 
 
@@ -39,7 +49,7 @@ export async function runAdmin(positional: string[], flags: Map<string, string>,
     } else if (noun === "branch" && verb === "list") {
       const r = await client.listBranches({ tenantId: need(a, "<tenant-id>") });
       out(["ID\tNAME\tACKED\tLAG\tLAST_SEEN", ...r.branches.map((x) => `${x.id}\t${x.name}\t${x.ackedSeq}\t${x.lag}\t${date(x.lastSeenAt)}`)].join("\n"));
-    } else {
+    } else if (!(await runConflictAdmin(client, positional, flags, need, out))) {
       throw new ConfigError(`unknown admin command "${positional.join(" ")}"\n${ADMIN_USAGE}`);
     }
   } catch (e) {

@@ -60,7 +60,8 @@ export async function startHub(cfg: HubConfig, log: Logger = makeLogger("hub")):
   let serving = true;
   let control: net.Server;
   try {
-    control = await startControl({ pool, tokens, adminToken: cfg.adminToken, log, isServing: () => serving }, cfg.httpPort, cfg.host);
+    control = await startControl({ pool, tokens, adminToken: cfg.adminToken, log, isServing: () => serving,
+      onAppend: (tenantId, head) => { feed.advance(tenantId, head); bridge.publish(tenantId, head); } }, cfg.httpPort, cfg.host);
   } catch (e) {
     stream.server.forceShutdown();
     throw e;

@@ -34,7 +34,11 @@ describe("hand-built upstream messages", () => {
     const { AgentMessageSchema } = await import("../gen/branchsync/v1/sync_pb.ts");
     const txns = [0, 1, 3, 200].map((n, i) => create(TransactionSchema, {
       originTxn: BigInt(2 ** 33 + i), chunkIndex: i, lastChunk: i !== 1, commitTimeUs: BigInt(Date.now()) * 1000n,
-      changes: Array.from({ length: n }, (_, k) => ({ table: "public.ütems", op: [Op.INSERT, Op.UPDATE, Op.DELETE][k % 3], key: `[${k}]`, row: `{"id":${k},"s":"${"é😀".repeat(k)}"}` })),
+      baseSeq: BigInt(i * 300), hlc: i ? (BigInt(Date.now()) << 16n) + BigInt(i) : 0n,
+      changes: Array.from({ length: n }, (_, k) => ({
+        table: "public.ütems", op: [Op.INSERT, Op.UPDATE, Op.DELETE][k % 3], key: `[${k}]`, row: `{"id":${k},"s":"${"é😀".repeat(k)}"}`,
+        prev: k % 3 === 1 ? `{"s": ["${"ö".repeat(k)}"]}` : "",
+      })),
     }));
     for (const batchId of [0n, 1n, 300n, 2n ** 50n]) {
       const got = fromBinary(AgentMessageSchema, encodeUpstreamBatch(batchId, txns));
@@ -50,7 +54,8 @@ describe("hand-written decoding", () => {
     const { AgentMessageSchema } = await import("../gen/branchsync/v1/sync_pb.ts");
     const txns = [0, 2, 120].map((n, i) => create(TransactionSchema, {
       originTxn: 2n ** 62n + BigInt(i), originBranch: i ? "b" : "", seq: BigInt(i * 1000), chunkIndex: i, lastChunk: i !== 1, commitTimeUs: -5n + BigInt(i),
-      changes: Array.from({ length: n }, (_, k) => ({ table: "public.t", op: Op.DELETE, key: `["k${k}"]`, row: `{"v":"${"ß".repeat(k)}"}` })),
+      baseSeq: BigInt(i) * 2n ** 40n, hlc: BigInt(i) * 2n ** 60n,
+      changes: Array.from({ length: n }, (_, k) => ({ table: "public.t", op: k % 2 ? Op.DELETE : Op.UPDATE, key: `["k${k}"]`, row: `{"v":"${"ß".repeat(k)}"}`, prev: k % 2 ? "" : `{"v": [${k}]}` })),
     }));
     const msg = create(AgentMessageSchema, { payload: { case: "changes", value: { batchId: 77n, transactions: txns } } });
     const bytes = Buffer.from(toBinary(AgentMessageSchema, msg));
@@ -60,9 +65,9 @@ describe("hand-written decoding", () => {
     fast.transactions.forEach((t, i) => {
       const want = txns[i];
       assert.deepEqual(
-        { o: t.originTxn, b: t.originBranch, s: t.seq, c: t.chunkIndex, l: t.lastChunk, u: t.commitTimeUs, ch: t.changes },
+        { o: t.originTxn, b: t.originBranch, s: t.seq, c: t.chunkIndex, l: t.lastChunk, u: t.commitTimeUs, ch: t.changes, base: t.baseSeq, h: t.hlc },
         { o: want.originTxn, b: want.originBranch, s: want.seq, c: want.chunkIndex, l: want.lastChunk, u: want.commitTimeUs,
-          ch: want.changes.map((c) => ({ table: c.table, op: c.op, key: c.key, row: c.row })) });
+          ch: want.changes.map((c) => ({ table: c.table, op: c.op, key: c.key, row: c.row, prev: c.prev })), base: want.baseSeq, h: want.hlc });
       assert.ok(equals(TransactionSchema, fromBinary(TransactionSchema, t.raw), want), "raw bytes are the transaction");
       assert.equal(fromBinary(TransactionSchema, withOriginBranch(t.raw, "forced")).originBranch, "forced");
     });

@@ -17,6 +17,7 @@ import { toPublicError } from "../errors.ts";
 import type { Logger } from "../../lib/log.ts";
 import { registry, metrics } from "../metrics.ts";
 import { listenDual } from "./listener.ts";
+import { makeConflictAdmin } from "./conflictAdmin.ts";
 
 export interface ControlDeps {
   pool: pg.Pool;
@@ -24,6 +25,8 @@ export interface ControlDeps {
   adminToken: string;
   log: Logger;
   isServing: () => boolean;
+  /** An admin call appended to a tenant log (a conflict resolution): wake its sessions. */
+  onAppend: (tenantId: string, head: bigint) => void;
 }
 
 const secs = (d: Date | null) => (d ? BigInt(Math.floor(d.getTime() / 1000)) : 0n);
@@ -50,6 +53,8 @@ export function startControl(deps: ControlDeps, port: number, host: string): Pro
       throw new ConnectError("admin calls need `authorization: Bearer <ADMIN_TOKEN>`", Code.Unauthenticated);
     }
   };
+  const conflicts = makeConflictAdmin(pool, deps.onAppend);
+  const admin = <T>(ctx: HandlerContext, f: () => Promise<T>) => guarded(log, async () => { requireAdmin(ctx); return f(); });
   const handler = connectNodeAdapter({
     // Every client we know offers gzip, and gzipping small admin messages
     // only burns CPU the data plane needs.
@@ -94,6 +99,14 @@ export function startControl(deps: ControlDeps, port: number, host: string): Pro
             ackedSeq: b.ackedSeq, lag: head > b.ackedSeq ? head - b.ackedSeq : 0n, lastSeenAt: secs(b.lastSeenAt),
           })) };
         }),
+        setTablePolicy: (req, ctx) => admin(ctx, () => conflicts.setTablePolicy(req.tenantId, req.policy)),
+        listTablePolicies: (req, ctx) => admin(ctx, () => conflicts.listTablePolicies(req.tenantId)),
+        listConflicts: (req, ctx) => admin(ctx, () => conflicts.listConflicts(req.tenantId, req.table, req.status, req.limit, req.beforeId)),
+        getConflict: (req, ctx) => admin(ctx, () => conflicts.getConflict(req.tenantId, req.id)),
+        resolveConflict: (req, ctx) => admin(ctx, () => conflicts.resolveConflict(req.tenantId, req.id, req.resolution, req.row)),
+        listQuarantined: (req, ctx) => admin(ctx, () => conflicts.listQuarantined(req.tenantId, req.branchId, req.status)),
+        retryQuarantined: (req, ctx) => admin(ctx, () => conflicts.requestQuarantine(req.tenantId, req.branchId, req.seq, "retry")),
+        discardQuarantined: (req, ctx) => admin(ctx, () => conflicts.requestQuarantine(req.tenantId, req.branchId, req.seq, "discard")),
       });
     },
   });
