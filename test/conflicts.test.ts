@@ -190,6 +190,30 @@ describe("conflicts", function () {
     assert.ok((await conflictsOf("stock")).length > 0, "the concurrent decrements were recorded as conflicts");
   });
 
+  it("refuses a branch whose clock is 10 minutes ahead until it is fixed; its edit then loses to a later real edit", async () => {
+    const s = await c.addBranch(T, "s", DDL, ALL, { clockSkewMs: 10 * 60_000 });
+    await start(s);
+    await hq.db.pool.query("INSERT INTO t_lww VALUES (60, 'init', 'init')");
+    await synced([a, b, hq, q, s]);
+    await s.db.pool.query("UPDATE t_lww SET a = 'from-fast-clock' WHERE id = 60");
+    await waitFor("the hub refuses s", async () => /FAILED_PRECONDITION.*clock is 6\d\d s ahead/.test(s.agent!.status().lastError ?? ""));
+    await new Promise((r) => setTimeout(r, 20));
+    await b.db.pool.query("UPDATE t_lww SET a = 'later-real-edit' WHERE id = 60");
+    await synced();
+    for (const x of everyone()) assert.equal((await row(x, "t_lww", 60)).a, "later-real-edit");
+    // Its change waited at the branch, not lost; with the clock fixed it is
+    // sent, found concurrent with b's, and loses on the clock.
+    assert.ok((await s.agent!.pendingLocal()) > 0);
+    await s.stop();
+    s.config.clockSkewMs = 0;
+    await start(s);
+    await synced([a, b, hq, q, s]);
+    for (const x of [...everyone(), s]) assert.equal((await row(x, "t_lww", 60)).a, "later-real-edit");
+    const rec = (await conflictsOf("t_lww")).filter((r) => r.key === "[60]");
+    assert.deepEqual(rec.map((r) => [r.existingBranch, r.incomingBranch, r.winnerBranch]), [["b", "s", "b"]]);
+    await s.stop();
+  });
+
   it("quarantines a transaction a branch cannot apply, keeps applying later ones, and applies it once on retry", async () => {
     await a.db.pool.query("INSERT INTO t_q VALUES (1, 500)");
     await a.db.pool.query("INSERT INTO t_q VALUES (2, 5)");
