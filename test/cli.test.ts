@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import path from "node:path";
-import { startCluster, type Cluster } from "./support/cluster.ts";
-import { createDb } from "./support/db.ts";
+import { ITEMS_DDL, startCluster, type Cluster } from "./support/cluster.ts";
+import { createDb, waitFor } from "./support/db.ts";
 
 const BIN = path.resolve(import.meta.dirname, "../bin/branchsync.mjs");
 
@@ -94,6 +94,26 @@ describe("the branchsync CLI", function () {
       } finally {
         await db.drop();
       }
+    });
+
+    it("sets table policies and lists conflicts and the quarantine", async () => {
+      const env = { HUB_ADMIN_URL: `http://127.0.0.1:${c.hub.httpPort}`, ADMIN_TOKEN: "test-admin-token" };
+      const till = await c.addBranch("shop", "till-3", ITEMS_DDL, ["items"]);
+      await till.start();
+      await waitFor("table registered", async () => (await c.admin.listTablePolicies({ tenantId: "shop" })).policies.length === 1);
+      const set = await runAsync(["admin", "policy", "set", "shop", "public.items", "--strategy", "column-merge", "--delta", "qty"], env);
+      assert.equal(set.code, 0, set.err);
+      assert.match((await runAsync(["admin", "policy", "list", "shop"], env)).out, /^public\.items\tcolumn-merge\t-\tqty$/m);
+      const bad = await runAsync(["admin", "policy", "set", "shop", "public.items", "--strategy", "sometimes"], env);
+      assert.equal(bad.code, 2);
+      assert.match(bad.err, /--strategy must be one of last-writer-wins, branch-priority, column-merge, manual/);
+      const text = await runAsync(["admin", "policy", "set", "shop", "public.items", "--strategy", "last-writer-wins", "--delta", "sku"], env);
+      assert.equal(text.code, 1);
+      assert.match(text.err, /InvalidArgument: delta column "sku" is text; counters must be/);
+      assert.match((await runAsync(["admin", "conflicts", "list", "shop"], env)).out, /^ID\tSTATUS\tTABLE/);
+      assert.match((await runAsync(["admin", "conflicts", "show", "shop", "999"], env)).err, /NotFound: conflict 999 does not exist/);
+      assert.match((await runAsync(["admin", "quarantine", "list", "shop"], env)).out, /^BRANCH\tSEQ\tSTATUS/);
+      await till.stop();
     });
   });
 });
