@@ -217,17 +217,24 @@ describe("conflicts", function () {
   it("quarantines a transaction a branch cannot apply, keeps applying later ones, and applies it once on retry", async () => {
     await a.db.pool.query("INSERT INTO t_q VALUES (1, 500)");
     await a.db.pool.query("INSERT INTO t_q VALUES (2, 5)");
+    await a.db.pool.query("INSERT INTO t_q VALUES (4, 700)");
     await waitFor("later change arrived at q", async () => (await q.db.pool.query("SELECT 1 FROM t_q WHERE id = 2")).rowCount === 1);
     assert.equal((await q.db.pool.query("SELECT 1 FROM t_q WHERE id = 1")).rowCount, 0);
-    const listed = await waitFor("NACK recorded at the hub", async () => {
+    const [listed, other] = await waitFor("NACKs recorded at the hub", async () => {
       const r = await c.admin.listQuarantined({ tenantId: T, branchId: "q" });
-      return r.items.length === 1 ? r.items[0] : null;
+      return r.items.length === 2 ? r.items.sort((x, y) => Number(x.seq - y.seq)) : null;
     });
+    assert.deepEqual(other.rows, ["public.t_q [4]"]);
+    // The operator gives up on one of them: the branch drops it.
+    await c.admin.discardQuarantined({ tenantId: T, branchId: "q", seq: other.seq });
+    await waitFor("discarded", async () => (await c.admin.listQuarantined({ tenantId: T, branchId: "q", status: QuarantineStatus.DISCARDED })).items.length === 1);
+    assert.equal((await q.db.pool.query("SELECT status FROM _branchsync.quarantine WHERE seq = $1", [other.seq.toString()])).rows[0].status, "discarded");
     assert.equal(listed.status, QuarantineStatus.QUARANTINED);
     assert.equal(listed.sqlstate, "23514");
     assert.match(listed.error, /v_small/);
     assert.deepEqual(listed.rows, ["public.t_q [1]"]);
     assert.equal((await q.db.pool.query("SELECT count(*)::int AS n FROM _branchsync.quarantine WHERE status = 'quarantined'")).rows[0].n, 1);
+    assert.equal((await q.db.pool.query("SELECT 1 FROM t_q WHERE id = 4")).rowCount, 0);
     // The stream is not blocked: more changes keep flowing to q.
     await a.db.pool.query("INSERT INTO t_q VALUES (3, 7)");
     await waitFor("still flowing", async () => (await q.db.pool.query("SELECT 1 FROM t_q WHERE id = 3")).rowCount === 1);
@@ -235,15 +242,17 @@ describe("conflicts", function () {
     // A retry before the cause is fixed fails again and stays quarantined.
     await c.admin.retryQuarantined({ tenantId: T, branchId: "q", seq: listed.seq });
     await waitFor("retry answered", async () => {
-      const r = (await c.admin.listQuarantined({ tenantId: T, branchId: "q" })).items[0];
+      const r = (await c.admin.listQuarantined({ tenantId: T, branchId: "q" })).items.find((x) => x.seq === listed.seq)!;
       return r.status === QuarantineStatus.QUARANTINED;
     });
     await q.db.pool.query("ALTER TABLE t_q DROP CONSTRAINT v_small");
     await c.admin.retryQuarantined({ tenantId: T, branchId: "q", seq: listed.seq });
-    await waitFor("retry applied", async () => (await c.admin.listQuarantined({ tenantId: T, branchId: "q" })).items[0].status === QuarantineStatus.APPLIED);
+    await waitFor("retry applied", async () => (await c.admin.listQuarantined({ tenantId: T, branchId: "q", status: QuarantineStatus.APPLIED })).items.length === 1);
     assert.deepEqual((await q.db.pool.query("SELECT v FROM t_q WHERE id = 1")).rows, [{ v: 500 }]);
     await assert.rejects(c.admin.retryQuarantined({ tenantId: T, branchId: "q", seq: listed.seq }), /already applied/);
-    await synced();
     assert.deepEqual((await q.db.pool.query("SELECT op FROM audit WHERE id = 1")).rows, [{ op: "INSERT" }], "applied exactly once");
+    // The discarded row stays missing at q until it changes again; then the full image heals it.
+    await a.db.pool.query("UPDATE t_q SET v = 701 WHERE id = 4");
+    await synced();
   });
 });
