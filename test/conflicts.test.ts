@@ -255,4 +255,19 @@ describe("conflicts", function () {
     await a.db.pool.query("UPDATE t_q SET v = 701 WHERE id = 4");
     await synced();
   });
+
+  it("quarantines a transaction too large for one message whole, chunks and all", async () => {
+    await q.db.pool.query("ALTER TABLE t_q ADD CONSTRAINT v_limit CHECK (v < 100000)");
+    await a.db.pool.query("INSERT INTO t_q SELECT g, CASE WHEN g = 3500 THEN 200000 ELSE g END FROM generate_series(1000, 3999) g");
+    await a.db.pool.query("INSERT INTO t_q VALUES (5000, 1)");
+    await waitFor("the next transaction arrived at q", async () => (await q.db.pool.query("SELECT 1 FROM t_q WHERE id = 5000")).rowCount === 1, 30_000);
+    assert.equal((await q.db.pool.query("SELECT count(*)::int AS n FROM t_q WHERE id BETWEEN 1000 AND 3999")).rows[0].n, 0, "none of it applied");
+    const big = await waitFor("NACKed", async () =>
+      (await c.admin.listQuarantined({ tenantId: T, branchId: "q", status: QuarantineStatus.QUARANTINED })).items.find((x) => x.rows.length === 3000));
+    assert.match(big.error, /v_limit/);
+    await q.db.pool.query("ALTER TABLE t_q DROP CONSTRAINT v_limit");
+    await c.admin.retryQuarantined({ tenantId: T, branchId: "q", seq: big.seq });
+    await synced();
+    assert.equal((await q.db.pool.query("SELECT count(*)::int AS n FROM audit WHERE id BETWEEN 1000 AND 3999")).rows[0].n, 3000, "each row applied once");
+  });
 });

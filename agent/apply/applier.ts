@@ -215,6 +215,7 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
 
   async function finish(c: pg.PoolClient) {
     open = null;
+    skipping = null;
     await c.query("ROLLBACK").catch(() => undefined);
     c.release();
   }
@@ -259,11 +260,14 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
       const fresh = !open;
       const c = open ?? await begin();
       open = c;
+      // An attempt that fails is undone, and so must be its bookkeeping.
+      const skipped = skipping;
       try {
         // A batch continuing an open chunked transaction can be undone alone.
         if (!fresh) await c.query("SAVEPOINT bs_batch");
         return await attempt(c, batch, false);
       } catch (e) {
+        skipping = skipped;
         if (!isDataError(e)) { await finish(c); throw e; }
       }
       // Something in the batch cannot be applied here: again, carefully.
