@@ -26,7 +26,6 @@ import type pg from "pg";
 import { toBinary } from "@bufbuild/protobuf";
 import { Op, TransactionSchema, type ChangeBatch, type Change, type Transaction } from "../../gen/branchsync/v1/sync_pb.ts";
 import { quoteIdent } from "../../lib/ident.ts";
-import { markSequenced } from "../capture/reader.ts";
 import { APPLY_LOCK } from "../capture/install.ts";
 import type { LocalTable } from "../capture/introspect.ts";
 
@@ -56,12 +55,11 @@ export class ApplyError extends Error {}
 /** Sequence of the newest local change per row; null = not yet sequenced (newest of all). */
 type LocalVersions = Map<string, bigint | null>;
 
-async function localVersions(c: pg.PoolClient): Promise<LocalVersions | null> {
-  const { rows } = await c.query({
-    name: "bs-local-versions",
-    text: `SELECT c.tbl, e.k::text AS key, t.seq::text AS seq
-             FROM _branchsync.txns t JOIN _branchsync.changes c USING (txid), jsonb_array_elements(c.keys) AS e(k)`,
-  });
+/** Which rows have local changes, and how far the hub has sequenced them. */
+const LOCAL_VERSIONS = `SELECT c.tbl, e.k::text AS key, t.seq::text AS seq
+  FROM _branchsync.txns t JOIN _branchsync.changes c USING (txid), jsonb_array_elements(c.keys) AS e(k)`;
+
+function toLocalVersions(rows: { tbl: string; key: string; seq: string | null }[]): LocalVersions | null {
   if (rows.length === 0) return null;
   const m: LocalVersions = new Map();
   for (const r of rows) {
@@ -72,6 +70,13 @@ async function localVersions(c: pg.PoolClient): Promise<LocalVersions | null> {
   }
   return m;
 }
+
+async function localVersions(c: pg.PoolClient): Promise<LocalVersions | null> {
+  return toLocalVersions((await c.query(LOCAL_VERSIONS)).rows);
+}
+
+/** Numbers we put into SQL text ourselves; BigInt() refuses anything else. */
+const num = (v: bigint | string) => BigInt(v).toString();
 
 function supersededLocally(local: LocalVersions, ch: Change, seq: bigint): boolean {
   const v = local.get(`${ch.table}\u0000${ch.key}`);
@@ -114,6 +119,8 @@ export function isDataError(e: unknown): boolean {
 }
 
 const describe = (e: unknown) => ({ error: e instanceof Error ? e.message : String(e), sqlstate: String((e as { code?: unknown }).code ?? "") });
+
+const BEGIN_APPLY = "BEGIN; SET LOCAL branchsync.applying = 'on'";
 
 export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
   const sql = new Map<string, TableSql & { idx: number }>();
@@ -203,8 +210,7 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
   async function begin(): Promise<pg.PoolClient> {
     const c = await pool.connect();
     try {
-      // One round trip: a simple-protocol query may hold several statements.
-      await c.query("BEGIN; SET LOCAL branchsync.applying = 'on'");
+      await c.query(BEGIN_APPLY);
       locked = false;
       return c;
     } catch (e) {
@@ -220,36 +226,45 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
     c.release();
   }
 
-  async function attempt(c: pg.PoolClient, batch: ChangeBatch, careful: boolean): Promise<ApplyResult> {
+  /**
+   * Applies a batch after `opening` (the statements that begin the local
+   * transaction or savepoint). Round trips are what an apply costs on a
+   * busy branch: the opening, the own-sequence update, the lock and the
+   * local-version read go as one simple-protocol query (the numbers in it
+   * are ours), the rows as one statement per run, the cursor with COMMIT.
+   */
+  async function attempt(c: pg.PoolClient, batch: ChangeBatch, careful: boolean, opening: string): Promise<ApplyResult> {
     const own = (batch as ChangeBatch & { ownSequenced?: { originTxn: bigint; seq: bigint }[] }).ownSequenced ?? [];
-    if (own.length > 0) await markSequenced(c, own.map((o) => ({ txid: o.originTxn.toString(), seq: o.seq })));
+    const head = [opening];
+    if (opening.includes("BEGIN")) locked = false;
+    if (own.length > 0) {
+      head.push(`UPDATE _branchsync.txns t SET seq = v.seq FROM unnest('{${own.map((o) => num(o.originTxn)).join(",")}}'::xid8[],
+        '{${own.map((o) => num(o.seq)).join(",")}}'::bigint[]) AS v(txid, seq) WHERE t.txid = v.txid`);
+    }
     // Only foreign changes can be superseded; batches that just move the
     // cursor past our own transactions neither check nor block writers.
-    let local: LocalVersions | null = null;
-    if (batch.transactions.length > 0) {
-      if (!locked) {
-        // Waits for local writers in flight and holds off new ones while
-        // we decide which incoming rows their changes supersede.
-        await c.query(`SELECT pg_advisory_xact_lock(${APPLY_LOCK})`);
-        locked = true;
-      }
-      local = await localVersions(c);
+    const foreign = batch.transactions.length > 0;
+    if (foreign && !locked) {
+      // Waits for local writers in flight and holds off new ones while we
+      // decide which incoming rows their changes supersede.
+      head.push(`SELECT pg_advisory_xact_lock(${APPLY_LOCK})`);
+      locked = true;
     }
+    if (foreign) head.push(LOCAL_VERSIONS);
+    const res = await c.query(head.join(";\n")) as unknown as pg.QueryResult | pg.QueryResult[];
+    const local = foreign ? toLocalVersions((Array.isArray(res) ? res.at(-1)! : res).rows) : null;
     const quarantined = await applyTxns(c, batch.transactions, local, careful);
     const lastTxn = batch.transactions.at(-1);
     if (lastTxn && !lastTxn.lastChunk) return { cursor: null, quarantined };
     let hlc = 0n;
     for (const t of batch.transactions) if (t.hlc > hlc) hlc = t.hlc;
-    // The cursor moves, and local transactions it passed can no longer
-    // be overtaken, so they go: one statement.
-    await c.query({
-      name: "bs-cursor",
-      text: `WITH gone AS (DELETE FROM _branchsync.changes c USING _branchsync.txns t WHERE c.txid = t.txid AND t.seq <= $1),
-                  done AS (DELETE FROM _branchsync.txns WHERE seq <= $1)
-             UPDATE _branchsync.state SET cursor = $1, hlc = greatest(hlc, $2)`,
-      values: [batch.cursorAfter.toString(), hlc.toString()],
-    });
-    await c.query("COMMIT");
+    // The cursor moves, and local transactions it passed can no longer be
+    // overtaken, so they go.
+    const cursor = num(batch.cursorAfter);
+    await c.query(`WITH gone AS (DELETE FROM _branchsync.changes c USING _branchsync.txns t WHERE c.txid = t.txid AND t.seq <= ${cursor}),
+                        done AS (DELETE FROM _branchsync.txns WHERE seq <= ${cursor})
+                   UPDATE _branchsync.state SET cursor = ${cursor}, hlc = greatest(hlc, ${num(hlc)});
+                   COMMIT`);
     open = null;
     c.release();
     return { cursor: batch.cursorAfter, quarantined };
@@ -258,27 +273,20 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
   return {
     async apply(batch) {
       const fresh = !open;
-      const c = open ?? await begin();
+      const c = open ?? await pool.connect();
       open = c;
       // An attempt that fails is undone, and so must be its bookkeeping.
       const skipped = skipping;
       try {
         // A batch continuing an open chunked transaction can be undone alone.
-        if (!fresh) await c.query("SAVEPOINT bs_batch");
-        return await attempt(c, batch, false);
+        return await attempt(c, batch, false, fresh ? BEGIN_APPLY : "SAVEPOINT bs_batch");
       } catch (e) {
         skipping = skipped;
         if (!isDataError(e)) { await finish(c); throw e; }
       }
       // Something in the batch cannot be applied here: again, carefully.
       try {
-        if (fresh) {
-          await c.query("ROLLBACK; BEGIN; SET LOCAL branchsync.applying = 'on'");
-          locked = false;
-        } else {
-          await c.query("ROLLBACK TO SAVEPOINT bs_batch");
-        }
-        return await attempt(c, batch, true);
+        return await attempt(c, batch, true, fresh ? `ROLLBACK; ${BEGIN_APPLY}` : "ROLLBACK TO SAVEPOINT bs_batch");
       } catch (e) {
         await finish(c);
         throw e;
