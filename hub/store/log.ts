@@ -119,9 +119,9 @@ async function appendPlain(pool: pg.Pool, schema: string, branch: string, txns: 
   });
   const { rows } = await pool.query({
     name: `append-plain-${schema}`,
-    text: `SELECT ${schema}.append_plain($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)::text AS head`,
-    values: [branch, txns.map((t) => t.originTxn.toString()), txns.map((t) => t.nChanges), txns.map((t) => Buffer.from(t.body)),
-      txns.map((t) => t.baseSeq.toString()), txns.map((t) => t.hlc.toString()), ch.t, ch.k, ch.op, ch.txo],
+    text: `SELECT ${schema}.append_plain($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)::text AS head`,
+    values: [branch, txns.map((t) => t.originTxn.toString()), txns.map((t) => t.nChanges), Buffer.concat(txns.map((t) => t.body)),
+      txns.map((t) => t.body.length), txns.map((t) => t.baseSeq.toString()), txns.map((t) => t.hlc.toString()), ch.t, ch.k, ch.op, ch.txo],
   });
   if (rows[0].head === null) return null;
   const before = BigInt(rows[0].head);
