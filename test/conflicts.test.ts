@@ -132,7 +132,7 @@ describe("conflicts", function () {
     await waitFor("notices", async () =>
       notices.get("a")?.some((n) => n.table === "public.t_lww" && n.key === `[${keys.uu}]` && n.winnerBranch === "b")
       && notices.get("b")?.some((n) => n.table === "public.t_prio" && n.key === `[${keys.uu}]` && n.winnerBranch === "a"
-        && n.strategy === "branch-priority" && n.winnerRow.includes('"a": "A"')));
+        && n.strategy === "branch-priority" && JSON.parse(n.winnerRow).a === "A"));
     // Conflicts are counted per tenant and table.
     const metrics = await (await fetch(`http://127.0.0.1:${c.hub.httpPort}/metrics`)).text();
     assert.match(metrics, /branchsync_conflicts_total\{tenant="cf",table="public.t_merge",strategy="column-merge"\} 4/);

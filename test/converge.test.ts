@@ -3,6 +3,7 @@ import { startCluster, ITEMS_DDL, type Cluster, type Branch } from "./support/cl
 import { waitFor, digest } from "./support/db.ts";
 import { seeded, testSeed } from "./support/process.ts";
 import type pg from "pg";
+import { isDeepStrictEqual } from "node:util";
 import { fromBinary } from "@bufbuild/protobuf";
 import { TransactionSchema, Op } from "../gen/branchsync/v1/sync_pb.ts";
 import { ConflictStrategy } from "../gen/branchsync/v1/admin_pb.ts";
@@ -172,7 +173,7 @@ async function sameAsHub(hub: pg.Pool, S: string, fail: (m: string) => never) {
       const id = JSON.parse(r.key)[0];
       const got = (await b.db.pool.query(`SELECT to_jsonb(t) AS j FROM ${table} t WHERE id = $1`, [id])).rows[0]?.j ?? null;
       const want = r.op === "D" ? null : JSON.parse(images.get(imageId(BigInt(r.seq), r.tbl, r.key))!.row);
-      if (JSON.stringify(got) !== JSON.stringify(want)) fail(`${b.branchId} ${r.tbl} ${r.key}: ${JSON.stringify(got)} but the hub has ${JSON.stringify(want)}`);
+      if (!isDeepStrictEqual(got, want)) fail(`${b.branchId} ${r.tbl} ${r.key}: ${JSON.stringify(got)} but the hub has ${JSON.stringify(want)}`);
     }
   }
 }

@@ -81,7 +81,7 @@ describe("core sync path", function () {
     await waitFor("row on B", async () => (await b.db.pool.query("SELECT 1 FROM items WHERE id = 100")).rowCount === 1);
     // Give an echo time to happen, then look for one in every place it could be.
     await new Promise((r) => setTimeout(r, 300));
-    const local = await b.db.pool.query("SELECT count(*)::int AS n FROM _branchsync.changes WHERE keys @> '[[100]]'");
+    const local = await b.db.pool.query("SELECT count(*)::int AS n FROM _branchsync.changes WHERE keys::jsonb @> '[[100]]'");
     assert.equal(local.rows[0].n, 0, "B captured the change it applied");
     const fromB = await c.hubDb.pool.query("SELECT count(*)::int AS n FROM tenant_acme.log WHERE origin_branch = 'store-b' AND position('\"echo\"'::bytea IN body) > 0");
     assert.equal(fromB.rows[0].n, 0, "hub log holds B's echo of A's row");

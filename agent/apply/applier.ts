@@ -18,8 +18,8 @@
  *    (a local constraint, a missing referenced row) is quarantined whole, in
  *    the same local transaction that applies the rest and moves the cursor,
  *    and NACKed; an operator retries or discards it later.
- *  - Exact values: rows go to PostgreSQL as the to_jsonb text they were
- *    captured as, and jsonb_populate_recordset parses each value with its
+ *  - Exact values: rows go to PostgreSQL as the to_json text they were
+ *    captured as, and json_populate_recordset parses each value with its
  *    column type's own input function; nothing passes through a JS number.
  */
 import type pg from "pg";
@@ -40,13 +40,13 @@ function tableSql(t: LocalTable): TableSql {
   const json = t.columns.filter((c) => c.type === "json" || c.type === "jsonb");
   // json/jsonb arrive as strings of their text (see capture); cast them back.
   const source = json.length === 0
-    ? `SELECT ${cols} FROM jsonb_populate_recordset(NULL::${q}, $1::jsonb)`
+    ? `SELECT ${cols} FROM json_populate_recordset(NULL::${q}, $1::json)`
     : `SELECT ${t.columns.map((c) => (json.includes(c) ? `(bs_e_.v ->> '${c.name}')::${c.type}` : `bs_r_.${quoteIdent(c.name)}`)).join(", ")}
          FROM jsonb_array_elements($1::jsonb) AS bs_e_(v),
               LATERAL jsonb_populate_record(NULL::${q}, bs_e_.v - ARRAY[${json.map((c) => `'${c.name}'`).join(", ")}]) AS bs_r_`;
   return {
     upsert: `INSERT INTO ${q} (${cols}) ${source} ON CONFLICT (${pk}) ${onConflict}`,
-    del: `DELETE FROM ${q} WHERE (${pk}) IN (SELECT ${pk} FROM jsonb_populate_recordset(NULL::${q}, $1::jsonb))`,
+    del: `DELETE FROM ${q} WHERE (${pk}) IN (SELECT ${pk} FROM json_populate_recordset(NULL::${q}, $1::json))`,
   };
 }
 
@@ -57,7 +57,7 @@ type LocalVersions = Map<string, bigint | null>;
 
 /** Which rows have local changes, and how far the hub has sequenced them. */
 const LOCAL_VERSIONS = `SELECT c.tbl, e.k::text AS key, t.seq::text AS seq
-  FROM _branchsync.txns t JOIN _branchsync.changes c USING (txid), jsonb_array_elements(c.keys) AS e(k)`;
+  FROM _branchsync.txns t JOIN _branchsync.changes c USING (txid), json_array_elements(c.keys) AS e(k)`;
 
 function toLocalVersions(rows: { tbl: string; key: string; seq: string | null }[]): LocalVersions | null {
   if (rows.length === 0) return null;

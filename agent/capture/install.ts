@@ -33,8 +33,8 @@ CREATE TABLE IF NOT EXISTS _branchsync.changes (
   tbl text NOT NULL,
   op "char" NOT NULL,
   n int NOT NULL,
-  keys jsonb NOT NULL,
-  rows jsonb NOT NULL);
+  keys json NOT NULL,
+  rows json NOT NULL);
 CREATE INDEX IF NOT EXISTS changes_txid ON _branchsync.changes (txid, id);
 -- One row per captured local transaction. last_id orders transactions so
 -- that one which depends on another (touched a row after it committed)
@@ -58,7 +58,16 @@ CREATE INDEX IF NOT EXISTS txns_unsent ON _branchsync.txns (last_id) WHERE seq I
 ALTER TABLE _branchsync.txns ADD COLUMN IF NOT EXISTS base bigint NOT NULL DEFAULT 0;
 ALTER TABLE _branchsync.txns ADD COLUMN IF NOT EXISTS seen_hlc bigint NOT NULL DEFAULT 0;
 -- Updates: the columns each row change changed, with old values ({"qty":[5]}).
-ALTER TABLE _branchsync.changes ADD COLUMN IF NOT EXISTS prevs jsonb;
+ALTER TABLE _branchsync.changes ADD COLUMN IF NOT EXISTS prevs json;
+-- Units are json, not jsonb: the writer's trigger then only concatenates
+-- text, and the agent reads it back without a jsonb-to-text conversion.
+-- Capture is what the writer pays for, so this is worth a third of it.
+DO $$ BEGIN
+  IF (SELECT atttypid = 'jsonb'::regtype FROM pg_attribute WHERE attrelid = '_branchsync.changes'::regclass AND attname = 'rows') THEN
+    ALTER TABLE _branchsync.changes ALTER COLUMN keys TYPE json USING keys::text::json,
+      ALTER COLUMN rows TYPE json USING rows::text::json, ALTER COLUMN prevs TYPE json USING prevs::text::json;
+  END IF;
+END $$;
 CREATE TABLE IF NOT EXISTS _branchsync.state (
   one boolean PRIMARY KEY DEFAULT true CHECK (one),
   cursor bigint NOT NULL DEFAULT 0,
@@ -129,24 +138,24 @@ function fnName(t: LocalTable, op: string): string {
 }
 
 // Aliases no sane column is called: an alias that equals a column name makes
-// to_jsonb(alias) serialise that column instead of the row.
+// to_json(alias) serialise that column instead of the row.
 const NEW = "bs_new_row_";
 const OLD = "bs_old_row_";
 
 const isJson = (type: string) => type === "json" || type === "jsonb";
 
 /**
- * The row image. json/jsonb columns travel as strings holding their text:
- * inside to_jsonb a JSON null and an SQL NULL would both become null.
+ * The row image, in column order. json/jsonb columns travel as strings
+ * holding their text: inside the row a JSON null and an SQL NULL would
+ * both become null.
  */
 function rowOf(t: LocalTable, alias: string): string {
   const json = t.columns.filter((c) => isJson(c.type));
-  const base = `to_jsonb(${alias}.*)`;
-  if (json.length === 0) return base;
-  return `(${base} || jsonb_build_object(${json.map((c) => `'${c.name}', ${alias}.${quoteIdent(c.name)}::text`).join(", ")}))`;
+  if (json.length === 0) return `to_json(${alias}.*)`;
+  return `(to_jsonb(${alias}.*) || jsonb_build_object(${json.map((c) => `'${c.name}', ${alias}.${quoteIdent(c.name)}::text`).join(", ")}))::json`;
 }
 
-const keyExpr = (t: LocalTable, alias: string) => `jsonb_build_array(${t.primaryKey.map((k) => `${alias}.${quoteIdent(k)}`).join(", ")})`;
+const keyExpr = (t: LocalTable, alias: string) => `json_build_array(${t.primaryKey.map((k) => `${alias}.${quoteIdent(k)}`).join(", ")})`;
 
 /**
  * Groups a statement's row changes into units. `source` yields (kind, op,
@@ -154,8 +163,8 @@ const keyExpr = (t: LocalTable, alias: string) => `jsonb_build_array(${t.primary
  * its new rows).
  */
 function unitsOf(name: string, source: string, withPrev = false): string {
-  const prevs = withPrev ? `CASE WHEN bs_op_ = 'U' THEN jsonb_agg(bs_p_ ORDER BY bs_o_) END` : "NULL::jsonb";
-  return `SELECT x, '${name}', bs_op_, count(*), jsonb_agg(bs_k_ ORDER BY bs_o_), jsonb_agg(bs_r_ ORDER BY bs_o_), ${prevs}
+  const prevs = withPrev ? `CASE WHEN bs_op_ = 'U' THEN json_agg(bs_p_ ORDER BY bs_o_) END` : "NULL::json";
+  return `SELECT x, '${name}', bs_op_, count(*), json_agg(bs_k_ ORDER BY bs_o_), json_agg(bs_r_ ORDER BY bs_o_), ${prevs}
       FROM (SELECT row_number() OVER (ORDER BY bs_kind_) AS bs_o_, * FROM (${source}) bs_src_) bs_u_
      GROUP BY bs_kind_, bs_op_, (bs_o_ - 1) / ${UNIT_ROWS} ORDER BY min(bs_o_)`;
 }

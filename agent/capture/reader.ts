@@ -137,6 +137,6 @@ export async function setAside(db: pg.Pool, txid: string, error: string): Promis
   await db.query(
     `WITH moved AS (DELETE FROM _branchsync.changes WHERE txid = $1::xid8 RETURNING txid, tbl, op, n, keys, rows),
           t AS (DELETE FROM _branchsync.txns WHERE txid = $1::xid8)
-     INSERT INTO _branchsync.rejected(txid, tbl, op, n, keys, rows, error) SELECT txid, tbl, op, n, keys, rows, $2 FROM moved`,
+     INSERT INTO _branchsync.rejected(txid, tbl, op, n, keys, rows, error) SELECT txid, tbl, op, n, keys::jsonb, rows::jsonb, $2 FROM moved`,
     [txid, error]);
 }

@@ -1,0 +1,46 @@
+import assert from "node:assert/strict";
+import { createDb, type TestDb } from "./support/db.ts";
+import { ITEMS_DDL } from "./support/cluster.ts";
+import { introspect } from "../agent/capture/introspect.ts";
+import { installCapture } from "../agent/capture/install.ts";
+import { readBatch } from "../agent/capture/reader.ts";
+import { makeClock } from "../agent/capture/clock.ts";
+import { Op } from "../gen/branchsync/v1/sync_pb.ts";
+
+describe("change capture (branch database level)", function () {
+  this.timeout(30_000);
+  let db: TestDb;
+  before(async () => { db = await createDb("capture", ITEMS_DDL); });
+  after(async () => { await db?.drop(); });
+
+  async function install() {
+    const c = await db.pool.connect();
+    try { return await installCapture(c, [await introspect(c, "public.items")], "t", "b"); } finally { c.release(); }
+  }
+
+  it("records the base cursor, the changed columns with old values, and keeps units readable across the json migration", async () => {
+    await install();
+    await db.pool.query("UPDATE _branchsync.state SET cursor = 41, hlc = 7");
+    await db.pool.query("INSERT INTO items VALUES (1, 'a', 5, 1.50, NULL, '2026-01-01T00:00:00Z')");
+    await db.pool.query("UPDATE items SET qty = 4, note = 'n' WHERE id = 1");
+    // An install from before units were json: columns jsonb, an old hash.
+    await db.pool.query(`ALTER TABLE _branchsync.changes ALTER COLUMN keys TYPE jsonb USING keys::jsonb,
+      ALTER COLUMN rows TYPE jsonb USING rows::jsonb, ALTER COLUMN prevs TYPE jsonb USING prevs::jsonb;
+      UPDATE _branchsync.state SET capture_hash = 'old'`);
+    await install();
+    const types = await db.pool.query(`SELECT string_agg(format_type(atttypid, NULL), ',' ORDER BY attname) AS t FROM pg_attribute
+      WHERE attrelid = '_branchsync.changes'::regclass AND attname IN ('keys', 'rows', 'prevs')`);
+    assert.equal(types.rows[0].t, "json,json,json");
+    const r = await readBatch(db.pool, [], 100, null, makeClock(0));
+    assert.equal(r.transactions.length, 2);
+    const [ins, upd] = r.transactions;
+    assert.equal(ins.baseSeq, 41n);
+    assert.ok(upd.hlc > ins.hlc && ins.hlc > 7n, "HLCs above what was seen, increasing");
+    assert.equal(ins.changes[0].op, Op.INSERT);
+    assert.equal(ins.changes[0].key, "[1]");
+    assert.equal(ins.changes[0].prev, "");
+    assert.deepEqual(JSON.parse(upd.changes[0].prev), { qty: [5], note: [null] });
+    assert.equal(JSON.parse(upd.changes[0].row).price, 1.5);
+    assert.match(upd.changes[0].row, /"price": ?1\.50/, `numbers keep their exact text: ${upd.changes[0].row}`);
+  });
+});
