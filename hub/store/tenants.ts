@@ -113,32 +113,8 @@ export function tenantMigrations(s: string): string[][] {
     // function, because its checks must read what committed before it got
     // the head lock: a plain statement's snapshot is older than its lock
     // wait, and would miss the row versions the previous append wrote.
-    `CREATE OR REPLACE FUNCTION ${s}.append_plain(p_branch text, p_txn bigint[], p_n int[], p_body bytea[], p_base bigint[], p_hlc bigint[],
-        c_tbl text[], c_key text[], c_op "char"[], c_txo int[]) RETURNS bigint LANGUAGE plpgsql AS $f$
-     DECLARE h bigint;
-     BEGIN
-       SELECT seq INTO h FROM ${s}.head FOR UPDATE;
-       IF EXISTS (SELECT 1 FROM ${s}.log WHERE origin_branch = p_branch AND origin_txn = ANY(p_txn) AND part = 0) THEN RETURN NULL; END IF;
-       IF EXISTS (SELECT 1 FROM unnest(c_tbl, c_key, c_op, c_txo) AS ch(tbl, key, op, txo)
-                    JOIN ${s}.row_state r ON r.tbl = ch.tbl AND r.key = ch.key
-                   WHERE r.seq > p_base[ch.txo] AND NOT (r.exact AND r.branch = p_branch) AND NOT (r.op = 'D' AND ch.op = 'D')) THEN
-         RETURN NULL;
-       END IF;
-       INSERT INTO ${s}.log(seq, part, origin_branch, origin_txn, last_part, n_changes, conflicts, body)
-       SELECT h + u.ord, 0, p_branch, u.t, true, u.n, 0, u.b FROM unnest(p_txn, p_n, p_body) WITH ORDINALITY AS u(t, n, b, ord);
-       INSERT INTO ${s}.row_state(tbl, key, op, seq, branch, exact, hlc, cols)
-       SELECT DISTINCT ON (ch.tbl, ch.key) ch.tbl, ch.key, ch.op, h + ch.txo, p_branch, true, p_hlc[ch.txo], NULL::jsonb
-         FROM unnest(c_tbl, c_key, c_op, c_txo) WITH ORDINALITY AS ch(tbl, key, op, txo, cord)
-        ORDER BY ch.tbl, ch.key, ch.cord DESC
-       ON CONFLICT (tbl, key) DO UPDATE SET op = excluded.op, seq = excluded.seq, branch = excluded.branch,
-         exact = true, hlc = excluded.hlc, cols = NULL;
-       UPDATE ${s}.head SET seq = h + array_length(p_txn, 1);
-       RETURN h;
-     END $f$`,
-  ], [
-    // append_plain takes the transactions' bytes as one bytea with their
-    // lengths: a bytea[] parameter travels as hex text, a bytea as binary.
-    `DROP FUNCTION ${s}.append_plain(text, bigint[], int[], bytea[], bigint[], bigint[], text[], text[], "char"[], int[])`,
+    // The bodies come as one bytea with their lengths: a bytea[] parameter
+    // travels as hex text, a bytea as binary.
     `CREATE FUNCTION ${s}.append_plain(p_branch text, p_txn bigint[], p_n int[], p_blob bytea, p_len int[], p_base bigint[], p_hlc bigint[],
         c_tbl text[], c_key text[], c_op "char"[], c_txo int[]) RETURNS bigint LANGUAGE plpgsql AS $f$
      DECLARE h bigint;
