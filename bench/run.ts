@@ -21,6 +21,7 @@ import { latency } from "./sections/latency.ts";
 import { fanout } from "./sections/fanout.ts";
 import { streams } from "./sections/streams.ts";
 import { ingest } from "./sections/ingest.ts";
+import { stall } from "./sections/stall.ts";
 
 /** The code being measured: commit, plus "+dirty" when hub/agent/lib/cli have uncommitted changes. */
 function codeVersion(): string {
@@ -31,7 +32,7 @@ function codeVersion(): string {
   } catch { return "unknown"; }
 }
 
-const SECTION_FNS: Record<SectionName, (ctx: BenchContext) => Promise<SectionResult>> = { throughput, latency, fanout, streams, ingest };
+const SECTION_FNS: Record<SectionName, (ctx: BenchContext) => Promise<SectionResult>> = { throughput, latency, fanout, streams, ingest, stall };
 
 async function main(): Promise<number> {
   let args;

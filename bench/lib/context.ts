@@ -45,6 +45,8 @@ export interface Sizes {
   ingestChangesPerTxn: number;
   /** Batches a pusher keeps awaiting BatchAck (the agent's UPSTREAM_WINDOW). */
   ingestWindow: number;
+  /** Rows the writer adds in the stall section's first phase; the second adds twice as many. */
+  stallRows: number;
 }
 
 export interface SectionResult {

@@ -66,6 +66,13 @@ export function w1Statement(kind: Phase, a: number, z: number): string {
   }
 }
 
+/** A phase's W1 statements over ids lo..hi, `batch` rows per transaction. */
+export function w1Statements(kind: Phase, lo: number, hi: number, batch: number): string[] {
+  const out: string[] = [];
+  for (let a = lo; a <= hi; a += batch) out.push(w1Statement(kind, a, Math.min(a + batch - 1, hi)));
+  return out;
+}
+
 /** [lo, hi] of a phase and the B-side predicate that is true once its last change arrived. */
 export function phaseBounds(kind: Phase, base: number, rows: number, updates: number, deletes: number): { lo: number; hi: number; done: string } {
   switch (kind) {

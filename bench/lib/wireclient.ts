@@ -1,5 +1,5 @@
 /**
- * Agent-less SyncStream clients for the streams and ingest sections: plain
+ * Agent-less SyncStream clients for the streams, ingest and stall sections: plain
  * grpc-js on lib/wire.ts (openSyncStream + protobuf-es), no database.
  */
 import * as grpc from "@grpc/grpc-js";
@@ -24,6 +24,17 @@ export function makeClient(address: string): grpc.Client {
 
 /** A tracked table as Hello declares it (types as format_type prints them). */
 export interface TableInit { name: string; columns: { name: string; type: string; nullable: boolean }[]; primaryKey: string[] }
+
+/** public.items exactly as the agent declares it (format_type spellings). */
+export const ITEMS: TableInit = {
+  name: "public.items",
+  columns: [
+    { name: "id", type: "bigint", nullable: false }, { name: "sku", type: "text", nullable: true },
+    { name: "qty", type: "integer", nullable: true }, { name: "price", type: "numeric(12,2)", nullable: true },
+    { name: "note", type: "text", nullable: true }, { name: "updated_at", type: "timestamp with time zone", nullable: true },
+  ],
+  primaryKey: ["id"],
+};
 
 export const helloMsg = (tables: TableInit[], version: string) =>
   create(AgentMessageSchema, { payload: { case: "hello", value: { agentVersion: version, tables, resumeCursor: 0n } } });

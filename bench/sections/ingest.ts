@@ -87,7 +87,7 @@ export async function ingest(ctx: BenchContext): Promise<SectionResult> {
         `each pusher = one SyncStream (own branch, own token, own HTTP/2 connection) sending batches of ${s.ingestTxnsPerBatch} transactions × ${s.ingestChangesPerTxn} INSERT changes of valid public.items rows, ${s.ingestWindow} batches awaiting BatchAck at a time (like the agent's UPSTREAM_WINDOW; --ingest-window).`,
         `counted: ACCEPTED changes acked within ${s.ingestSeconds} s after a ${WARMUP_MS / 1000} s warm-up; check = hub tenant logs hold exactly the changes the hub acked, no errors/rejections.`,
         "CPU % over the whole push (incl. warm-up and final acks), 100 % = one core; hub-DB backends = the PostgreSQL processes serving the hub's pool.",
-        "pushers in one tenant also receive each other's changes downstream; they never ack them, so the hub's downstream window (8 batches) stalls them, as for a stalled branch.",
+        "pushers in one tenant also receive each other's changes downstream; they never ack them, so the hub's downstream window (2 batches) stalls them, as for a stalled branch.",
       ],
     });
   }

@@ -13,23 +13,12 @@ import readline from "node:readline";
 import type * as grpc from "@grpc/grpc-js";
 import { create } from "@bufbuild/protobuf";
 import { AgentMessageSchema, Op, Outcome, type AgentMessage } from "../../gen/branchsync/v1/sync_pb.ts";
-import { makeClient, openStream, type TableInit } from "../lib/wireclient.ts";
+import { makeClient, openStream, ITEMS } from "../lib/wireclient.ts";
 import type { AgentCall } from "../../lib/wire.ts";
 
 interface Cfg { address: string; pushers: { token: string; tenant: string }[]; txnsPerBatch: number; changesPerTxn: number; window: number; streamsPerConn: number }
 const cfg = JSON.parse(fs.readFileSync(process.argv[2], "utf8")) as Cfg;
 const out = (o: unknown) => process.stdout.write(JSON.stringify(o) + "\n");
-
-/** public.items exactly as the agent declares it (format_type spellings). */
-const ITEMS: TableInit = {
-  name: "public.items",
-  columns: [
-    { name: "id", type: "bigint", nullable: false }, { name: "sku", type: "text", nullable: true },
-    { name: "qty", type: "integer", nullable: true }, { name: "price", type: "numeric(12,2)", nullable: true },
-    { name: "note", type: "text", nullable: true }, { name: "updated_at", type: "timestamp with time zone", nullable: true },
-  ],
-  primaryKey: ["id"],
-};
 
 /** A row in to_jsonb's encoding, as the agent's capture trigger produces it. */
 function row(id: number): string {

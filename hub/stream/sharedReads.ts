@@ -24,8 +24,15 @@ export function makeSharedReader(pool: pg.Pool): LogReader {
     if (running) return running;
     const p = readAfter(pool, schema, seq, part, limit).then((entries) => {
       if (entries.length > 0) {
-        if (kept.size >= MAX_KEPT) kept.clear();
-        kept.set(key, { at: Date.now(), entries });
+        // Results are kept in the order they were read, so the expired ones
+        // are at the front: drop them, or a busy tenant's log bodies pile up
+        // here (tens of MiB) long after anyone could reuse them.
+        const now = Date.now();
+        for (const [k, v] of kept) {
+          if (now - v.at < KEEP_MS && kept.size < MAX_KEPT) break;
+          kept.delete(k);
+        }
+        kept.set(key, { at: now, entries });
       }
       return entries;
     }).finally(() => inFlight.delete(key));
