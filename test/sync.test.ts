@@ -108,10 +108,12 @@ describe("core sync path", function () {
     assert.equal(rows[0].n, rows[0].hi, "sequence has gaps");
     const head = (await c.hubDb.pool.query("SELECT seq::int FROM tenant_acme.head")).rows[0].seq;
     assert.equal(head, rows[0].hi);
+    let lags = "";
     await waitFor("cursors at head", async () => {
       const r = await c.admin.listBranches({ tenantId: "acme" });
+      lags = r.branches.map((x) => `${x.id} acked ${x.ackedSeq} lag ${x.lag}`).join(", ");
       return r.branches.every((x) => x.lag === 0n);
-    });
+    }).catch((e) => { throw new Error(`${e.message} (${lags})`); });
   });
 });
 
