@@ -59,9 +59,13 @@ async function listenLocal(url: string, log: Logger) {
   const waiters = new Set<() => void>();
   let client: pg.Client | null = null;
   let stopped = false;
+  // Counts notifications, so a reader that found nothing can tell whether
+  // one arrived since it looked: otherwise a commit landing between its
+  // read and its wait would sit unsent until the poll.
+  let notified = 0;
   const connect = async () => {
     const c = new pg.Client({ connectionString: url });
-    c.on("notification", () => { for (const w of waiters) w(); });
+    c.on("notification", () => { notified++; for (const w of waiters) w(); });
     c.on("error", (err) => {
       log.warn({ err: err.message }, "LISTEN connection lost; polling until it is back");
       client = null;
@@ -73,7 +77,10 @@ async function listenLocal(url: string, log: Logger) {
   };
   await connect();
   return {
-    wait(timeoutMs: number, abort: AbortSignal): Promise<void> {
+    mark: () => notified,
+    /** Resolves on the next notification after `since` (a mark()), on timeout or on abort. */
+    wait(timeoutMs: number, abort: AbortSignal, since = notified): Promise<void> {
+      if (notified !== since || abort.aborted) return Promise.resolve();
       return new Promise((resolve) => {
         const done = () => { clearTimeout(t); waiters.delete(done); abort.removeEventListener("abort", done); resolve(); };
         const t = setTimeout(done, timeoutMs);
@@ -147,7 +154,7 @@ export async function startAgent(cfg: AgentConfig, log: Logger = makeLogger("age
         const res = await runSession({
           pool, client, tables, tenantId: cfg.tenantId, branchId: cfg.branchId,
           batchMaxChanges: cfg.batchMaxChanges, batchLingerMs: cfg.batchLingerMs, pollMs: cfg.pollMs,
-          applier, clock, log, waitLocal: listener.wait, stopping: stopping.signal,
+          applier, clock, log, waitLocal: listener.wait, localMark: listener.mark, stopping: stopping.signal,
           onCursor: (c) => { state.cursor = c; state.connected = true; },
           onConflict: (n) => agent.onConflict?.(n),
         }, t, AGENT_VERSION);

@@ -31,8 +31,9 @@ export interface SessionEnv {
   applier: Applier;
   clock: Clock;
   log: Logger;
-  /** Resolves when the local change log may have grown (NOTIFY) or on timeout. */
-  waitLocal(timeoutMs: number, abort: AbortSignal): Promise<void>;
+  /** Resolves when the local change log may have grown (NOTIFY) since `since` (a localMark()), or on timeout. */
+  waitLocal(timeoutMs: number, abort: AbortSignal, since: number): Promise<void>;
+  localMark(): number;
   onCursor(cursor: bigint): void;
   onConflict?(n: ConflictNotice): void;
   /** Aborted when the agent stops: the session cancels its stream. */
@@ -70,6 +71,13 @@ export async function runSession(env: SessionEnv, token: string, version: string
   const applyQueue: ChangeBatch[] = [];
   /** Operator requests; run between batches, never inside an open chunked transaction. */
   const actions: QuarantineAction[] = [];
+  /**
+   * BatchAck bookkeeping. It updates _branchsync.txns, as applying does (own
+   * sequence numbers, forgetting passed transactions); run from the apply
+   * loop between batches, the two never hold each other's row locks (two
+   * connections updating the same rows in different orders deadlocked).
+   */
+  const jobs: (() => Promise<void>)[] = [];
   let applying = false;
   let fatal: Error | null = null;
 
@@ -111,10 +119,11 @@ export async function runSession(env: SessionEnv, token: string, version: string
   async function sender() {
     while (!abort.signal.aborted) {
       if (awaiting.size >= UPSTREAM_WINDOW) { await new Promise<void>((r) => { wakeSender = r; }); wakeSender = null; continue; }
+      const mark = env.localMark();
       let batch = await readBatch(env.pool, [...inFlight], env.batchMaxChanges, chunking, env.clock);
       if (abort.signal.aborted) return;
       if (batch.transactions.length === 0) {
-        await Promise.race([env.waitLocal(env.pollMs, abort.signal), new Promise<void>((r) => { wakeSender = r; })]);
+        await Promise.race([env.waitLocal(env.pollMs, abort.signal, mark), new Promise<void>((r) => { wakeSender = r; })]);
         wakeSender = null;
         continue;
       }
@@ -167,7 +176,9 @@ export async function runSession(env: SessionEnv, token: string, version: string
 
   async function applyLoop() {
     try {
-      while ((applyQueue.length > 0 || (actions.length > 0 && !env.applier.busy())) && !abort.signal.aborted) {
+      const between = () => (jobs.length > 0 || actions.length > 0) && !env.applier.busy();
+      while ((applyQueue.length > 0 || between()) && !abort.signal.aborted) {
+        if (jobs.length > 0 && !env.applier.busy()) { await jobs.shift()!(); continue; }
         if (actions.length > 0 && !env.applier.busy()) { await act(actions.shift()!); continue; }
         const b = applyQueue.shift()!;
         if (applyQueue.length < APPLY_QUEUE_HIGH / 2) call.resume();
@@ -179,7 +190,7 @@ export async function runSession(env: SessionEnv, token: string, version: string
         }
       }
     } catch (e) {
-      log.error({ err: e }, "applying changes from the hub failed; will reconnect and retry from the durable cursor");
+      log.error({ err: e }, "applying changes from the hub (or recording what the hub acked) failed; will reconnect and retry from the durable cursor");
       stop(e as Error);
     } finally {
       applying = false;
@@ -217,9 +228,12 @@ export async function runSession(env: SessionEnv, token: string, version: string
         if (applyQueue.length >= APPLY_QUEUE_HIGH) call.pause();
         applier();
         return;
-      case "batchAck":
-        onBatchAck(p.value).catch((e) => { log.error({ err: e }, "handling BatchAck failed"); stop(e); });
+      case "batchAck": {
+        const ack = p.value;
+        jobs.push(() => onBatchAck(ack));
+        applier();
         return;
+      }
       case "ping":
         send(create(AgentMessageSchema, { payload: { case: "pong", value: { nonce: p.value.nonce, sentAtUs: p.value.sentAtUs } } }));
         return;
