@@ -43,4 +43,19 @@ describe("change capture (branch database level)", function () {
     assert.equal(JSON.parse(upd.changes[0].row).price, 1.5);
     assert.match(upd.changes[0].row, /"price": ?1\.50/, `numbers keep their exact text: ${upd.changes[0].row}`);
   });
+
+  it("lists changed columns of a table wider than one SQL function call takes (100 arguments)", async () => {
+    const wide = await createDb("capwide", `CREATE TABLE w (id int PRIMARY KEY, ${Array.from({ length: 120 }, (_, i) => `c${i} int DEFAULT 0`).join(", ")})`);
+    try {
+      const c = await wide.pool.connect();
+      try { await installCapture(c, [await introspect(c, "public.w")], "t", "b"); } finally { c.release(); }
+      await wide.pool.query("INSERT INTO w (id) VALUES (1)");
+      await wide.pool.query("UPDATE w SET c5 = 1, c95 = 2, c119 = 3 WHERE id = 1");
+      await wide.pool.query("UPDATE w SET c7 = c7 WHERE id = 1");
+      const r = await readBatch(wide.pool, [], 100, null, makeClock(0));
+      assert.deepEqual(r.transactions.map((t) => t.changes[0].prev), ["", '{"c5":[0],"c95":[0],"c119":[0]}', "{}"]);
+    } finally {
+      await wide.drop();
+    }
+  });
 });
