@@ -71,4 +71,22 @@ describe("the tenant log (store level)", function () {
     const chunkedParts = all.filter((e) => e.part > 0).length;
     assert.ok(chunkedParts > 0, "some transactions went through the chunked path");
   });
+
+  it("upgrades a tenant made by an older hub when the hub starts", async () => {
+    await createTenant(pool, "old", "old");
+    const O = tenantSchema("old");
+    // What a tenant looked like before conflict tracking (schema version 0).
+    await pool.query(`DROP FUNCTION ${O}.append_plain; DROP TABLE ${O}.row_state, ${O}.conflicts, ${O}.quarantine;
+      ALTER TABLE ${O}.log DROP COLUMN conflicts;
+      ALTER TABLE ${O}.tables DROP COLUMN strategy, DROP COLUMN branch_priority, DROP COLUMN delta_columns;
+      UPDATE branchsync.tenants SET schema_version = 0 WHERE id = 'old'`);
+    await migrate(pool);
+    const changes = [{ table: "public.t", op: Op.INSERT, key: "[1]", row: `{"id": 1}`, prev: "" }];
+    const body = toBinary(TransactionSchema, create(TransactionSchema, { originTxn: 1n, lastChunk: true, changes }));
+    const { outcomes } = await appendBatch(pool, O, "b", [{ originTxn: 1n, chunkIndex: 0, lastChunk: true, nChanges: 1, body, changes, baseSeq: 0n, hlc: 1n }], new Map());
+    assert.deepEqual(outcomes, [{ kind: "accepted", seq: 1n }]);
+    assert.equal((await pool.query("SELECT count(*)::int AS n FROM tenant_old.row_state")).rows[0].n, 1);
+    const v = await pool.query("SELECT schema_version FROM branchsync.tenants WHERE id = 'old'");
+    assert.equal(v.rows[0].schema_version, (await pool.query("SELECT max(schema_version) AS m FROM branchsync.tenants")).rows[0].m);
+  });
 });
