@@ -55,34 +55,33 @@ function header(r: TxnRow, clock: Clock): Pick<Transaction, "originTxn" | "commi
  */
 export async function readBatch(db: pg.Pool, inFlight: string[], max: number, chunking: Chunking | null, clock: Clock): Promise<ReadResult> {
   if (chunking) return readChunk(db, chunking, max, clock);
-  const head = await db.query<TxnRow>({
-    name: "bs-read-txns",
-    text: `SELECT ${TXN_COLS} FROM _branchsync.txns WHERE seq IS NULL AND NOT (txid = ANY($1::xid8[])) ORDER BY last_id LIMIT 256`,
-    values: [inFlight],
+  // One round trip: the oldest unsent transactions whose sizes add up to at
+  // most `max` (a prefix, by the running sum), with their units. Only the
+  // first is returned, without units, when it alone is too large: chunks.
+  const { rows } = await db.query<TxnRow & Partial<UnitRow> & { fits: boolean }>({
+    name: "bs-read-batch",
+    text: `WITH t AS (SELECT txid AS x, ${TXN_COLS}, last_id FROM _branchsync.txns
+                        WHERE seq IS NULL AND NOT (txid = ANY($1::xid8[])) ORDER BY last_id LIMIT 256),
+                p AS (SELECT *, sum(n) OVER (ORDER BY last_id) AS running, row_number() OVER (ORDER BY last_id) AS rn FROM t)
+           SELECT p.txid, p.n, p.t, p.base, p.seen, p.running <= $2 AS fits,
+                  c.tbl, c.op, c.keys::text AS keys, c.rows::text AS rows, c.prevs::text AS prevs
+             FROM p LEFT JOIN _branchsync.changes c ON c.txid = p.x AND p.running <= $2
+            WHERE p.running <= $2 OR p.rn = 1
+            ORDER BY p.rn, c.id`,
+    values: [inFlight, max],
   });
-  if (head.rows.length === 0) return { transactions: [], complete: [], chunking: null };
-  if (head.rows[0].n > max) {
-    return readChunk(db, { txid: head.rows[0].txid, nextChunk: 0, afterUnit: "0" }, max, clock);
-  }
-  const picked: TxnRow[] = [];
-  let total = 0;
-  for (const r of head.rows) {
-    if (total + r.n > max) break;
-    picked.push(r);
-    total += r.n;
-  }
-  const ids = picked.map((p) => p.txid);
-  const { rows } = await db.query<UnitRow>({
-    name: "bs-read-changes",
-    text: `${UNITS} WHERE c.txid = ANY($1::xid8[]) ORDER BY c.id`,
-    values: [ids],
-  });
+  if (rows.length === 0) return { transactions: [], complete: [], chunking: null };
+  if (!rows[0].fits) return readChunk(db, { txid: rows[0].txid, nextChunk: 0, afterUnit: "0" }, max, clock);
   const byTxid = new Map<string, Transaction>();
-  for (const p of picked) {
-    byTxid.set(p.txid, create(TransactionSchema, { ...header(p, clock), chunkIndex: 0, lastChunk: true }));
+  for (const r of rows) {
+    let t = byTxid.get(r.txid);
+    if (!t) {
+      t = create(TransactionSchema, { ...header(r, clock), chunkIndex: 0, lastChunk: true });
+      byTxid.set(r.txid, t);
+    }
+    if (r.tbl) t.changes.push(...changesOf(r as UnitRow));
   }
-  for (const r of rows) byTxid.get(r.txid)!.changes.push(...changesOf(r));
-  return { transactions: [...byTxid.values()], complete: ids, chunking: null };
+  return { transactions: [...byTxid.values()], complete: [...byTxid.keys()], chunking: null };
 }
 
 /** A chunk is whole capture units, as many as fit in `max` (at least one). */
