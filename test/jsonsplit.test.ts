@@ -11,11 +11,14 @@ describe("splitting jsonb array text into elements", () => {
       const samples = [
         `[]`, `[1]`, `[1, 2.50, -3e10, null, true, false]`, `["a, b", "[x]", "{y}", "q\\"uote", "back\\\\slash", "\\u0001"]`,
         `[{"a": [1, {"b": "]}"}], "c": null}, [[], {}], "😀 ü"]`, `[[42], ["k", 7], [9223372036854775807]]`,
-        `[{"s": "line\\nbreak\\ttab", "n": 12345678901234567890.0123456789}]`,
+        `[{"s": "line\\nbreak\\ttab", "n": 12345678901234567890.0123456789}]`, `["\\\\", "a\\\\\\"b", "\\\\\\\\"]`,
+        `[ {"a":1} ,{"b":"x"}  ]`,
       ];
       for (const s of samples) {
-        const r = await c.query(`SELECT $1::jsonb::text AS whole, coalesce(array(SELECT e::text FROM jsonb_array_elements($1::jsonb) e), '{}') AS parts`, [s]);
-        assert.deepEqual(splitJsonArray(r.rows[0].whole), r.rows[0].parts, s);
+        for (const type of ["jsonb", "json"]) {
+          const r = await c.query(`SELECT $1::${type}::text AS whole, coalesce(array(SELECT e::text FROM ${type}_array_elements($1::${type}) e), '{}') AS parts`, [s]);
+          assert.deepEqual(splitJsonArray(r.rows[0].whole), r.rows[0].parts, `${type}: ${s}`);
+        }
       }
     } finally {
       await c.end();
