@@ -9,8 +9,8 @@
 export interface Feed {
   /** Tell waiters that the tenant's head is at least `seq`. */
   advance(tenantId: string, seq: bigint): void;
-  /** Resolves when the known head passes `after` (or on abort). */
-  wait(tenantId: string, after: bigint, abort?: AbortSignal): Promise<void>;
+  /** Resolves when the known head passes `after`, on abort, or after `timeoutMs` if given. */
+  wait(tenantId: string, after: bigint, abort?: AbortSignal, timeoutMs?: number): Promise<void>;
   known(tenantId: string): bigint;
   close(): void;
 }
@@ -44,7 +44,7 @@ export function makeFeed(readHead: HeadReader | null, pollMs: number, onError: (
     advance,
     known: (tenantId) => heads.get(tenantId) ?? 0n,
     close() { if (timer) clearInterval(timer); },
-    wait(tenantId, after, abort) {
+    wait(tenantId, after, abort, timeoutMs) {
       if ((heads.get(tenantId) ?? 0n) > after || abort?.aborted) return Promise.resolve();
       return new Promise((resolve) => {
         let set = waiters.get(tenantId);
@@ -52,10 +52,18 @@ export function makeFeed(readHead: HeadReader | null, pollMs: number, onError: (
         const w = { after, wake: () => done() };
         const onAbort = () => done();
         abort?.addEventListener("abort", onAbort, { once: true });
+        // A plain timer: AbortSignal.timeout combined through AbortSignal.any
+        // can be garbage-collected before it fires on Node 20, which left a
+        // session waiting forever.
+        let finished = false;
+        const timer = timeoutMs === undefined ? null : setTimeout(done, timeoutMs);
         function done() {
+          if (finished) return;
+          finished = true;
+          if (timer) clearTimeout(timer);
           abort?.removeEventListener("abort", onAbort);
           set!.delete(w);
-          if (set!.size === 0) waiters.delete(tenantId);
+          if (set!.size === 0 && waiters.get(tenantId) === set) waiters.delete(tenantId);
           resolve();
         }
         set.add(w);

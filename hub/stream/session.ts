@@ -271,7 +271,7 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
           // Only the branch's own transactions were passed over: move its
           // cursor, but not for every commit of a busy writer.
           if (ownSequenced.length < OWN_BATCH && Date.now() - lastOwnOnly < OWN_ONLY_EVERY_MS) {
-            await deps.feed.wait(identity.tenantId, sentSeq, AbortSignal.any([abort.signal, AbortSignal.timeout(OWN_ONLY_EVERY_MS)]));
+            await deps.feed.wait(identity.tenantId, sentSeq, abort.signal, OWN_ONLY_EVERY_MS);
             continue;
           }
           lastOwnOnly = Date.now();
