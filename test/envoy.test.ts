@@ -129,10 +129,18 @@ describe("envoy/envoy.yaml", function () {
     ]);
   });
 
-  it("routes SyncService to hub_grpc and everything else to hub_control", () => {
+  it("routes SyncService to hub_grpc and everything else but /metrics to hub_control", () => {
     assert.equal(routeFor(hcm, SYNC_PATH)?.route?.cluster, "hub_grpc");
-    for (const p of ["/branchsync.v1.AuthService/Token", "/branchsync.v1.AdminService/ListTenants", "/healthz", "/metrics", "/.well-known/jwks.json", "/"]) {
+    for (const p of ["/branchsync.v1.AuthService/Token", "/branchsync.v1.AdminService/ListTenants", "/healthz", "/.well-known/jwks.json", "/"]) {
       assert.equal(routeFor(hcm, p)?.route?.cluster, "hub_control", p);
+    }
+  });
+
+  it("keeps /metrics (tenant ids in conflict labels) off the edge", () => {
+    for (const p of ["/metrics", "/metrics?x=1"]) {
+      const r = routeFor(hcm, p);
+      assert.equal(r?.route, undefined, p);
+      assert.equal(r?.direct_response?.status, 404, p);
     }
   });
 
