@@ -125,5 +125,17 @@ describe("authentication and tenant isolation", function () {
       interceptors: [(next) => async (req) => { req.header.set("authorization", `Bearer ${await tokenFor(acme1)}`); return next(req); }],
     }));
     await assert.rejects(withBranchToken.createTenant({ id: "evil" }), (e: ConnectError) => e.code === Code.Unauthenticated);
+    // The conflict and quarantine calls change or reveal tenant data too.
+    const calls: [string, () => Promise<unknown>][] = [
+      ["setTablePolicy", () => withBranchToken.setTablePolicy({ tenantId: "acme", policy: { table: "public.items" } })],
+      ["listConflicts", () => admin.listConflicts({ tenantId: "acme" })],
+      ["getConflict", () => admin.getConflict({ tenantId: "acme", id: 1n })],
+      ["resolveConflict", () => withBranchToken.resolveConflict({ tenantId: "acme", id: 1n })],
+      ["listQuarantined", () => admin.listQuarantined({ tenantId: "acme" })],
+      ["retryQuarantined", () => withBranchToken.retryQuarantined({ tenantId: "acme", branchId: "a1", seq: 1n })],
+      ["discardQuarantined", () => admin.discardQuarantined({ tenantId: "acme", branchId: "a1", seq: 1n })],
+      ["listTablePolicies", () => admin.listTablePolicies({ tenantId: "acme" })],
+    ];
+    for (const [name, call] of calls) await assert.rejects(call(), (e: ConnectError) => e.code === Code.Unauthenticated, name);
   });
 });

@@ -75,6 +75,10 @@ describe("bad input gets a clear error and changes nothing", function () {
       ["key of wrong arity", change({ ...good, id: 6 }, { key: "[6, 7]" }), /key must be a JSON array of 1/],
       ["row not JSON", change(good, { row: "{nope" }), /row is not JSON/],
       ["no op", change({ ...good, id: 7 }, { op: Op.UNSPECIFIED }), /op must be/],
+      ["prev not JSON", change({ ...good, id: 8 }, { op: Op.UPDATE, prev: "{qty" }), /prev is not JSON/],
+      ["prev naming the key", change({ ...good, id: 9 }, { op: Op.UPDATE, prev: '{"id": [1]}' }), /prev names "id", which is not a non-key column/],
+      ["prev value not in a one-element array", change({ ...good, id: 10 }, { op: Op.UPDATE, prev: '{"qty": 5}' }), /one-element array/],
+      ["prev on an insert", change({ ...good, id: 11 }, { prev: '{"qty": [5]}' }), /only for updates/],
     ];
     const txns = bad.map(([, ch], i) => ({ originTxn: BigInt(100 + i), lastChunk: true, changes: [ch] }));
     txns.push({ originTxn: 999n, lastChunk: true, changes: [change({ ...good, id: 42 })] });
