@@ -157,6 +157,19 @@ describe("conflicts", function () {
     const ud = open.find((x) => x.key === "[3]")!;
     await assert.rejects(c.admin.resolveConflict({ tenantId: T, id: ud.id, resolution: Resolution.ROW, row: '{"id": 9, "a": "x", "b": "y"}' }), /primary key/);
     assert.equal((await c.admin.getConflict({ tenantId: T, id: ud.id })).conflict!.status, ConflictStatus.OPEN);
+    // Keeping what is there: a live row (update/delete) and a deleted one (delete/update).
+    const du = open.find((x) => x.key === "[4]")!;
+    for (const x of [ud, du]) {
+      const r2 = await c.admin.resolveConflict({ tenantId: T, id: x.id, resolution: Resolution.EXISTING });
+      assert.equal(r2.conflict!.status, ConflictStatus.RESOLVED_MANUALLY);
+      assert.ok(r2.conflict!.resolutionSeq > 0n);
+    }
+    await synced();
+    for (const x of everyone()) {
+      assert.deepEqual(await row(x, "t_manual", 3), { a: "A", b: "init" }, x.branchId);
+      assert.equal(await row(x, "t_manual", 4), null, x.branchId);
+    }
+    assert.equal((await c.admin.listConflicts({ tenantId: T, status: ConflictStatus.OPEN })).conflicts.length, 0);
   });
 
   it("raises no conflict for sequential edits at different branches", async () => {

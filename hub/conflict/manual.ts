@@ -12,8 +12,8 @@ import { StatusError, Status } from "../errors.ts";
 import { getConflict, type ConflictRecord } from "../store/conflicts.ts";
 import { appendBatch, readHead } from "../store/log.ts";
 import { loadPolicies } from "../store/policies.ts";
-import { loadVersions, rowId } from "../store/rowState.ts";
-import { changesAt, imageId } from "../store/images.ts";
+import { rowId } from "../store/rowState.ts";
+import { currentRows } from "../store/images.ts";
 import { checkTransaction } from "../stream/validate.ts";
 import type { TableDef } from "../store/tables.ts";
 import { splitJsonObject } from "../../lib/jsonobject.ts";
@@ -24,9 +24,7 @@ export const OPERATOR = "_operator";
 export type Choice = "existing" | "incoming" | "row";
 
 async function currentRow(pool: pg.Pool, schema: string, c: ConflictRecord): Promise<string | null> {
-  const v = (await loadVersions(pool as unknown as pg.ClientBase, schema, [{ table: c.table, key: c.key }])).get(rowId(c.table, c.key));
-  if (!v || v.op === "D") return null;
-  return (await changesAt(pool, schema, [{ seq: v.seq, table: c.table, key: c.key }])).get(imageId(v.seq, c.table, c.key))?.row ?? null;
+  return (await currentRows(pool, schema, [{ table: c.table, key: c.key }])).get(rowId(c.table, c.key)) ?? null;
 }
 
 async function tableDef(pool: pg.Pool, schema: string, table: string): Promise<TableDef> {

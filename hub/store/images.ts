@@ -7,7 +7,7 @@
  */
 import type pg from "pg";
 import { decodeTxn, type WireChange } from "../../lib/protowire.ts";
-import { rowId } from "./rowState.ts";
+import { rowId, loadVersions } from "./rowState.ts";
 
 /** For each (seq, table, key) asked, the change that seq made to the row (undefined if none). */
 export async function changesAt(c: pg.ClientBase | pg.Pool, schema: string, wanted: { seq: bigint; table: string; key: string }[]): Promise<Map<string, WireChange>> {
@@ -27,3 +27,22 @@ export async function changesAt(c: pg.ClientBase | pg.Pool, schema: string, want
 }
 
 export const imageId = (seq: bigint, table: string, key: string) => `${seq}\u0000${rowId(table, key)}`;
+
+/**
+ * The newest row image of each row the hub has a version of, by rowId:
+ * null for a row that is deleted now. Rows never synced are absent.
+ */
+export async function currentRows(db: pg.ClientBase | pg.Pool, schema: string, rows: { table: string; key: string }[]): Promise<Map<string, string | null>> {
+  const versions = await loadVersions(db, schema, rows);
+  const live = rows.flatMap((r) => {
+    const v = versions.get(rowId(r.table, r.key));
+    return v && v.op !== "D" ? [{ seq: v.seq, table: r.table, key: r.key }] : [];
+  });
+  const images = await changesAt(db, schema, live);
+  const out = new Map<string, string | null>();
+  for (const r of rows) {
+    const v = versions.get(rowId(r.table, r.key));
+    if (v) out.set(rowId(r.table, r.key), v.op === "D" ? null : images.get(imageId(v.seq, r.table, r.key))?.row ?? null);
+  }
+  return out;
+}

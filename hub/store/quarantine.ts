@@ -7,8 +7,8 @@ import type pg from "pg";
 import { StatusError, Status } from "../errors.ts";
 import { decodeTxn, type WireChange } from "../../lib/protowire.ts";
 import { Op } from "../../gen/branchsync/v1/sync_pb.ts";
-import { loadVersions, rowId } from "./rowState.ts";
-import { changesAt, imageId } from "./images.ts";
+import { rowId } from "./rowState.ts";
+import { currentRows } from "./images.ts";
 import { readHead } from "./log.ts";
 
 export type QuarantineState = "quarantined" | "retry" | "discard" | "applied" | "discarded";
@@ -86,16 +86,11 @@ export async function rowsOf(pool: pg.Pool, schema: string, seq: bigint): Promis
 export async function buildRepair(pool: pg.Pool, schema: string, seq: bigint): Promise<{ seq: bigint; changes: WireChange[] }> {
   const touched = await rowsOf(pool, schema, seq);
   const head = await readHead(pool, schema);
-  const versions = await loadVersions(pool as unknown as pg.ClientBase, schema, touched.map((c) => ({ table: c.table, key: c.key })));
-  const images = await changesAt(pool, schema, [...versions].filter(([, v]) => v.op !== "D").map(([id, v]) => {
-    const at = id.indexOf("\u0000");
-    return { seq: v.seq, table: id.slice(0, at), key: id.slice(at + 1) };
-  }));
+  const now = await currentRows(pool, schema, touched);
   const changes: WireChange[] = touched.map((ch) => {
-    const v = versions.get(rowId(ch.table, ch.key));
-    const img = v && v.op !== "D" ? images.get(imageId(v.seq, ch.table, ch.key)) : undefined;
-    return img
-      ? { table: ch.table, op: Op.UPDATE, key: ch.key, row: img.row, prev: "" }
+    const row = now.get(rowId(ch.table, ch.key));
+    return row
+      ? { table: ch.table, op: Op.UPDATE, key: ch.key, row, prev: "" }
       : { table: ch.table, op: Op.DELETE, key: ch.key, row: ch.row, prev: "" };
   });
   return { seq: head, changes };

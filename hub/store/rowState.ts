@@ -9,7 +9,7 @@ import type { RowVersion, RowOp, ColVersion } from "../conflict/resolve.ts";
 
 export const rowId = (table: string, key: string) => `${table}\u0000${key}`;
 
-export async function loadVersions(c: pg.ClientBase, schema: string, ids: { table: string; key: string }[]): Promise<Map<string, RowVersion>> {
+export async function loadVersions(c: pg.ClientBase | pg.Pool, schema: string, ids: { table: string; key: string }[]): Promise<Map<string, RowVersion>> {
   const out = new Map<string, RowVersion>();
   if (ids.length === 0) return out;
   const { rows } = await c.query({
