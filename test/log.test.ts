@@ -78,6 +78,7 @@ describe("the tenant log (store level)", function () {
     // What a tenant looked like before conflict tracking (schema version 0).
     await pool.query(`DROP FUNCTION ${O}.append_plain; DROP TABLE ${O}.row_state, ${O}.conflicts, ${O}.quarantine;
       ALTER TABLE ${O}.log DROP COLUMN conflicts;
+      DROP INDEX ${O}.log_origin_txn_idx; CREATE UNIQUE INDEX ON ${O}.log (origin_branch, origin_txn, part);
       ALTER TABLE ${O}.tables DROP COLUMN strategy, DROP COLUMN branch_priority, DROP COLUMN delta_columns;
       UPDATE branchsync.tenants SET schema_version = 0 WHERE id = 'old'`);
     await migrate(pool);
@@ -86,7 +87,37 @@ describe("the tenant log (store level)", function () {
     const { outcomes } = await appendBatch(pool, O, "b", [{ originTxn: 1n, chunkIndex: 0, lastChunk: true, nChanges: 1, body, changes, baseSeq: 0n, hlc: 1n }], new Map());
     assert.deepEqual(outcomes, [{ kind: "accepted", seq: 1n }]);
     assert.equal((await pool.query("SELECT count(*)::int AS n FROM tenant_old.row_state")).rows[0].n, 1);
+    const idx = await pool.query("SELECT indexdef FROM pg_indexes WHERE schemaname = 'tenant_old' AND tablename = 'log' AND indexdef LIKE '%origin_txn%'");
+    assert.deepEqual(idx.rows.map((r) => r.indexdef.replace(/.*USING btree /, "")), ["(origin_txn, origin_branch, part)"]);
     const v = await pool.query("SELECT schema_version FROM branchsync.tenants WHERE id = 'old'");
     assert.equal(v.rows[0].schema_version, (await pool.query("SELECT max(schema_version) AS m FROM branchsync.tenants")).rows[0].m);
+  });
+
+  it("finds resends by probing their txids, also before the log has statistics", async () => {
+    // Every append looks its txids up. Planned without statistics (a new
+    // tenant, before autoanalyze), the lookup used to walk all of the
+    // branch's entries: milliseconds per append, growing with the log.
+    await createTenant(pool, "plan", "plan");
+    const P = tenantSchema("plan");
+    await pool.query(`ALTER TABLE ${P}.log SET (autovacuum_enabled = off)`);
+    const changes = [{ table: "public.t", op: Op.INSERT, key: "[1]", row: `{"id": 1}`, prev: "" }];
+    const body = toBinary(TransactionSchema, create(TransactionSchema, { lastChunk: true, changes }));
+    for (let i = 0; i < 20; i++) {
+      const batch = Array.from({ length: 200 }, (_, k) => ({ originTxn: BigInt(i * 200 + k + 1), chunkIndex: 0, lastChunk: true, nChanges: 1, body, changes, baseSeq: BigInt(i * 200 + k), hlc: 1n }));
+      await appendBatch(pool, P, "a", batch, new Map());
+    }
+    const c = await pool.connect();
+    try {
+      await c.query("SET plan_cache_mode = force_generic_plan");
+      await c.query(`PREPARE dedup(text, bigint[]) AS SELECT 1 FROM ${P}.log WHERE origin_branch = $1 AND origin_txn = ANY($2) AND part = 0`);
+      const plan = await c.query("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE dedup('a', '{7,3999}')");
+      const root = plan.rows[0]["QUERY PLAN"][0].Plan;
+      assert.match(String(root["Index Cond"]), /origin_txn = ANY/, JSON.stringify(root));
+      assert.equal(root["Actual Rows"], 2);
+      assert.ok(root["Shared Hit Blocks"] + (root["Shared Read Blocks"] ?? 0) < 20, `the lookup read ${root["Shared Hit Blocks"]} blocks`);
+    } finally {
+      await c.query("DEALLOCATE dedup").catch(() => undefined);
+      c.release();
+    }
   });
 });
