@@ -18,6 +18,8 @@ export const metrics = {
     name: "branchsync_conflicts_total", help: "Concurrent changes to one row, by tenant id, table and strategy", registers: [registry],
     labelNames: ["tenant", "table", "strategy"],
   }),
+  logReads: new client.Counter({ name: "branchsync_log_reads_total", help: "Reads of tenant logs that went to PostgreSQL (shared and own-append skips excluded)", registers: [registry] }),
+  bridgePublishes: new client.Counter({ name: "branchsync_bridge_publishes_total", help: "Log head moves published to other replicas over Redis", registers: [registry] }),
   quarantined: new client.Counter({ name: "branchsync_quarantined_total", help: "Transactions branches reported they could not apply", registers: [registry] }),
   heartbeatRtt: new client.Histogram({
     name: "branchsync_heartbeat_rtt_seconds", help: "Ping to Pong round trip", registers: [registry],

@@ -1,6 +1,9 @@
 import assert from "node:assert/strict";
 import { startCluster, ITEMS_DDL, AUDIT_DDL, type Cluster, type Branch } from "./support/cluster.ts";
 import { waitFor, digest } from "./support/db.ts";
+import { metrics } from "../hub/metrics.ts";
+
+const logReads = async () => (await metrics.logReads.get()).values[0]?.value ?? 0;
 
 const ORDERS_DDL = `
   CREATE TABLE orders (id bigint PRIMARY KEY, customer text NOT NULL, total numeric(12,2) NOT NULL);
@@ -90,11 +93,17 @@ describe("core sync path", function () {
   it("stores and forwards: an offline branch gets everything once on return", async () => {
     await b.stop();
     await b.db.pool.query("TRUNCATE audit");
+    // With B away, only A's session follows the log, and it passes over
+    // A's own appends without reading them back (hub/stream/session.ts).
+    const reads0 = await logReads();
     for (let t = 0; t < 10; t++) {
       await a.db.pool.query(`INSERT INTO items SELECT g, 'sf', g, g / 100.0, 'offline', now() FROM generate_series(${10_000 + t * 100}, ${10_000 + t * 100 + 99}) g`);
     }
     await waitFor("A's changes acked by the hub", async () => (await a.agent!.pendingLocal()) === 0);
+    await new Promise((r) => setTimeout(r, 300));
+    const readsWhileAlone = await logReads() - reads0;
     await b.start();
+    assert.ok(readsWhileAlone < 5, `A's own session read the log ${readsWhileAlone} times for its own 10 transactions`);
     await waitFor("1,000 rows on B", async () => (await b.db.pool.query("SELECT count(*)::int AS n FROM items WHERE note = 'offline'")).rows[0].n === 1000, 15_000);
     await new Promise((r) => setTimeout(r, 300));
     const audit = await b.db.pool.query("SELECT count(*)::int AS n, count(DISTINCT id)::int AS d FROM audit WHERE id >= 10000 AND id < 11000");

@@ -21,6 +21,8 @@ export interface ReadResult {
   complete: string[];
   /** Set when the batch holds a non-final chunk of a large transaction. */
   chunking: Chunking | null;
+  /** Committed transactions were left for the next batch (did not fit). */
+  more: boolean;
 }
 
 interface UnitRow { txid: string; tbl: string; op: string; keys: string; rows: string; prevs: string | null }
@@ -58,19 +60,19 @@ export async function readBatch(db: pg.Pool, inFlight: string[], max: number, ch
   // One round trip: the oldest unsent transactions whose sizes add up to at
   // most `max` (a prefix, by the running sum), with their units. Only the
   // first is returned, without units, when it alone is too large: chunks.
-  const { rows } = await db.query<TxnRow & Partial<UnitRow> & { fits: boolean }>({
+  const { rows } = await db.query<TxnRow & Partial<UnitRow> & { fits: boolean; pending: number }>({
     name: "bs-read-batch",
     text: `WITH t AS (SELECT txid AS x, ${TXN_COLS}, last_id FROM _branchsync.txns
                         WHERE seq IS NULL AND NOT (txid = ANY($1::xid8[])) ORDER BY last_id LIMIT 256),
                 p AS (SELECT *, sum(n) OVER (ORDER BY last_id) AS running, row_number() OVER (ORDER BY last_id) AS rn FROM t)
-           SELECT p.txid, p.n, p.t, p.base, p.seen, p.running <= $2 AS fits,
+           SELECT p.txid, p.n, p.t, p.base, p.seen, p.running <= $2 AS fits, (SELECT count(*) FROM p)::int AS pending,
                   c.tbl, c.op, c.keys::text AS keys, c.rows::text AS rows, c.prevs::text AS prevs
              FROM p LEFT JOIN _branchsync.changes c ON c.txid = p.x AND p.running <= $2
             WHERE p.running <= $2 OR p.rn = 1
             ORDER BY p.rn, c.id`,
     values: [inFlight, max],
   });
-  if (rows.length === 0) return { transactions: [], complete: [], chunking: null };
+  if (rows.length === 0) return { transactions: [], complete: [], chunking: null, more: false };
   if (!rows[0].fits) return readChunk(db, { txid: rows[0].txid, nextChunk: 0, afterUnit: "0" }, max, clock);
   const byTxid = new Map<string, Transaction>();
   for (const r of rows) {
@@ -81,19 +83,21 @@ export async function readBatch(db: pg.Pool, inFlight: string[], max: number, ch
     }
     if (r.tbl) t.changes.push(...changesOf(r as UnitRow));
   }
-  return { transactions: [...byTxid.values()], complete: [...byTxid.keys()], chunking: null };
+  // The window takes at most 256 transactions, so a full window may hide more.
+  const more = byTxid.size < rows[0].pending || rows[0].pending === 256;
+  return { transactions: [...byTxid.values()], complete: [...byTxid.keys()], chunking: null, more };
 }
 
 /** A chunk is whole capture units, as many as fit in `max` (at least one). */
 async function readChunk(db: pg.Pool, c: Chunking, max: number, clock: Clock): Promise<ReadResult> {
   const txn = await db.query<TxnRow>(`SELECT ${TXN_COLS} FROM _branchsync.txns WHERE txid = $1::xid8`, [c.txid]);
-  if (txn.rows.length === 0) return { transactions: [], complete: [], chunking: null };
+  if (txn.rows.length === 0) return { transactions: [], complete: [], chunking: null, more: false };
   const units = await db.query({
     name: "bs-read-units",
     text: `SELECT u.id::text AS uid, u.n FROM _branchsync.changes u WHERE u.txid = $1::xid8 AND u.id > $2::bigint ORDER BY u.id LIMIT 256`,
     values: [c.txid, c.afterUnit],
   });
-  if (units.rows.length === 0) return { transactions: [], complete: [], chunking: null };
+  if (units.rows.length === 0) return { transactions: [], complete: [], chunking: null, more: false };
   const ids: string[] = [];
   let total = 0;
   for (const u of units.rows) {
@@ -114,6 +118,7 @@ async function readChunk(db: pg.Pool, c: Chunking, max: number, clock: Clock): P
     transactions: [t],
     complete: last ? [c.txid] : [],
     chunking: last ? null : { txid: c.txid, nextChunk: c.nextChunk + 1, afterUnit: ids[ids.length - 1] },
+    more: true,
   };
 }
 

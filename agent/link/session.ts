@@ -95,18 +95,32 @@ export async function runSession(env: SessionEnv, token: string, version: string
     call.cancel();
   };
 
-  async function onBatchAck(a: BatchAck) {
-    const sent = awaiting.get(a.batchId);
-    if (!sent) throw new Error(`BatchAck for unknown batch ${a.batchId}`);
-    awaiting.delete(a.batchId);
-    const done: { txid: string; seq: bigint }[] = [];
+  /**
+   * A BatchAck frees its window slot at once; recording the outcomes in the
+   * branch database waits for the apply loop (see `jobs`). Until then the
+   * transactions stay in `inFlight`, so they are not read again. Acks that
+   * arrive while the loop is busy are recorded together, in one statement.
+   */
+  function onBatchAck(a: BatchAck) {
+    if (!awaiting.delete(a.batchId)) throw new Error(`BatchAck for unknown batch ${a.batchId}`);
     for (const o of a.outcomes) {
+      if (o.outcome === Outcome.REJECTED && chunking?.txid === o.originTxn.toString()) chunking = null;
+    }
+    ackedOutcomes.push(...a.outcomes);
+    if (ackedOutcomes.length === a.outcomes.length) jobs.push(recordAcked);
+    wakeUp();
+  }
+
+  const ackedOutcomes: BatchAck["outcomes"] = [];
+  async function recordAcked() {
+    const outcomes = ackedOutcomes.splice(0);
+    const done: { txid: string; seq: bigint }[] = [];
+    for (const o of outcomes) {
       const txid = o.originTxn.toString();
       if (o.outcome === Outcome.REJECTED) {
         log.error({ txid, error: o.error }, "hub rejected a local transaction; moved to _branchsync.rejected");
         await setAside(env.pool, txid, o.error);
         inFlight.delete(txid);
-        if (chunking?.txid === txid) chunking = null;
       } else if (o.outcome === Outcome.ACCEPTED || o.outcome === Outcome.DUPLICATE) {
         done.push({ txid, seq: o.seq });
       }
@@ -141,6 +155,10 @@ export async function runSession(env: SessionEnv, token: string, version: string
       chunking = batch.chunking;
       awaiting.set(id, { complete: batch.complete, chunked: batch.chunking !== null });
       if (!abort.signal.aborted) call.write(encodeUpstreamBatch(id, batch.transactions));
+      // Everything committed was taken: read again only once something new
+      // commits (the mark predates the read, so no commit is missed). This
+      // spares a busy branch an empty read after every batch.
+      if (!batch.more) await env.waitLocal(env.pollMs, abort.signal, mark);
     }
   }
 
@@ -228,12 +246,10 @@ export async function runSession(env: SessionEnv, token: string, version: string
         if (applyQueue.length >= APPLY_QUEUE_HIGH) call.pause();
         applier();
         return;
-      case "batchAck": {
-        const ack = p.value;
-        jobs.push(() => onBatchAck(ack));
+      case "batchAck":
+        try { onBatchAck(p.value); } catch (e) { stop(e as Error); return; }
         applier();
         return;
-      }
       case "ping":
         send(create(AgentMessageSchema, { payload: { case: "pong", value: { nonce: p.value.nonce, sentAtUs: p.value.sentAtUs } } }));
         return;

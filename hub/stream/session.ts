@@ -21,7 +21,7 @@ import type { Logger } from "../../lib/log.ts";
 import type { Identity } from "../auth/tokens.ts";
 import { tenantSchema, branchExists } from "../store/tenants.ts";
 import { registerTables, type TableDef } from "../store/tables.ts";
-import { appendBatch, readHead, saveCursor, type AppendOutcome } from "../store/log.ts";
+import { appendBatch, readHead, saveCursor, type AppendOutcome, type LogEntry } from "../store/log.ts";
 import type { LogReader } from "./sharedReads.ts";
 import { checkTransaction, batchSize } from "./validate.ts";
 import { encodeChangeBatch, type StoredTxn, type OwnSeq } from "./encode.ts";
@@ -217,6 +217,7 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
     for (const c of res.conflicts) metrics.conflicts.inc({ tenant: identity.tenantId, table: c.table, strategy: c.strategy });
     let j = 0;
     const final = outcomes.map((o) => o ?? res.outcomes[j++]);
+    noteOwnAppend(valid.map(({ t }) => t), res.outcomes, res.conflicts.length);
     if (res.outcomes.some((o) => o.kind === "accepted")) {
       deps.feed.advance(identity.tenantId, res.head);
       deps.publish(identity.tenantId, res.head);
@@ -252,6 +253,36 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
       .catch((err) => log.warn({ err }, "could not save branch cursor"));
   }
 
+  /**
+   * This session's own appends that are whole, plain log entries (accepted
+   * as one contiguous run, single part, no conflicts decided). The pump
+   * would only pass over them, reporting them as own_sequenced, so it does
+   * that without reading them back from the log: a branch that mostly
+   * writes no longer costs a log read per commit.
+   */
+  let ownAppends: { first: bigint; txns: bigint[] }[] = [];
+  function noteOwnAppend(txns: Transaction[], outcomes: AppendOutcome[], conflicts: number) {
+    if (conflicts > 0 || txns.length === 0 || txns.length !== outcomes.length) return;
+    const first = outcomes[0].kind === "accepted" ? outcomes[0].seq : -1n;
+    for (let i = 0; i < txns.length; i++) {
+      const o = outcomes[i];
+      if (o.kind !== "accepted" || o.seq !== first + BigInt(i) || txns[i].chunkIndex !== 0 || !txns[i].lastChunk) return;
+    }
+    if (ownAppends.length >= 64) ownAppends = ownAppends.slice(32);
+    ownAppends.push({ first, txns: txns.map((t) => t.originTxn) });
+  }
+
+  /** Passes over own appends that come next in the log; true if it did. */
+  function passOwnAppends(): boolean {
+    ownAppends = ownAppends.filter((a) => a.first + BigInt(a.txns.length) - 1n > sentSeq);
+    const a = ownAppends[0];
+    if (!a || sentPart !== AFTER_ALL_PARTS || a.first !== sentSeq + 1n) return false;
+    ownAppends.shift();
+    a.txns.forEach((originTxn, i) => ownSequenced.push({ originTxn, seq: a.first + BigInt(i) }));
+    sentSeq = a.first + BigInt(a.txns.length) - 1n;
+    return true;
+  }
+
   /** Sends the log after the cursor, forever, within the window. */
   async function pump() {
     const limit = deps.limits.maxBatchChanges;
@@ -264,7 +295,14 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
         ackWake = null;
         continue;
       }
-      const entries = await deps.readLog(schema, sentSeq, sentPart, 64);
+      let entries: LogEntry[] = [];
+      if (passOwnAppends()) {
+        lastComplete = sentSeq;
+        // Read only if someone else's entries may follow.
+        if (deps.feed.known(identity.tenantId) > sentSeq) continue;
+      } else {
+        entries = await deps.readLog(schema, sentSeq, sentPart, 64);
+      }
       if (closed) return;
       if (entries.length === 0) {
         if (lastComplete > advertised) {

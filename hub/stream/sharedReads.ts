@@ -7,6 +7,7 @@
  */
 import type pg from "pg";
 import { readAfter, type LogEntry } from "../store/log.ts";
+import { metrics } from "../metrics.ts";
 
 const KEEP_MS = 250;
 const MAX_KEPT = 2000;
@@ -22,6 +23,7 @@ export function makeSharedReader(pool: pg.Pool): LogReader {
     if (hit && Date.now() - hit.at < KEEP_MS) return Promise.resolve(hit.entries);
     const running = inFlight.get(key);
     if (running) return running;
+    metrics.logReads.inc();
     const p = readAfter(pool, schema, seq, part, limit).then((entries) => {
       if (entries.length > 0) {
         // Results are kept in the order they were read, so the expired ones
