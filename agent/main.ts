@@ -13,6 +13,7 @@ import { makeBackoff } from "../lib/backoff.ts";
 import { makeLogger, type Logger } from "../lib/log.ts";
 import { introspect, type LocalTable } from "./capture/introspect.ts";
 import { installCapture, NOTIFY_CHANNEL } from "./capture/install.ts";
+import { startHousekeeping } from "./capture/housekeeping.ts";
 import { makeApplier } from "./apply/applier.ts";
 import { runSession } from "./link/session.ts";
 import { makeClock } from "./capture/clock.ts";
@@ -112,6 +113,7 @@ export async function startAgent(cfg: AgentConfig, log: Logger = makeLogger("age
   const client = makeSyncClient(target, creds);
   const auth = createClient(AuthService, createConnectTransport({ baseUrl: cfg.authUrl || cfg.hubUrl, httpVersion: "1.1" }));
   const applier = makeApplier(pool, tables);
+  const housekeeping = startHousekeeping(pool, log);
   const clock = makeClock(cfg.clockSkewMs ?? 0);
   const backoff = makeBackoff();
   const state: AgentStatus = { connected: false, cursor, sessions: 0, lastError: null };
@@ -130,6 +132,7 @@ export async function startAgent(cfg: AgentConfig, log: Logger = makeLogger("age
       stopping.abort();
       wakeFromSleep?.();
       await loop;
+      await housekeeping.stop();
       client.close();
       await listener.close();
       await pool.end();

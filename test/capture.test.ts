@@ -6,6 +6,8 @@ import { installCapture } from "../agent/capture/install.ts";
 import { readBatch } from "../agent/capture/reader.ts";
 import { makeClock } from "../agent/capture/clock.ts";
 import { Op } from "../gen/branchsync/v1/sync_pb.ts";
+import { startHousekeeping, DEAD_ROWS_THRESHOLD } from "../agent/capture/housekeeping.ts";
+import { quiet } from "./support/cluster.ts";
 
 describe("change capture (branch database level)", function () {
   this.timeout(30_000);
@@ -57,5 +59,36 @@ describe("change capture (branch database level)", function () {
     } finally {
       await wide.drop();
     }
+  });
+
+  it("vacuums the change-log queues once dead rows pile up, and reads only what is unsent", async () => {
+    await install();
+    // What a busy till leaves behind: many transactions captured, sequenced
+    // and passed (one txns row each; written directly, as one statement).
+    await db.pool.query("INSERT INTO items SELECT g, 'q', 1, 1, NULL, now() FROM generate_series(100000, 100499) g");
+    const before = await readBatch(db.pool, [], 100_000, null, makeClock(0));
+    assert.equal(before.more, false);
+    const n = DEAD_ROWS_THRESHOLD + 500;
+    await db.pool.query(`INSERT INTO _branchsync.txns(txid, last_id, n) SELECT (1000000 + g)::text::xid8, -g, 1 FROM generate_series(1, ${n}) g`);
+    await db.pool.query("UPDATE _branchsync.txns SET seq = 1");
+    await db.pool.query("DELETE FROM _branchsync.changes; DELETE FROM _branchsync.txns");
+    const c = await db.pool.connect();
+    try { await c.query("SELECT pg_stat_force_next_flush()"); } finally { c.release(); }
+    const dead = async () => (await db.pool.query(
+      "SELECT coalesce(max(n_dead_tup), 0)::int AS d FROM pg_stat_user_tables WHERE schemaname = '_branchsync' AND relname = 'txns'")).rows[0].d;
+    const end = Date.now() + 5000;
+    while ((await dead()) <= DEAD_ROWS_THRESHOLD && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
+    assert.ok((await dead()) > DEAD_ROWS_THRESHOLD, "the statistics show the dead rows");
+    const hk = startHousekeeping(db.pool, quiet, 60_000);
+    try {
+      assert.ok((await hk.runOnce()).includes("_branchsync.txns"));
+      assert.ok((await dead()) < DEAD_ROWS_THRESHOLD, "vacuumed");
+      assert.deepEqual(await hk.runOnce(), [], "nothing left to do");
+    } finally {
+      await hk.stop();
+    }
+    await db.pool.query("INSERT INTO items VALUES (99, 'late', 1, 1, NULL, now())");
+    const after = await readBatch(db.pool, [], 100, null, makeClock(0));
+    assert.deepEqual(after.transactions.map((t) => t.changes.map((ch) => ch.key)), [["[99]"]]);
   });
 });

@@ -66,8 +66,12 @@ export async function readBatch(db: pg.Pool, inFlight: string[], max: number, ch
                         WHERE seq IS NULL AND NOT (txid = ANY($1::xid8[])) ORDER BY last_id LIMIT 256),
                 p AS (SELECT *, sum(n) OVER (ORDER BY last_id) AS running, row_number() OVER (ORDER BY last_id) AS rn FROM t)
            SELECT p.txid, p.n, p.t, p.base, p.seen, p.running <= $2 AS fits, (SELECT count(*) FROM p)::int AS pending,
-                  c.tbl, c.op, c.keys::text AS keys, c.rows::text AS rows, c.prevs::text AS prevs
-             FROM p LEFT JOIN _branchsync.changes c ON c.txid = p.x AND p.running <= $2
+                  c.tbl, c.op, c.keys, c.rows, c.prevs
+             FROM p LEFT JOIN LATERAL (
+                    -- LATERAL: probed by txid through changes_txid, never a
+                    -- scan of the whole queue, whatever its statistics say.
+                    SELECT c.id, c.tbl, c.op, c.keys::text AS keys, c.rows::text AS rows, c.prevs::text AS prevs
+                      FROM _branchsync.changes c WHERE c.txid = p.x AND p.running <= $2) c ON true
             WHERE p.running <= $2 OR p.rn = 1
             ORDER BY p.rn, c.id`,
     values: [inFlight, max],
@@ -120,20 +124,6 @@ async function readChunk(db: pg.Pool, c: Chunking, max: number, clock: Clock): P
     chunking: last ? null : { txid: c.txid, nextChunk: c.nextChunk + 1, afterUnit: ids[ids.length - 1] },
     more: true,
   };
-}
-
-/**
- * Records the sequence numbers the hub gave local transactions. They are
- * not sent again, and are forgotten once the branch's cursor passes them
- * (see apply/applier.ts).
- */
-export async function markSequenced(db: pg.Pool | pg.ClientBase, done: { txid: string; seq: bigint }[]): Promise<void> {
-  if (done.length === 0) return;
-  await db.query({
-    name: "bs-mark-sequenced",
-    text: `UPDATE _branchsync.txns t SET seq = v.seq FROM unnest($1::xid8[], $2::bigint[]) AS v(txid, seq) WHERE t.txid = v.txid`,
-    values: [done.map((d) => d.txid), done.map((d) => d.seq.toString())],
-  });
 }
 
 /** Moves a transaction the hub rejected aside, whole, with the reason. */

@@ -15,7 +15,7 @@ import { openSyncStream, type AgentCall } from "../../lib/wire.ts";
 import { encodeUpstreamBatch } from "../../lib/protowire.ts";
 import type { Logger } from "../../lib/log.ts";
 import type { LocalTable } from "../capture/introspect.ts";
-import { readBatch, markSequenced, setAside, type Chunking } from "../capture/reader.ts";
+import { readBatch, setAside, type Chunking } from "../capture/reader.ts";
 import type { Applier, Quarantined } from "../apply/applier.ts";
 import type { Clock } from "../capture/clock.ts";
 
@@ -96,39 +96,34 @@ export async function runSession(env: SessionEnv, token: string, version: string
   };
 
   /**
-   * A BatchAck frees its window slot at once; recording the outcomes in the
-   * branch database waits for the apply loop (see `jobs`). Until then the
-   * transactions stay in `inFlight`, so they are not read again. Acks that
-   * arrive while the loop is busy are recorded together, in one statement.
+   * A BatchAck frees its window slot at once. Accepted transactions stay in
+   * `inFlight` (so they are not read again) until the hub reports their
+   * sequence numbers downstream (ChangeBatch.own_sequenced), which the
+   * applier records in the same local transaction as the cursor: one
+   * statement for many transactions, instead of an UPDATE per ack. After a
+   * reconnect, what was acked but not yet reported is sent again and comes
+   * back DUPLICATE, then reported like the rest.
    */
   function onBatchAck(a: BatchAck) {
     if (!awaiting.delete(a.batchId)) throw new Error(`BatchAck for unknown batch ${a.batchId}`);
-    for (const o of a.outcomes) {
-      if (o.outcome === Outcome.REJECTED && chunking?.txid === o.originTxn.toString()) chunking = null;
-    }
-    ackedOutcomes.push(...a.outcomes);
-    if (ackedOutcomes.length === a.outcomes.length) jobs.push(recordAcked);
+    const rejected = a.outcomes.filter((o) => o.outcome === Outcome.REJECTED);
+    for (const o of rejected) if (chunking?.txid === o.originTxn.toString()) chunking = null;
+    if (rejected.length > 0) jobs.push(() => setRejectedAside(rejected));
     wakeUp();
   }
 
-  const ackedOutcomes: BatchAck["outcomes"] = [];
-  async function recordAcked() {
-    const outcomes = ackedOutcomes.splice(0);
-    const done: { txid: string; seq: bigint }[] = [];
-    for (const o of outcomes) {
+  async function setRejectedAside(rejected: BatchAck["outcomes"]) {
+    for (const o of rejected) {
       const txid = o.originTxn.toString();
-      if (o.outcome === Outcome.REJECTED) {
-        log.error({ txid, error: o.error }, "hub rejected a local transaction; moved to _branchsync.rejected");
-        await setAside(env.pool, txid, o.error);
-        inFlight.delete(txid);
-      } else if (o.outcome === Outcome.ACCEPTED || o.outcome === Outcome.DUPLICATE) {
-        done.push({ txid, seq: o.seq });
-      }
+      log.error({ txid, error: o.error }, "hub rejected a local transaction; moved to _branchsync.rejected");
+      await setAside(env.pool, txid, o.error);
+      inFlight.delete(txid);
     }
-    await markSequenced(env.pool, done);
-    for (const d of done) inFlight.delete(d.txid);
     wakeUp();
   }
+
+  /** Own transactions reported in batches applied but not yet committed (an open chunked transaction). */
+  let reportedUncommitted: string[] = [];
 
   async function sender() {
     while (!abort.signal.aborted) {
@@ -201,8 +196,11 @@ export async function runSession(env: SessionEnv, token: string, version: string
         const b = applyQueue.shift()!;
         if (applyQueue.length < APPLY_QUEUE_HIGH / 2) call.resume();
         const { cursor, quarantined } = await env.applier.apply(b);
+        for (const o of b.ownSequenced ?? []) reportedUncommitted.push(o.originTxn.toString());
         await nack(quarantined);
         if (cursor !== null) {
+          for (const txid of reportedUncommitted) inFlight.delete(txid);
+          reportedUncommitted = [];
           env.onCursor(cursor);
           send(create(AgentMessageSchema, { payload: { case: "ack", value: { cursor } } }));
         }
