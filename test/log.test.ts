@@ -79,6 +79,7 @@ describe("the tenant log (store level)", function () {
     await pool.query(`DROP FUNCTION ${O}.append_plain; DROP TABLE ${O}.row_state, ${O}.conflicts, ${O}.quarantine;
       ALTER TABLE ${O}.log DROP COLUMN conflicts;
       DROP INDEX ${O}.log_origin_txn_idx; CREATE UNIQUE INDEX ON ${O}.log (origin_branch, origin_txn, part);
+      ALTER TABLE ${O}.head DROP COLUMN run_branch, DROP COLUMN run_start;
       ALTER TABLE ${O}.tables DROP COLUMN strategy, DROP COLUMN branch_priority, DROP COLUMN delta_columns;
       UPDATE branchsync.tenants SET schema_version = 0 WHERE id = 'old'`);
     await migrate(pool);
@@ -119,5 +120,31 @@ describe("the tenant log (store level)", function () {
       await c.query("DEALLOCATE dedup").catch(() => undefined);
       c.release();
     }
+  });
+
+  it("skips the row-version check within one branch's run of plain appends, and only there", async () => {
+    await createTenant(pool, "run", "run");
+    const R = tenantSchema("run");
+    const txn = (id: number, keys: number[], baseSeq: bigint) => {
+      const changes = keys.map((key) => ({ table: "public.t", op: Op.UPDATE, key: `[${key}]`, row: `{"id": ${key}}`, prev: "" }));
+      const body = toBinary(TransactionSchema, create(TransactionSchema, { originTxn: BigInt(id), lastChunk: true, changes }));
+      return { originTxn: BigInt(id), chunkIndex: 0, lastChunk: true, nChanges: changes.length, body, changes, baseSeq, hlc: BigInt(id) };
+    };
+    assert.deepEqual((await appendBatch(pool, R, "a", [txn(1, [1], 0n)], new Map())).outcomes, [{ kind: "accepted", seq: 1n }]);
+    // A version no run of a's can hold (branch y inside it): only a check
+    // would see it, so a's next transaction passing shows the check was skipped.
+    await pool.query(`INSERT INTO ${R}.row_state(tbl, key, op, seq, branch, exact, hlc) VALUES ('public.t', '[2]', 'U', 1, 'y', true, 1)`);
+    const inRun = await appendBatch(pool, R, "a", [txn(2, [2], 0n)], new Map());
+    assert.deepEqual({ outcomes: inRun.outcomes, conflicts: inRun.conflicts.length }, { outcomes: [{ kind: "accepted", seq: 2n }], conflicts: 0 });
+    // b appends (seq 3): a's run is over, and a's transaction based before b's write is checked (and concurrent).
+    await appendBatch(pool, R, "b", [txn(1, [3, 4], 2n)], new Map());
+    const afterRun = await appendBatch(pool, R, "a", [txn(3, [3], 2n)], new Map());
+    assert.equal(afterRun.conflicts.length, 1, "a's change met b's concurrent version");
+    // A plain append starts a new run of a's at 5; a transaction based at 2
+    // began before b's write, so it is still checked and meets b's [4].
+    const runStart = await appendBatch(pool, R, "a", [txn(4, [9], 4n)], new Map());
+    assert.deepEqual({ outcomes: runStart.outcomes, conflicts: runStart.conflicts.length }, { outcomes: [{ kind: "accepted", seq: 5n }], conflicts: 0 });
+    const oldBase = await appendBatch(pool, R, "a", [txn(5, [4], 2n)], new Map());
+    assert.equal(oldBase.conflicts.length, 1, "a transaction based before its run must still be checked");
   });
 });

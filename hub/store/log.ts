@@ -287,7 +287,7 @@ async function writeLog(c: pg.PoolClient, schema: string, branch: string, txns: 
     name: `append-${schema}`,
     text: `WITH ins AS (INSERT INTO ${schema}.log(seq, part, origin_branch, origin_txn, last_part, n_changes, conflicts, body)
                         SELECT s, p, $1, t, l, n, k, b FROM unnest($2::bigint[], $3::int[], $4::bigint[], $5::bool[], $6::int[], $7::int[], $8::bytea[]) AS u(s, p, t, l, n, k, b)),
-                hd AS (UPDATE ${schema}.head SET seq = $9),
+                hd AS (UPDATE ${schema}.head SET seq = $9, run_branch = ''),
                 pc AS (DELETE FROM ${schema}.pending_chunks WHERE origin_branch = $1 AND origin_txn = ANY($10::bigint[])),
                 rs AS (${up.sql})
            SELECT 1`,

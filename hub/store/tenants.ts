@@ -115,29 +115,7 @@ export function tenantMigrations(s: string): string[][] {
     // wait, and would miss the row versions the previous append wrote.
     // The bodies come as one bytea with their lengths: a bytea[] parameter
     // travels as hex text, a bytea as binary.
-    `CREATE FUNCTION ${s}.append_plain(p_branch text, p_txn bigint[], p_n int[], p_blob bytea, p_len int[], p_base bigint[], p_hlc bigint[],
-        c_tbl text[], c_key text[], c_op "char"[], c_txo int[]) RETURNS bigint LANGUAGE plpgsql AS $f$
-     DECLARE h bigint;
-     BEGIN
-       SELECT seq INTO h FROM ${s}.head FOR UPDATE;
-       IF EXISTS (SELECT 1 FROM ${s}.log WHERE origin_branch = p_branch AND origin_txn = ANY(p_txn) AND part = 0) THEN RETURN NULL; END IF;
-       IF EXISTS (SELECT 1 FROM unnest(c_tbl, c_key, c_op, c_txo) AS ch(tbl, key, op, txo)
-                    JOIN ${s}.row_state r ON r.tbl = ch.tbl AND r.key = ch.key
-                   WHERE r.seq > p_base[ch.txo] AND NOT (r.exact AND r.branch = p_branch) AND NOT (r.op = 'D' AND ch.op = 'D')) THEN
-         RETURN NULL;
-       END IF;
-       INSERT INTO ${s}.log(seq, part, origin_branch, origin_txn, last_part, n_changes, conflicts, body)
-       SELECT h + u.ord, 0, p_branch, u.t, true, u.n, 0, substring(p_blob FROM (sum(u.len) OVER (ORDER BY u.ord) - u.len + 1)::int FOR u.len)
-         FROM unnest(p_txn, p_n, p_len) WITH ORDINALITY AS u(t, n, len, ord);
-       INSERT INTO ${s}.row_state(tbl, key, op, seq, branch, exact, hlc, cols)
-       SELECT DISTINCT ON (ch.tbl, ch.key) ch.tbl, ch.key, ch.op, h + ch.txo, p_branch, true, p_hlc[ch.txo], NULL::jsonb
-         FROM unnest(c_tbl, c_key, c_op, c_txo) WITH ORDINALITY AS ch(tbl, key, op, txo, cord)
-        ORDER BY ch.tbl, ch.key, ch.cord DESC
-       ON CONFLICT (tbl, key) DO UPDATE SET op = excluded.op, seq = excluded.seq, branch = excluded.branch,
-         exact = true, hlc = excluded.hlc, cols = NULL;
-       UPDATE ${s}.head SET seq = h + array_length(p_txn, 1);
-       RETURN h;
-     END $f$`,
+    appendPlainFn(s, "CREATE", false),
   ], [
     // The dedup lookup (origin_branch, origin_txn = ANY(...), part) is made
     // on every append. With origin_branch leading, a log without statistics
@@ -147,7 +125,48 @@ export function tenantMigrations(s: string): string[][] {
     // that uses the index probes exactly the txids asked for.
     `DROP INDEX ${s}.log_origin_branch_origin_txn_part_idx`,
     `CREATE UNIQUE INDEX log_origin_txn_idx ON ${s}.log (origin_txn, origin_branch, part)`,
+  ], [
+    // The head remembers the current run of plain appends by one branch
+    // (run_branch, from run_start on). A transaction of that branch based at
+    // or after the run's start can meet no version but its own exact
+    // writes, so append_plain skips the row-version check for it: for a
+    // branch writing alone that was two fifths of the append. The general
+    // path ends the run (it writes merged and resolved rows).
+    `ALTER TABLE ${s}.head ADD COLUMN run_branch text NOT NULL DEFAULT '', ADD COLUMN run_start bigint NOT NULL DEFAULT 0`,
+    appendPlainFn(s, "CREATE OR REPLACE", true),
   ]];
+}
+
+/**
+ * The tenant's append_plain function (see store/log.ts appendPlain).
+ * `runs`: skip the row-version check within the branch's run (migration 4).
+ */
+function appendPlainFn(s: string, verb: string, runs: boolean): string {
+  const check = `EXISTS (SELECT 1 FROM unnest(c_tbl, c_key, c_op, c_txo) AS ch(tbl, key, op, txo)
+                    JOIN ${s}.row_state r ON r.tbl = ch.tbl AND r.key = ch.key
+                   WHERE r.seq > p_base[ch.txo] AND NOT (r.exact AND r.branch = p_branch) AND NOT (r.op = 'D' AND ch.op = 'D'))`;
+  return `${verb} FUNCTION ${s}.append_plain(p_branch text, p_txn bigint[], p_n int[], p_blob bytea, p_len int[], p_base bigint[], p_hlc bigint[],
+        c_tbl text[], c_key text[], c_op "char"[], c_txo int[]) RETURNS bigint LANGUAGE plpgsql AS $f$
+     DECLARE h bigint; rb text; rs bigint;
+     BEGIN
+       ${runs ? `SELECT seq, run_branch, run_start INTO h, rb, rs FROM ${s}.head FOR UPDATE;` : `SELECT seq INTO h FROM ${s}.head FOR UPDATE;`}
+       IF EXISTS (SELECT 1 FROM ${s}.log WHERE origin_branch = p_branch AND origin_txn = ANY(p_txn) AND part = 0) THEN RETURN NULL; END IF;
+       IF ${runs ? `NOT (rb = p_branch AND (SELECT min(b) FROM unnest(p_base) AS b) >= rs - 1) THEN
+         IF ${check} THEN RETURN NULL; END IF;
+       END IF;` : `${check} THEN RETURN NULL; END IF;`}
+       INSERT INTO ${s}.log(seq, part, origin_branch, origin_txn, last_part, n_changes, conflicts, body)
+       SELECT h + u.ord, 0, p_branch, u.t, true, u.n, 0, substring(p_blob FROM (sum(u.len) OVER (ORDER BY u.ord) - u.len + 1)::int FOR u.len)
+         FROM unnest(p_txn, p_n, p_len) WITH ORDINALITY AS u(t, n, len, ord);
+       INSERT INTO ${s}.row_state(tbl, key, op, seq, branch, exact, hlc, cols)
+       SELECT DISTINCT ON (ch.tbl, ch.key) ch.tbl, ch.key, ch.op, h + ch.txo, p_branch, true, p_hlc[ch.txo], NULL::jsonb
+         FROM unnest(c_tbl, c_key, c_op, c_txo) WITH ORDINALITY AS ch(tbl, key, op, txo, cord)
+        ORDER BY ch.tbl, ch.key, ch.cord DESC
+       ON CONFLICT (tbl, key) DO UPDATE SET op = excluded.op, seq = excluded.seq, branch = excluded.branch,
+         exact = true, hlc = excluded.hlc, cols = NULL;
+       UPDATE ${s}.head SET seq = h + array_length(p_txn, 1)${runs ? `,
+         run_branch = p_branch, run_start = CASE WHEN rb = p_branch THEN rs ELSE h + 1 END` : ""};
+       RETURN h;
+     END $f$`;
 }
 
 /** Brings one tenant's schema to the newest version (caller holds the migration lock). */
