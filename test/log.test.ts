@@ -88,6 +88,8 @@ describe("the tenant log (store level)", function () {
     const { outcomes } = await appendBatch(pool, O, "b", [{ originTxn: 1n, chunkIndex: 0, lastChunk: true, nChanges: 1, body, changes, baseSeq: 0n, hlc: 1n }], new Map());
     assert.deepEqual(outcomes, [{ kind: "accepted", seq: 1n }]);
     assert.equal((await pool.query("SELECT count(*)::int AS n FROM tenant_old.row_state")).rows[0].n, 1);
+    const ff = await pool.query("SELECT reloptions FROM pg_class WHERE oid = 'tenant_old.row_state'::regclass");
+    assert.deepEqual(ff.rows[0].reloptions, ["fillfactor=85"]);
     const idx = await pool.query("SELECT indexdef FROM pg_indexes WHERE schemaname = 'tenant_old' AND tablename = 'log' AND indexdef LIKE '%origin_txn%'");
     assert.deepEqual(idx.rows.map((r) => r.indexdef.replace(/.*USING btree /, "")), ["(origin_txn, origin_branch, part)"]);
     const v = await pool.query("SELECT schema_version FROM branchsync.tenants WHERE id = 'old'");

@@ -8,6 +8,7 @@
 import pg from "pg";
 import type { BenchContext, SectionResult } from "../lib/context.ts";
 import { startPair, runStatements, type Pair } from "../lib/pair.ts";
+import { pgCpuSeconds } from "../lib/pgcpu.ts";
 import { w1Statement, phaseBounds, type Phase } from "../lib/items.ts";
 import { waitUntil } from "../lib/poll.ts";
 import { digest, checkpoint } from "../lib/pg.ts";
@@ -22,8 +23,16 @@ function statements(kind: Phase, lo: number, hi: number, batch: number): string[
   return out;
 }
 
-interface CpuSnap { hub: number; a: number; b: number }
-const cpu = (p: Pair): CpuSnap => ({ hub: p.hub.proc.cpuSeconds() ?? 0, a: p.agentA.cpuSeconds() ?? 0, b: p.agentB?.cpuSeconds() ?? 0 });
+interface CpuSnap { hub: number; a: number; b: number; hubPg: number; aPg: number; bPg: number }
+const cpu = (p: Pair): CpuSnap => {
+  const hubDb = new URL(p.hub.dbUrl).pathname.slice(1);
+  const pgs = pgCpuSeconds([hubDb, p.a.name, p.b.name]);
+  return { hub: p.hub.proc.cpuSeconds() ?? 0, a: p.agentA.cpuSeconds() ?? 0, b: p.agentB?.cpuSeconds() ?? 0,
+    hubPg: pgs[hubDb] ?? 0, aPg: pgs[p.a.name] ?? 0, bPg: pgs[p.b.name] ?? 0 };
+};
+const cpuDelta = (c0: CpuSnap, c1: CpuSnap) => ({ hub: c1.hub - c0.hub, agentA: c1.a - c0.a, agentB: c1.b - c0.b,
+  hubPg: c1.hubPg - c0.hubPg, aPg: c1.aPg - c0.aPg, bPg: c1.bPg - c0.bPg });
+const cpuCells = (c: ReturnType<typeof cpuDelta>) => [c.hub, c.agentA, c.agentB, c.hubPg, c.aPg, c.bPg].map((x) => x.toFixed(2));
 
 export async function throughput(ctx: BenchContext): Promise<SectionResult> {
   const s = ctx.sizes;
@@ -39,6 +48,7 @@ export async function throughput(ctx: BenchContext): Promise<SectionResult> {
   const notes = [
     `W1: ${s.batch}-row transactions from one client on A (same SQL as anchors lib.sh); e2e = first commit on A → last change visible on B (B polled every 5 ms); catch-up = after A's last commit.`,
     "digests (count + md5 over rows in id order) of each phase's id range compared on A and B.",
+    "PG CPU s = CPU time of the PostgreSQL backends connected to that database over the phase (from /proc); A's includes the writer's own backend with its capture triggers. Less noisy than rows/s on a shared machine: compare these between runs.",
   ];
   const phases: Record<string, unknown>[] = [];
   const settle = async () => {
@@ -69,10 +79,9 @@ export async function throughput(ctx: BenchContext): Promise<SectionResult> {
       if (check !== "OK") { res.ok = false; res.errors.push(`${kind}: digest A=${da} B=${db}`); }
       const e2e = (t2 - t0) / 1000;
       const p = { kind, rows: n, e2eS: e2e, rowsPerS: n / e2e, aSideS: (t1 - t0) / 1000, catchupS: (t2 - t1) / 1000,
-        cpuS: { hub: c1.hub - c0.hub, agentA: c1.a - c0.a, agentB: c1.b - c0.b }, digestA: da, digestB: db, check };
+        cpuS: cpuDelta(c0, c1), digestA: da, digestB: db, check };
       phases.push(p);
-      rows.push([`W1 ${kind}`, n, e2e.toFixed(3), Math.round(n / e2e), p.aSideS.toFixed(3), p.catchupS.toFixed(3),
-        p.cpuS.hub.toFixed(2), p.cpuS.agentA.toFixed(2), p.cpuS.agentB.toFixed(2), check]);
+      rows.push([`W1 ${kind}`, n, e2e.toFixed(3), Math.round(n / e2e), p.aSideS.toFixed(3), p.catchupS.toFixed(3), ...cpuCells(p.cpuS), check]);
       ctx.log(`  W1 ${kind}: ${n} rows in ${e2e.toFixed(2)} s = ${Math.round(n / e2e)} rows/s (catch-up ${p.catchupS.toFixed(2)} s) ${check}`);
     }
 
@@ -108,10 +117,10 @@ export async function throughput(ctx: BenchContext): Promise<SectionResult> {
       const e = (t2 - t0) / 1000;
       const p = { kind: "drain insert", rows: n, drainS: e, rowsPerS: n / e, agentStartS: (tReady - t0) / 1000, firstRowS: (t1st - t0) / 1000,
         fromFirstRowRowsPerS: t2 - t1st > 1 ? n / ((t2 - t1st) / 1000) : NaN, aWroteS: (w.t1 - w.t0) / 1000, aUploadDoneS: (up - w.t0) / 1000,
-        cpuS: { hub: c1.hub - c0.hub, agentA: c1.a - c0.a, agentB: c1.b - c0.b }, digestA: da, digestB: db, check };
+        cpuS: cpuDelta(c0, c1), digestA: da, digestB: db, check };
       phases.push(p);
       rows.push([`drain insert`, n, e.toFixed(3), Math.round(n / e), `${p.aWroteS.toFixed(3)} (A wrote)`,
-        `${Math.max(0, (t2 - t1st) / 1000).toFixed(3)} (1st→last)`, p.cpuS.hub.toFixed(2), p.cpuS.agentA.toFixed(2), p.cpuS.agentB.toFixed(2), check]);
+        `${Math.max(0, (t2 - t1st) / 1000).toFixed(3)} (1st→last)`, ...cpuCells(p.cpuS), check]);
       ctx.log(`  drain: ${n} rows in ${e.toFixed(2)} s = ${Math.round(n / e)} rows/s (agent up after ${p.agentStartS.toFixed(2)} s, first row at ${p.firstRowS.toFixed(2)} s) ${check}`);
       notes.push(
         `drain: B's agent stopped, ${n} inserts written on A and uploaded to the hub (A's agent done ${p.aUploadDoneS.toFixed(2)} s after A's first commit), then B's agent process started:`,
@@ -134,8 +143,8 @@ export async function throughput(ctx: BenchContext): Promise<SectionResult> {
     if (!res.ok) throw new Error("skipped after the failure above");
     ctx.log("  capture cost for the writer: W1 inserts without and with capture triggers, nothing else running");
     capture = await captureCost(ctx);
-    rows.push([`A only, no capture`, capture.rows, capture.plainS.toFixed(3), Math.round(capture.plainRowsPerS), capture.plainS.toFixed(3), "-", "-", "-", "-", "-"]);
-    rows.push([`A only, capture on`, capture.rows, capture.capturedS.toFixed(3), Math.round(capture.capturedRowsPerS), capture.capturedS.toFixed(3), "-", "-", "-", "-", "-"]);
+    rows.push([`A only, no capture`, capture.rows, capture.plainS.toFixed(3), Math.round(capture.plainRowsPerS), capture.plainS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-"]);
+    rows.push([`A only, capture on`, capture.rows, capture.capturedS.toFixed(3), Math.round(capture.capturedRowsPerS), capture.capturedS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-"]);
     notes.push(`"A only" rows: the W1 inserts into a scratch database with no agent/hub running, without and with the capture triggers (agent/capture/install.ts): capture makes the writer ${capture.ratio.toFixed(2)}× slower.`);
   } catch (e) {
     res.errors.push(`capture cost: ${(e as Error).message}`);
@@ -143,7 +152,8 @@ export async function throughput(ctx: BenchContext): Promise<SectionResult> {
     res.data = { phases, capture, baseRows: s.baseRows, batch: s.batch };
     res.tables.push({
       title: "throughput A → B (hub + 2 agent processes)",
-      header: ["workload", "rows", "e2e s", "rows/s", "A-side s", "catch-up s", "hub CPU s", "agent A CPU s", "agent B CPU s", "check"],
+      header: ["workload", "rows", "e2e s", "rows/s", "A-side s", "catch-up s", "hub CPU s", "agent A CPU s", "agent B CPU s",
+        "hub PG CPU s", "A PG CPU s (writer too)", "B PG CPU s", "check"],
       rows, notes,
     });
   }

@@ -134,6 +134,11 @@ export function tenantMigrations(s: string): string[][] {
     // path ends the run (it writes merged and resolved rows).
     `ALTER TABLE ${s}.head ADD COLUMN run_branch text NOT NULL DEFAULT '', ADD COLUMN run_start bigint NOT NULL DEFAULT 0`,
     appendPlainFn(s, "CREATE OR REPLACE", true),
+  ], [
+    // row_state is upserted for every change; an update of a row's version
+    // changes no key, so with room left on its page it is a HOT update and
+    // writes no index entry. Applies to pages written from now on.
+    `ALTER TABLE ${s}.row_state SET (fillfactor = 85)`,
   ]];
 }
 

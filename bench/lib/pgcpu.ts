@@ -1,0 +1,32 @@
+/**
+ * CPU time of PostgreSQL backends per database, read from /proc (Linux):
+ * process CPU of the hub and agents alone hides where most of a sync
+ * costs, in the statements they run. A backend that exits between two
+ * readings takes its time with it, so pools in a phase must stay connected
+ * (pg.Pool keeps idle clients for 10 s).
+ */
+import fs from "node:fs";
+
+const TICKS_PER_S = 100;
+
+/** CPU seconds so far of the backends connected to each of `dbNames` (missing where /proc cannot tell). */
+export function pgCpuSeconds(dbNames: string[]): Record<string, number> {
+  const out: Record<string, number> = Object.fromEntries(dbNames.map((d) => [d, 0]));
+  let pids: string[];
+  try { pids = fs.readdirSync("/proc").filter((p) => /^\d+$/.test(p)); } catch { return {}; }
+  for (const pid of pids) {
+    let cmd: string;
+    let stat: string;
+    try {
+      cmd = fs.readFileSync(`/proc/${pid}/cmdline`, "utf8");
+      if (!cmd.startsWith("postgres: ")) continue;
+      stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+    } catch { continue; }
+    // "postgres: 15/main: user db host(port) state"
+    const db = cmd.replace(/\0/g, " ").split(" ")[3];
+    if (!(db in out)) continue;
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    out[db] += (Number(f[11]) + Number(f[12])) / TICKS_PER_S;
+  }
+  return out;
+}
