@@ -54,7 +54,7 @@ export async function startHub(cfg: HubConfig, log: Logger = makeLogger("hub")):
     (err) => log.warn({ err: (err as Error).message }, "polling tenant heads failed"));
   const bridge = startBridge(cfg.redisUrl, feed, log);
   const limits = { ...DEFAULT_LIMITS, maxBatchChanges: cfg.maxBatchChanges, maxClockSkewMs: cfg.maxClockSkewMs ?? DEFAULT_LIMITS.maxClockSkewMs };
-  const stream = makeStreamServer({ pool, readLog: makeSharedReader(pool), feed, publish: bridge.publish, log, limits }, tokens);
+  const stream = makeStreamServer({ pool, logReader: makeSharedReader(pool), feed, publish: bridge.publish, log, limits }, tokens);
   const grpcPort = await new Promise<number>((resolve, reject) =>
     stream.server.bindAsync(`${cfg.host}:${cfg.grpcPort}`, grpc.ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(port))));
   let serving = true;

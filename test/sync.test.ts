@@ -90,6 +90,16 @@ describe("core sync path", function () {
     assert.equal(fromB.rows[0].n, 0, "hub log holds B's echo of A's row");
   });
 
+  it("serves a branch the entries this replica has just committed without reading the log", async () => {
+    const reads0 = await logReads();
+    for (let i = 0; i < 10; i++) {
+      await a.db.pool.query("INSERT INTO items VALUES ($1, 'fresh', 1, 1, NULL, now())", [20_000 + i]);
+      await waitFor(`row ${i} on B`, async () => (await b.db.pool.query("SELECT 1 FROM items WHERE id = $1", [20_000 + i])).rowCount === 1);
+    }
+    const reads = await logReads() - reads0;
+    assert.ok(reads < 5, `B's session read the log ${reads} times for 10 transactions just appended through this replica`);
+  });
+
   it("stores and forwards: an offline branch gets everything once on return", async () => {
     await b.stop();
     await b.db.pool.query("TRUNCATE audit");

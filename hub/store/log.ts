@@ -58,6 +58,8 @@ export interface LogEntry {
 export interface AppendResult {
   outcomes: AppendOutcome[];
   head: bigint;
+  /** Appended by append_plain: each accepted transaction is one entry holding exactly the body it came with. */
+  plain?: boolean;
   /** Conflicts recorded, for metrics. */
   conflicts: ConflictRecord[];
 }
@@ -125,7 +127,7 @@ async function appendPlain(pool: pg.Pool, schema: string, branch: string, txns: 
   });
   if (rows[0].head === null) return null;
   const before = BigInt(rows[0].head);
-  return { outcomes: txns.map((_, i) => ({ kind: "accepted", seq: before + BigInt(i + 1) })), head: before + BigInt(txns.length), conflicts: [] };
+  return { outcomes: txns.map((_, i) => ({ kind: "accepted", seq: before + BigInt(i + 1) })), head: before + BigInt(txns.length), conflicts: [], plain: true };
 }
 
 /** Everything else: resends, chunks, conflicts; several statements in one transaction. */

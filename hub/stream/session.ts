@@ -22,7 +22,7 @@ import type { Identity } from "../auth/tokens.ts";
 import { tenantSchema, branchExists } from "../store/tenants.ts";
 import { registerTables, type TableDef } from "../store/tables.ts";
 import { appendBatch, readHead, saveCursor, type AppendOutcome, type LogEntry } from "../store/log.ts";
-import type { LogReader } from "./sharedReads.ts";
+import { AFTER_ALL_PARTS, type LogReader } from "./sharedReads.ts";
 import { checkTransaction, batchSize } from "./validate.ts";
 import { encodeChangeBatch, type StoredTxn, type OwnSeq } from "./encode.ts";
 import { withOriginBranch, type DecodedTxn } from "../../lib/protowire.ts";
@@ -34,8 +34,6 @@ import { loadPolicies } from "../store/policies.ts";
 import { noticesFor } from "../store/conflicts.ts";
 import { makeQuarantineDesk, type QuarantineDesk } from "./quarantine.ts";
 
-/** Part number past any real part: "after (seq, AFTER_ALL_PARTS)" means the next seq. */
-const AFTER_ALL_PARTS = 2_147_483_647;
 /** Own transactions reported to a branch at the latest after this many. */
 const OWN_BATCH = 256;
 /** ... or after this long; only own-transaction cursor moves wait for it. */
@@ -65,7 +63,7 @@ export interface SessionIO {
 export interface SessionDeps {
   pool: pg.Pool;
   /** Reads the log after a position; shared between sessions (sharedReads.ts). */
-  readLog: LogReader;
+  logReader: LogReader;
   feed: Feed;
   publish(tenantId: string, seq: bigint): void;
   log: Logger;
@@ -217,7 +215,7 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
     for (const c of res.conflicts) metrics.conflicts.inc({ tenant: identity.tenantId, table: c.table, strategy: c.strategy });
     let j = 0;
     const final = outcomes.map((o) => o ?? res.outcomes[j++]);
-    noteOwnAppend(valid.map(({ t }) => t), res.outcomes, res.conflicts.length);
+    noteAppended(valid, res);
     if (res.outcomes.some((o) => o.kind === "accepted")) {
       deps.feed.advance(identity.tenantId, res.head);
       deps.publish(identity.tenantId, res.head);
@@ -261,15 +259,23 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
    * writes no longer costs a log read per commit.
    */
   let ownAppends: { first: bigint; txns: bigint[] }[] = [];
-  function noteOwnAppend(txns: Transaction[], outcomes: AppendOutcome[], conflicts: number) {
-    if (conflicts > 0 || txns.length === 0 || txns.length !== outcomes.length) return;
-    const first = outcomes[0].kind === "accepted" ? outcomes[0].seq : -1n;
-    for (let i = 0; i < txns.length; i++) {
-      const o = outcomes[i];
-      if (o.kind !== "accepted" || o.seq !== first + BigInt(i) || txns[i].chunkIndex !== 0 || !txns[i].lastChunk) return;
+  /**
+   * After a plain append: the pump may pass the entries without reading
+   * them, and every session of this replica may read them from memory.
+   */
+  function noteAppended(valid: { t: Transaction; body: Uint8Array }[], res: { outcomes: AppendOutcome[]; plain?: boolean }) {
+    if (!res.plain || valid.length === 0 || valid.length !== res.outcomes.length) return;
+    const first = res.outcomes[0].kind === "accepted" ? res.outcomes[0].seq : -1n;
+    for (let i = 0; i < valid.length; i++) {
+      const o = res.outcomes[i];
+      if (o.kind !== "accepted" || o.seq !== first + BigInt(i) || valid[i].t.chunkIndex !== 0 || !valid[i].t.lastChunk) return;
     }
     if (ownAppends.length >= 64) ownAppends = ownAppends.slice(32);
-    ownAppends.push({ first, txns: txns.map((t) => t.originTxn) });
+    ownAppends.push({ first, txns: valid.map(({ t }) => t.originTxn) });
+    deps.logReader.committed(schema, valid.map(({ t, body }, i) => ({
+      seq: first + BigInt(i), part: 0, lastPart: true, originBranch: identity.branchId, originTxn: t.originTxn,
+      nChanges: t.changes.length, conflicts: 0, body: Buffer.from(body.buffer, body.byteOffset, body.byteLength),
+    })));
   }
 
   /** Passes over own appends that come next in the log; true if it did. */
@@ -300,8 +306,9 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
         lastComplete = sentSeq;
         // Read only if someone else's entries may follow.
         if (deps.feed.known(identity.tenantId) > sentSeq) continue;
-      } else {
-        entries = await deps.readLog(schema, sentSeq, sentPart, 64);
+      } else if (sentPart !== AFTER_ALL_PARTS || deps.feed.known(identity.tenantId) > sentSeq) {
+        // Past the known head there is nothing to read; the feed wakes us.
+        entries = await deps.logReader.read(schema, sentSeq, sentPart, 64);
       }
       if (closed) return;
       if (entries.length === 0) {

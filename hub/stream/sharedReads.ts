@@ -4,6 +4,11 @@
  * reads share one query (single flight) and a result stays reusable for a
  * moment. Reuse is always safe: committed log entries never change, and a
  * shorter-than-possible answer is just a prefix the session continues from.
+ *
+ * Entries this replica has just committed are remembered as they were
+ * written, so the sessions following the log read them without a query
+ * (and without the bodies' round trip through PostgreSQL's hex text).
+ * Entries other replicas appended are not here, and are read as before.
  */
 import type pg from "pg";
 import { readAfter, type LogEntry } from "../store/log.ts";
@@ -11,34 +16,71 @@ import { metrics } from "../metrics.ts";
 
 const KEEP_MS = 250;
 const MAX_KEPT = 2000;
+/** Part number past any real part: reading "after (seq, AFTER_ALL_PARTS)" starts at seq + 1. */
+export const AFTER_ALL_PARTS = 2_147_483_647;
 
-export type LogReader = (schema: string, seq: bigint, part: number, limit: number) => Promise<LogEntry[]>;
+export interface LogReader {
+  /** Log entries after (seq, part), in order; at most `limit`. */
+  read(schema: string, seq: bigint, part: number, limit: number): Promise<LogEntry[]>;
+  /** Whole single-part entries this replica has committed, in sequence order. */
+  committed(schema: string, entries: LogEntry[]): void;
+}
 
 export function makeSharedReader(pool: pg.Pool): LogReader {
   const inFlight = new Map<string, Promise<LogEntry[]>>();
   const kept = new Map<string, { at: number; entries: LogEntry[] }>();
-  return (schema, seq, part, limit) => {
-    const key = `${schema}|${seq}|${part}|${limit}`;
-    const hit = kept.get(key);
-    if (hit && Date.now() - hit.at < KEEP_MS) return Promise.resolve(hit.entries);
-    const running = inFlight.get(key);
-    if (running) return running;
-    metrics.logReads.inc();
-    const p = readAfter(pool, schema, seq, part, limit).then((entries) => {
-      if (entries.length > 0) {
-        // Results are kept in the order they were read, so the expired ones
-        // are at the front: drop them, or a busy tenant's log bodies pile up
-        // here (tens of MiB) long after anyone could reuse them.
-        const now = Date.now();
-        for (const [k, v] of kept) {
-          if (now - v.at < KEEP_MS && kept.size < MAX_KEPT) break;
-          kept.delete(k);
+  /** Per schema, recently committed entries by seq, in insertion (= seq) order. */
+  const recent = new Map<string, Map<bigint, { at: number; entry: LogEntry }>>();
+
+  // Oldest first in insertion order, so the expired ones are at the front:
+  // drop them, or a busy tenant's bodies pile up here long after anyone
+  // could use them.
+  function prune<T extends { at: number }>(m: Map<unknown, T>, now: number) {
+    for (const [k, v] of m) {
+      if (now - v.at < KEEP_MS && m.size < MAX_KEPT) break;
+      m.delete(k);
+    }
+  }
+
+  function fromRecent(schema: string, seq: bigint, part: number, limit: number): LogEntry[] {
+    const r = recent.get(schema);
+    if (!r || part !== AFTER_ALL_PARTS) return [];
+    const out: LogEntry[] = [];
+    for (let s = seq + 1n; out.length < limit; s++) {
+      const hit = r.get(s);
+      if (!hit) break;
+      out.push(hit.entry);
+    }
+    return out;
+  }
+
+  return {
+    committed(schema, entries) {
+      let r = recent.get(schema);
+      if (!r) { r = new Map(); recent.set(schema, r); }
+      const now = Date.now();
+      prune(r, now);
+      for (const entry of entries) r.set(entry.seq, { at: now, entry });
+    },
+    read(schema, seq, part, limit) {
+      const mine = fromRecent(schema, seq, part, limit);
+      if (mine.length > 0) return Promise.resolve(mine);
+      const key = `${schema}|${seq}|${part}|${limit}`;
+      const hit = kept.get(key);
+      if (hit && Date.now() - hit.at < KEEP_MS) return Promise.resolve(hit.entries);
+      const running = inFlight.get(key);
+      if (running) return running;
+      metrics.logReads.inc();
+      const p = readAfter(pool, schema, seq, part, limit).then((entries) => {
+        if (entries.length > 0) {
+          const now = Date.now();
+          prune(kept, now);
+          kept.set(key, { at: now, entries });
         }
-        kept.set(key, { at: now, entries });
-      }
-      return entries;
-    }).finally(() => inFlight.delete(key));
-    inFlight.set(key, p);
-    return p;
+        return entries;
+      }).finally(() => inFlight.delete(key));
+      inFlight.set(key, p);
+      return p;
+    },
   };
 }
