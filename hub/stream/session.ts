@@ -4,10 +4,8 @@
  *
  * Upstream, batches are processed one at a time in arrival order, and each
  * BatchAck is sent only after its transactions are committed to the log.
- * Downstream, a pump reads the tenant log after the branch's cursor and
- * sends it in order, with at most DOWNSTREAM_WINDOW batches unacknowledged,
- * and waits on transport backpressure, so a slow branch costs the hub a
- * bounded amount of memory.
+ * Downstream (downstream.ts) sends the tenant log after the branch's
+ * cursor, within a window of unacknowledged batches.
  */
 import { create, toBinary } from "@bufbuild/protobuf";
 import type pg from "pg";
@@ -21,23 +19,17 @@ import type { Logger } from "../../lib/log.ts";
 import type { Identity } from "../auth/tokens.ts";
 import { tenantSchema, branchExists } from "../store/tenants.ts";
 import { registerTables, type TableDef } from "../store/tables.ts";
-import { appendBatch, readHead, saveCursor, type AppendOutcome, type LogEntry } from "../store/log.ts";
-import { AFTER_ALL_PARTS, type LogReader } from "./sharedReads.ts";
+import { appendBatch, readHead, type AppendOutcome } from "../store/log.ts";
+import type { LogReader } from "./sharedReads.ts";
 import { checkTransaction, batchSize } from "./validate.ts";
-import { encodeChangeBatch, type StoredTxn, type OwnSeq } from "./encode.ts";
 import { withOriginBranch, type DecodedTxn } from "../../lib/protowire.ts";
 import type { Feed } from "./feed.ts";
 import { MAX_MESSAGE_BYTES } from "../../lib/wire.ts";
 import { metrics } from "../metrics.ts";
 import { hlcMs, hlcOf } from "../../lib/hlc.ts";
 import { loadPolicies } from "../store/policies.ts";
-import { noticesFor } from "../store/conflicts.ts";
+import { makeDownstream, type Downstream } from "./downstream.ts";
 import { makeQuarantineDesk, type QuarantineDesk } from "./quarantine.ts";
-
-/** Own transactions reported to a branch at the latest after this many. */
-const OWN_BATCH = 256;
-/** ... or after this long; only own-transaction cursor moves wait for it. */
-const OWN_ONLY_EVERY_MS = 200;
 
 export interface SessionLimits {
   maxBatchChanges: number;
@@ -90,19 +82,18 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
   let helloSeen = false;
   let upstream: Promise<void> = Promise.resolve();
   let queued = 0;
-  let sentSeq = 0n;
-  let sentPart = AFTER_ALL_PARTS;
-  let ackedSeq = 0n;
   let lastHeard = Date.now();
-  const inFlight: bigint[] = [];
-  let ackWake: (() => void) | null = null;
-  let cursorTimer: NodeJS.Timeout | null = null;
   let heartbeat: NodeJS.Timeout | null = null;
   let expiry: NodeJS.Timeout | null = null;
   let closed = false;
   metrics.sessions.inc();
   const quarantine: QuarantineDesk = makeQuarantineDesk({
     pool: deps.pool, schema, branch: identity.branchId, log, signal: abort.signal, send: (m) => send(m),
+  });
+  const downstream: Downstream = makeDownstream({
+    pool: deps.pool, logReader: deps.logReader, feed: deps.feed, log, schema, tenantId: identity.tenantId, branchId: identity.branchId,
+    maxBatchChanges: deps.limits.maxBatchChanges, window: deps.limits.downstreamWindow, signal: abort.signal,
+    send: (m) => (closed ? Promise.resolve() : io.send(m)),
   });
 
   const fail = (err: unknown) => {
@@ -116,12 +107,10 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
     if (closed) return;
     closed = true;
     abort.abort();
-    ackWake?.();
     if (heartbeat) clearInterval(heartbeat);
     if (expiry) clearTimeout(expiry);
-    if (cursorTimer) { clearTimeout(cursorTimer); cursorTimer = null; }
     metrics.sessions.dec();
-    flushCursor();
+    downstream.flushCursor();
     io.close(err);
   }
 
@@ -147,7 +136,6 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
       throw new StatusError(Status.FAILED_PRECONDITION,
         `resume cursor ${h.resumeCursor} is ahead of the tenant log head ${head}; was the hub database restored from an older backup?`);
     }
-    sentSeq = ackedSeq = h.resumeCursor;
     await send(create(HubMessageSchema, { payload: { case: "welcome", value: {
       sessionId: id, tenantId: identity.tenantId, branchId: identity.branchId, headSeq: head, resumeFrom: h.resumeCursor,
       maxBatchChanges: deps.limits.maxBatchChanges, maxMessageBytes: MAX_MESSAGE_BYTES, heartbeatIntervalMs: deps.limits.heartbeatMs,
@@ -160,7 +148,7 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
       const ms = Math.max(0, identity.expiresAt * 1000 - Date.now());
       expiry = setTimeout(() => session.drain("access token expired; reconnect with a fresh token"), Math.min(ms, 2 ** 31 - 1));
     }
-    pump().catch(fail);
+    downstream.run(h.resumeCursor).catch(fail);
     quarantine.start().catch(fail);
   }
 
@@ -215,7 +203,7 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
     for (const c of res.conflicts) metrics.conflicts.inc({ tenant: identity.tenantId, table: c.table, strategy: c.strategy });
     let j = 0;
     const final = outcomes.map((o) => o ?? res.outcomes[j++]);
-    noteAppended(valid, res);
+    downstream.noteAppended(valid, res);
     if (res.outcomes.some((o) => o.kind === "accepted")) {
       deps.feed.advance(identity.tenantId, res.head);
       deps.publish(identity.tenantId, res.head);
@@ -230,155 +218,6 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
         error: o.kind === "rejected" ? o.error : "",
       })),
     } } }));
-  }
-
-  function onAck(cursor: bigint) {
-    if (cursor > sentSeq) {
-      throw new StatusError(Status.INVALID_ARGUMENT, `ack cursor ${cursor} is beyond what was sent (${sentSeq})`);
-    }
-    if (cursor <= ackedSeq) return;
-    ackedSeq = cursor;
-    while (inFlight.length > 0 && inFlight[0] <= cursor) inFlight.shift();
-    ackWake?.();
-    if (!cursorTimer) cursorTimer = setTimeout(() => { cursorTimer = null; flushCursor(); }, 1000);
-  }
-
-  let savedCursor = -1n;
-  function flushCursor() {
-    if (ackedSeq === savedCursor || !helloSeen) return;
-    const v = ackedSeq;
-    saveCursor(deps.pool, schema, identity.branchId, v).then(() => { savedCursor = v; })
-      .catch((err) => log.warn({ err }, "could not save branch cursor"));
-  }
-
-  /**
-   * This session's own appends that are whole, plain log entries (accepted
-   * as one contiguous run, single part, no conflicts decided). The pump
-   * would only pass over them, reporting them as own_sequenced, so it does
-   * that without reading them back from the log: a branch that mostly
-   * writes no longer costs a log read per commit.
-   */
-  let ownAppends: { first: bigint; txns: bigint[] }[] = [];
-  /**
-   * After a plain append: the pump may pass the entries without reading
-   * them, and every session of this replica may read them from memory.
-   */
-  function noteAppended(valid: { t: Transaction; body: Uint8Array }[], res: { outcomes: AppendOutcome[]; plain?: boolean }) {
-    if (!res.plain || valid.length === 0 || valid.length !== res.outcomes.length) return;
-    const first = res.outcomes[0].kind === "accepted" ? res.outcomes[0].seq : -1n;
-    for (let i = 0; i < valid.length; i++) {
-      const o = res.outcomes[i];
-      if (o.kind !== "accepted" || o.seq !== first + BigInt(i) || valid[i].t.chunkIndex !== 0 || !valid[i].t.lastChunk) return;
-    }
-    if (ownAppends.length >= 64) ownAppends = ownAppends.slice(32);
-    ownAppends.push({ first, txns: valid.map(({ t }) => t.originTxn) });
-    deps.logReader.committed(schema, valid.map(({ t, body }, i) => ({
-      seq: first + BigInt(i), part: 0, lastPart: true, originBranch: identity.branchId, originTxn: t.originTxn,
-      nChanges: t.changes.length, conflicts: 0, body: Buffer.from(body.buffer, body.byteOffset, body.byteLength),
-    })));
-  }
-
-  /** Passes over own appends that come next in the log; true if it did. */
-  function passOwnAppends(): boolean {
-    ownAppends = ownAppends.filter((a) => a.first + BigInt(a.txns.length) - 1n > sentSeq);
-    const a = ownAppends[0];
-    if (!a || sentPart !== AFTER_ALL_PARTS || a.first !== sentSeq + 1n) return false;
-    ownAppends.shift();
-    a.txns.forEach((originTxn, i) => ownSequenced.push({ originTxn, seq: a.first + BigInt(i) }));
-    sentSeq = a.first + BigInt(a.txns.length) - 1n;
-    return true;
-  }
-
-  /** Sends the log after the cursor, forever, within the window. */
-  async function pump() {
-    const limit = deps.limits.maxBatchChanges;
-    let lastComplete = sentSeq;
-    let lastOwnOnly = 0;
-    advertised = sentSeq;
-    while (!closed) {
-      if (inFlight.length >= deps.limits.downstreamWindow) {
-        await new Promise<void>((r) => { ackWake = r; });
-        ackWake = null;
-        continue;
-      }
-      let entries: LogEntry[] = [];
-      if (passOwnAppends()) {
-        lastComplete = sentSeq;
-        // Read only if someone else's entries may follow.
-        if (deps.feed.known(identity.tenantId) > sentSeq) continue;
-      } else if (sentPart !== AFTER_ALL_PARTS || deps.feed.known(identity.tenantId) > sentSeq) {
-        // Past the known head there is nothing to read; the feed wakes us.
-        entries = await deps.logReader.read(schema, sentSeq, sentPart, 64);
-      }
-      if (closed) return;
-      if (entries.length === 0) {
-        if (lastComplete > advertised) {
-          // Only the branch's own transactions were passed over: move its
-          // cursor, but not for every commit of a busy writer.
-          if (ownSequenced.length < OWN_BATCH && Date.now() - lastOwnOnly < OWN_ONLY_EVERY_MS) {
-            await deps.feed.wait(identity.tenantId, sentSeq, abort.signal, OWN_ONLY_EVERY_MS);
-            continue;
-          }
-          lastOwnOnly = Date.now();
-          await sendBatch([], lastComplete);
-          continue;
-        }
-        await deps.feed.wait(identity.tenantId, sentSeq, abort.signal);
-        continue;
-      }
-      const txns: StoredTxn[] = [];
-      const decided: bigint[] = [];
-      let changes = 0;
-      let bytes = 0;
-      for (const e of entries) {
-        const own = e.originBranch === identity.branchId;
-        // Own entries are skipped unless conflicts were decided in them: then
-        // they hold resolved rows the branch does not have yet.
-        if (!own || e.conflicts > 0) {
-          if (txns.length > 0 && (changes + e.nChanges > limit || bytes + e.body.length > MAX_MESSAGE_BYTES / 2)) break;
-          txns.push({ seq: e.seq, body: e.body });
-          changes += e.nChanges;
-          bytes += e.body.length;
-          if (e.conflicts > 0 && decided.at(-1) !== e.seq) decided.push(e.seq);
-        }
-        if (own && e.lastPart) ownSequenced.push({ originTxn: e.originTxn, seq: e.seq });
-        sentSeq = e.seq;
-        sentPart = e.part;
-        if (e.lastPart) { lastComplete = e.seq; sentPart = AFTER_ALL_PARTS; }
-      }
-      if (txns.length > 0) {
-        await sendBatch(txns, lastComplete, changes);
-        if (decided.length > 0) await sendNotices(decided);
-      }
-      // A branch writing a lot keeps its sequenced transactions until its
-      // cursor passes them: tell it about them in bounded steps.
-      else if (ownSequenced.length >= OWN_BATCH && lastComplete > advertised) await sendBatch([], lastComplete);
-    }
-  }
-
-  let advertised = 0n;
-  /** Own transactions passed over since the last batch; they ride on the next one. */
-  let ownSequenced: OwnSeq[] = [];
-  async function sendBatch(txns: StoredTxn[], cursorAfter: bigint, changes = 0) {
-    if (cursorAfter > advertised) {
-      inFlight.push(cursorAfter);
-      advertised = cursorAfter;
-    }
-    metrics.changesOut.inc(changes);
-    const own = ownSequenced;
-    ownSequenced = [];
-    if (!closed) await io.send(encodeChangeBatch(txns, cursorAfter, own));
-  }
-
-  /** Tells the branch about conflicts it lost (or that merged its change) in these entries. */
-  async function sendNotices(seqs: bigint[]) {
-    for (const c of await noticesFor(deps.pool, schema, identity.branchId, seqs)) {
-      const winnerImage = c.resultRow ?? "";
-      await send(create(HubMessageSchema, { payload: { case: "conflict", value: {
-        table: c.table, key: c.key, winnerRow: winnerImage, loserRow: (c.loserBranch === c.incomingBranch ? c.incomingRow : c.existingRow) ?? "",
-        strategy: c.strategy, winnerBranch: c.winnerBranch, reason: c.reason, seq: c.seq, conflictId: c.id!, kind: c.kind,
-      } } }));
-    }
   }
 
   function handle(m: AgentMessage) {
@@ -404,7 +243,7 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
       }
       case "ack":
         if (!helloSeen) throw new StatusError(Status.FAILED_PRECONDITION, "send Hello before acks");
-        onAck(p.value.cursor);
+        downstream.onAck(p.value.cursor);
         return;
       case "ping":
         send(create(HubMessageSchema, { payload: { case: "pong", value: { nonce: p.value.nonce, sentAtUs: p.value.sentAtUs } } })).catch(fail);
@@ -447,7 +286,7 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
       send(create(HubMessageSchema, { payload: { case: "drain", value: { reason, reconnectAfterMs: 100 } } }))
         .then(() => upstream).finally(() => finish()).catch(() => undefined);
     },
-    info: () => ({ id, tenantId: identity.tenantId, branchId: identity.branchId, sentSeq, ackedSeq, startedAt }),
+    info: () => ({ id, tenantId: identity.tenantId, branchId: identity.branchId, ...downstream.position(), startedAt }),
   };
   return session;
 }
