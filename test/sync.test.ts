@@ -133,6 +133,13 @@ describe("core sync path", function () {
       lags = r.branches.map((x) => `${x.id} acked ${x.ackedSeq} lag ${x.lag}`).join(", ");
       return r.branches.every((x) => x.lag === 0n);
     }).catch((e) => { throw new Error(`${e.message} (${lags})`); });
+    // Local transactions are forgotten once the cursor has passed them.
+    const queued = async () => {
+      let n = 0;
+      for (const br of [a, b]) n += (await br.db.pool.query("SELECT count(*)::int AS n FROM _branchsync.txns")).rows[0].n;
+      return n;
+    };
+    await waitFor("the branches' local change queues to empty", async () => (await queued()) === 0);
   });
 });
 

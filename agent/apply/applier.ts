@@ -129,6 +129,13 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
   let locked = false;
   /** A chunked transaction that failed: its remaining chunks are passed over, then it is quarantined. */
   let skipping: { seq: bigint; error: string; sqlstate: string } | null = null;
+  /**
+   * The lowest sequence number recorded on a local transaction still in
+   * _branchsync.txns (null: none; undefined: not known yet). Passed ones are
+   * deleted when the cursor moves, which a branch that only receives never
+   * needs: two DELETEs were a fifth of its cost per batch.
+   */
+  let lowestRecorded: bigint | null | undefined;
 
   async function runOf(c: pg.PoolClient, table: string, del: boolean, changes: Change[]) {
     const s = sql.get(table);
@@ -238,6 +245,9 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
     const head = [opening];
     if (opening.includes("BEGIN")) locked = false;
     if (own.length > 0) {
+      let low = own[0].seq;
+      for (const o of own) if (o.seq < low) low = o.seq;
+      if (lowestRecorded !== undefined) lowestRecorded = lowestRecorded === null || low < lowestRecorded ? low : lowestRecorded;
       head.push(`UPDATE _branchsync.txns t SET seq = v.seq FROM unnest('{${own.map((o) => num(o.originTxn)).join(",")}}'::xid8[],
         '{${own.map((o) => num(o.seq)).join(",")}}'::bigint[]) AS v(txid, seq) WHERE t.txid = v.txid`);
     }
@@ -261,10 +271,18 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
     // The cursor moves, and local transactions it passed can no longer be
     // overtaken, so they go.
     const cursor = num(batch.cursorAfter);
-    await c.query(`WITH gone AS (DELETE FROM _branchsync.changes c USING _branchsync.txns t WHERE c.txid = t.txid AND t.seq <= ${cursor}),
-                        done AS (DELETE FROM _branchsync.txns WHERE seq <= ${cursor})
-                   UPDATE _branchsync.state SET cursor = ${cursor}, hlc = greatest(hlc, ${num(hlc)});
-                   COMMIT`);
+    const state = `UPDATE _branchsync.state SET cursor = ${cursor}, hlc = greatest(hlc, ${num(hlc)})`;
+    if (lowestRecorded === undefined || (lowestRecorded !== null && lowestRecorded <= batch.cursorAfter)) {
+      const r = await c.query(`WITH gone AS (DELETE FROM _branchsync.changes c USING _branchsync.txns t WHERE c.txid = t.txid AND t.seq <= ${cursor}),
+                                    done AS (DELETE FROM _branchsync.txns WHERE seq <= ${cursor})
+                               ${state};
+                               SELECT min(seq)::text AS low FROM _branchsync.txns WHERE seq IS NOT NULL;
+                               COMMIT`) as unknown as pg.QueryResult[];
+      const low = r[1].rows[0].low as string | null;
+      lowestRecorded = low === null ? null : BigInt(low);
+    } else {
+      await c.query(`${state}; COMMIT`);
+    }
     open = null;
     c.release();
     return { cursor: batch.cursorAfter, quarantined };

@@ -72,10 +72,10 @@ export async function runSession(env: SessionEnv, token: string, version: string
   /** Operator requests; run between batches, never inside an open chunked transaction. */
   const actions: QuarantineAction[] = [];
   /**
-   * BatchAck bookkeeping. It updates _branchsync.txns, as applying does (own
-   * sequence numbers, forgetting passed transactions); run from the apply
-   * loop between batches, the two never hold each other's row locks (two
-   * connections updating the same rows in different orders deadlocked).
+   * BatchAck bookkeeping (moving rejected transactions aside). It changes
+   * _branchsync.txns, as applying does; run from the apply loop between
+   * batches, the two never hold each other's row locks (two connections
+   * updating the same rows in different orders deadlocked).
    */
   const jobs: (() => Promise<void>)[] = [];
   let applying = false;
