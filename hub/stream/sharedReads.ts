@@ -16,6 +16,8 @@ import { metrics } from "../metrics.ts";
 
 const KEEP_MS = 250;
 const MAX_KEPT = 2000;
+/** Bodies remembered from this replica's appends, across tenants, at most. */
+const MAX_RECENT_BYTES = 16 * 1024 * 1024;
 /** Part number past any real part: reading "after (seq, AFTER_ALL_PARTS)" starts at seq + 1. */
 export const AFTER_ALL_PARTS = 2_147_483_647;
 
@@ -29,25 +31,30 @@ export interface LogReader {
 export function makeSharedReader(pool: pg.Pool): LogReader {
   const inFlight = new Map<string, Promise<LogEntry[]>>();
   const kept = new Map<string, { at: number; entries: LogEntry[] }>();
-  /** Per schema, recently committed entries by seq, in insertion (= seq) order. */
-  const recent = new Map<string, Map<bigint, { at: number; entry: LogEntry }>>();
+  /**
+   * Recently committed entries of all tenants by `schema|seq`, in insertion
+   * order, so one prune from the front bounds them all (an idle tenant's
+   * entries go as others append).
+   */
+  const recent = new Map<string, { at: number; entry: LogEntry }>();
+  let recentBytes = 0;
 
   // Oldest first in insertion order, so the expired ones are at the front:
   // drop them, or a busy tenant's bodies pile up here long after anyone
   // could use them.
-  function prune<T extends { at: number }>(m: Map<unknown, T>, now: number) {
+  function prune<T extends { at: number }>(m: Map<unknown, T>, now: number, over = () => false, dropped = (_v: T) => {}) {
     for (const [k, v] of m) {
-      if (now - v.at < KEEP_MS && m.size < MAX_KEPT) break;
+      if (now - v.at < KEEP_MS && m.size < MAX_KEPT && !over()) break;
       m.delete(k);
+      dropped(v);
     }
   }
 
   function fromRecent(schema: string, seq: bigint, part: number, limit: number): LogEntry[] {
-    const r = recent.get(schema);
-    if (!r || part !== AFTER_ALL_PARTS) return [];
+    if (recent.size === 0 || part !== AFTER_ALL_PARTS) return [];
     const out: LogEntry[] = [];
     for (let s = seq + 1n; out.length < limit; s++) {
-      const hit = r.get(s);
+      const hit = recent.get(`${schema}|${s}`);
       if (!hit) break;
       out.push(hit.entry);
     }
@@ -56,11 +63,9 @@ export function makeSharedReader(pool: pg.Pool): LogReader {
 
   return {
     committed(schema, entries) {
-      let r = recent.get(schema);
-      if (!r) { r = new Map(); recent.set(schema, r); }
       const now = Date.now();
-      prune(r, now);
-      for (const entry of entries) r.set(entry.seq, { at: now, entry });
+      for (const entry of entries) { recent.set(`${schema}|${entry.seq}`, { at: now, entry }); recentBytes += entry.body.length; }
+      prune(recent, now, () => recentBytes > MAX_RECENT_BYTES, (v) => { recentBytes -= v.entry.body.length; });
     },
     read(schema, seq, part, limit) {
       const mine = fromRecent(schema, seq, part, limit);
