@@ -7,7 +7,7 @@ export type SectionName = (typeof SECTIONS)[number];
 export const FULL: Sizes = {
   baseRows: 100_000, inserts: 100_000, updates: 20_000, deletes: 10_000, batch: 100, warmupRows: 2_000,
   latencySeconds: 30, latencyRate: 500, latencyIntervalMs: 20,
-  fanoutBranches: 50, fanoutProbes: 50,
+  fanoutBranches: 50, fanoutProbes: 200,
   streamLevels: [1_000, 10_000, 20_000], streamsPerConn: 100, streamBranches: 100, streamPings: 2_000,
   ingestBranches: 100, ingestTenants: [1, 100], ingestSeconds: 10, ingestTxnsPerBatch: 5, ingestChangesPerTxn: 100, ingestWindow: 2,
   stallRows: 100_000,
