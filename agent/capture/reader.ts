@@ -5,8 +5,8 @@
  * all of a transaction's rows become visible at once.
  */
 import type pg from "pg";
-import { create } from "@bufbuild/protobuf";
-import { TransactionSchema, ChangeSchema, Op, type Transaction, type Change } from "../../gen/branchsync/v1/sync_pb.ts";
+import { Op } from "../../gen/branchsync/v1/sync_pb.ts";
+import type { WireChange, WireTxn } from "../../lib/protowire.ts";
 import { splitJsonArray } from "../../lib/jsonsplit.ts";
 import type { Clock } from "./clock.ts";
 
@@ -16,7 +16,8 @@ const OPS: Record<string, Op> = { I: Op.INSERT, U: Op.UPDATE, D: Op.DELETE };
 export interface Chunking { txid: string; nextChunk: number; afterUnit: string }
 
 export interface ReadResult {
-  transactions: Transaction[];
+  /** Plain objects for lib/protowire.ts's encoder (protobuf-es messages cost a reflective create() per change). */
+  transactions: WireTxn[];
   /** Local txids of transactions complete in this batch (their last chunk). */
   complete: string[];
   /** Set when the batch holds a non-final chunk of a large transaction. */
@@ -28,16 +29,16 @@ export interface ReadResult {
 interface UnitRow { txid: string; tbl: string; op: string; keys: string; rows: string; prevs: string | null }
 
 /** A capture unit's row changes, in capture order (see lib/jsonsplit.ts). */
-function changesOf(u: UnitRow): Change[] {
+function changesOf(u: UnitRow): WireChange[] {
   const keys = splitJsonArray(u.keys);
   const rows = splitJsonArray(u.rows);
   const prevs = u.prevs === null ? null : splitJsonArray(u.prevs);
   if (keys.length !== rows.length) throw new Error(`capture unit of ${u.tbl} has ${keys.length} keys but ${rows.length} rows`);
   const op = OPS[u.op];
-  const out: Change[] = new Array(keys.length);
+  const out: WireChange[] = new Array(keys.length);
   for (let i = 0; i < keys.length; i++) {
     const prev = prevs && prevs[i] !== "null" ? prevs[i] : "";
-    out[i] = create(ChangeSchema, { table: u.tbl, op, key: keys[i], row: rows[i], prev });
+    out[i] = { table: u.tbl, op, key: keys[i], row: rows[i], prev };
   }
   return out;
 }
@@ -47,7 +48,7 @@ const TXN_COLS = `txid::text AS txid, n, (extract(epoch FROM started_at) * 10000
 
 interface TxnRow { txid: string; n: number; t: string; base: string; seen: string }
 
-function header(r: TxnRow, clock: Clock): Pick<Transaction, "originTxn" | "commitTimeUs" | "baseSeq" | "hlc"> {
+function header(r: TxnRow, clock: Clock): Pick<WireTxn, "originTxn" | "commitTimeUs" | "baseSeq" | "hlc"> {
   return { originTxn: BigInt(r.txid), commitTimeUs: BigInt(r.t), baseSeq: BigInt(r.base), hlc: clock.stamp(Number(r.t) / 1000, BigInt(r.seen)) };
 }
 
@@ -78,11 +79,11 @@ export async function readBatch(db: pg.Pool, inFlight: string[], max: number, ch
   });
   if (rows.length === 0) return { transactions: [], complete: [], chunking: null, more: false };
   if (!rows[0].fits) return readChunk(db, { txid: rows[0].txid, nextChunk: 0, afterUnit: "0" }, max, clock);
-  const byTxid = new Map<string, Transaction>();
+  const byTxid = new Map<string, WireTxn>();
   for (const r of rows) {
     let t = byTxid.get(r.txid);
     if (!t) {
-      t = create(TransactionSchema, { ...header(r, clock), chunkIndex: 0, lastChunk: true });
+      t = { ...header(r, clock), chunkIndex: 0, lastChunk: true, changes: [] };
       byTxid.set(r.txid, t);
     }
     if (r.tbl) t.changes.push(...changesOf(r as UnitRow));
@@ -115,9 +116,7 @@ async function readChunk(db: pg.Pool, c: Chunking, max: number, clock: Clock): P
     text: `${UNITS} WHERE c.id = ANY($1::bigint[]) ORDER BY c.id`,
     values: [ids],
   });
-  const t = create(TransactionSchema, {
-    ...header(txn.rows[0], clock), chunkIndex: c.nextChunk, lastChunk: last, changes: rows.flatMap(changesOf),
-  });
+  const t: WireTxn = { ...header(txn.rows[0], clock), chunkIndex: c.nextChunk, lastChunk: last, changes: rows.flatMap(changesOf) };
   return {
     transactions: [t],
     complete: last ? [c.txid] : [],
