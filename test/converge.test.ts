@@ -119,7 +119,12 @@ describe("convergence under concurrent writes", function () {
 
     for (const b of branches) {
       const stock = (await b.db.pool.query("SELECT id, qty FROM stock ORDER BY id")).rows;
-      for (const s of stock) if (s.qty !== 1000 - sold[s.id]) fail(`${b.branchId}: stock ${s.id} is ${s.qty}, want ${1000 - sold[s.id]}`);
+      for (const s of stock) {
+        if (s.qty !== 1000 - sold[s.id]) {
+          await printStockHistory(c.hub.pool, "tenant_conv", sold);
+          fail(`${b.branchId}: stock ${s.id} is ${s.qty}, want ${1000 - sold[s.id]}`);
+        }
+      }
     }
     const hub = c.hub.pool;
     const S = "tenant_conv";
@@ -133,6 +138,20 @@ describe("convergence under concurrent writes", function () {
     await sameAsHub(hub, S, fail);
   });
 });
+
+/** For a lost sale: every stock change in the log and every stock conflict record, to see which delta went missing. */
+async function printStockHistory(hub: pg.Pool, S: string, sold: number[]) {
+  console.log("  units sold per stock row:", sold);
+  for (const e of (await hub.query(`SELECT l.seq::text AS seq, l.body, l.conflicts FROM ${S}.log l ORDER BY l.seq, l.part`)).rows) {
+    const t = fromBinary(TransactionSchema, e.body);
+    for (const ch of t.changes) {
+      if (ch.table === "public.stock") console.log(`  log ${e.seq} ${t.originBranch} base ${t.baseSeq} ${ch.key} op ${ch.op} ${ch.row} prev ${ch.prev} conflicts ${e.conflicts}`);
+    }
+  }
+  for (const r of (await hub.query(`SELECT seq, key, kind, existing_branch, incoming_branch, existing_row, incoming_row, result_row, reason FROM ${S}.conflicts WHERE tbl = 'public.stock' ORDER BY id`)).rows) {
+    console.log("  conflict", JSON.stringify(r));
+  }
+}
 
 /** Replays the log against the ledger: a record exactly for each change concurrent with the version it met. */
 async function checkLedger(hub: pg.Pool, S: string, fail: (m: string) => never) {

@@ -244,16 +244,21 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
     const own = (batch as ChangeBatch & { ownSequenced?: { originTxn: bigint; seq: bigint }[] }).ownSequenced ?? [];
     const head = [opening];
     if (opening.includes("BEGIN")) locked = false;
-    if (own.length > 0) {
-      let low = own[0].seq;
-      for (const o of own) if (o.seq < low) low = o.seq;
-      if (lowestRecorded !== undefined) lowestRecorded = lowestRecorded === null || low < lowestRecorded ? low : lowestRecorded;
-      head.push(`UPDATE _branchsync.txns t SET seq = v.seq FROM unnest('{${own.map((o) => num(o.originTxn)).join(",")}}'::xid8[],
-        '{${own.map((o) => num(o.seq)).join(",")}}'::bigint[]) AS v(txid, seq) WHERE t.txid = v.txid`);
-    }
     // Only foreign changes can be superseded; batches that just move the
     // cursor past our own transactions neither check nor block writers.
     const foreign = batch.transactions.length > 0;
+    // Such a batch deletes the own transactions it passes (below), so their
+    // sequence numbers are not recorded first: that UPDATE of a hundred rows
+    // every 200 ms was a burst a busy branch's latency felt.
+    const passing = foreign ? [] : own.filter((o) => o.seq <= batch.cursorAfter);
+    const staying = foreign ? own : own.filter((o) => o.seq > batch.cursorAfter);
+    if (staying.length > 0) {
+      let low = staying[0].seq;
+      for (const o of staying) if (o.seq < low) low = o.seq;
+      if (lowestRecorded !== undefined) lowestRecorded = lowestRecorded === null || low < lowestRecorded ? low : lowestRecorded;
+      head.push(`UPDATE _branchsync.txns t SET seq = v.seq FROM unnest('{${staying.map((o) => num(o.originTxn)).join(",")}}'::xid8[],
+        '{${staying.map((o) => num(o.seq)).join(",")}}'::bigint[]) AS v(txid, seq) WHERE t.txid = v.txid`);
+    }
     if (foreign && !locked) {
       // Waits for local writers in flight and holds off new ones while we
       // decide which incoming rows their changes supersede.
@@ -271,14 +276,18 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
     // The cursor moves, and local transactions it passed can no longer be
     // overtaken, so they go.
     const cursor = num(batch.cursorAfter);
-    const state = `UPDATE _branchsync.state SET cursor = ${cursor}, hlc = greatest(hlc, ${num(hlc)})`;
+    const passed = `'{${passing.map((o) => num(o.originTxn)).join(",")}}'::xid8[]`;
+    const state = (passing.length > 0 ? `DELETE FROM _branchsync.changes WHERE txid = ANY(${passed});
+                                          DELETE FROM _branchsync.txns WHERE txid = ANY(${passed});\n` : "") +
+      `UPDATE _branchsync.state SET cursor = ${cursor}, hlc = greatest(hlc, ${num(hlc)})`;
     if (lowestRecorded === undefined || (lowestRecorded !== null && lowestRecorded <= batch.cursorAfter)) {
       const r = await c.query(`WITH gone AS (DELETE FROM _branchsync.changes c USING _branchsync.txns t WHERE c.txid = t.txid AND t.seq <= ${cursor}),
                                     done AS (DELETE FROM _branchsync.txns WHERE seq <= ${cursor})
+                               SELECT 1;
                                ${state};
                                SELECT min(seq)::text AS low FROM _branchsync.txns WHERE seq IS NOT NULL;
                                COMMIT`) as unknown as pg.QueryResult[];
-      const low = r[1].rows[0].low as string | null;
+      const low = r.at(-2)!.rows[0].low as string | null;
       lowestRecorded = low === null ? null : BigInt(low);
     } else {
       await c.query(`${state}; COMMIT`);
