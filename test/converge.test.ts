@@ -176,6 +176,8 @@ async function checkLedger(hub: pg.Pool, S: string, fail: (m: string) => never) 
       checked++;
       if (!rec || rec.winner === t.originBranch) eff.set(row, { seq, branch: t.originBranch, exact: true, deleted: del });
       else if (rec.winner === "") eff.set(row, { seq, branch: "", exact: false, deleted: false });
+      // The existing version was kept: same row, but the loser has not seen it.
+      else eff.set(row, { ...v!, seq, exact: false });
     }
   }
   assert.ok(checked > 0);

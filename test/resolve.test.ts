@@ -26,9 +26,23 @@ describe("conflict rules (pure)", () => {
     assert.equal(later.conflict?.winner, "y");
     const earlier = resolve(DEFAULT_POLICY, v({ hlc: hlcOf(3000) }), EXISTING, inc({}));
     assert.equal(earlier.result, EXISTING);
-    assert.equal(earlier.state.seq, 10n, "the existing version stands");
+    assert.deepEqual({ seq: earlier.state.seq, branch: earlier.state.branch, exact: earlier.state.exact }, { seq: 20n, branch: "x", exact: false },
+      "the existing row stands, as a version the loser has not seen");
     const tie = resolve(DEFAULT_POLICY, v({ hlc: hlcOf(2000), branch: "z" }), EXISTING, inc({}));
     assert.equal(tie.conflict?.winner, "z", "equal clocks: larger branch id");
+  });
+
+  it("a loser's next change, made before it saw the kept row, adds its delta instead of overwriting the row", () => {
+    // Branch y sold 2 (n 10 -> 8) while x's version (n 10) stood; y lost on
+    // the clock (the row is kept at seq 20). y's till had skipped x's rows
+    // while its sale was pending, so y's row is its own write; y sells 1
+    // more (8 -> 7), based at 15, before it applied seq 20.
+    const p: Policy = { strategy: "column-merge", branchPriority: [], deltaColumns: ["n"] };
+    const kept = resolve(p, v({ hlc: hlcOf(3000), cols: {} }), EXISTING, inc({ prev: '{"a": ["ea0"]}', row: '{"id": 1, "a": "ya", "b": "eb", "n": 10}' }));
+    assert.equal(kept.result, EXISTING);
+    const next = resolve(p, kept.state, EXISTING, inc({ base: 15n, seq: 30n, hlc: hlcOf(4000), prev: '{"n": [8]}', row: '{"id": 1, "a": "ya", "b": "eb", "n": 7}' }));
+    assert.equal(next.result, '{"id": 1, "a": "ea", "b": "eb", "n": 9}', "n = 10 + (7 - 8); a stays the kept value");
+    assert.ok(next.conflict, "a concurrent change, on the record");
   });
 
   it("branch priority beats the clock; unlisted branches rank last", () => {

@@ -133,9 +133,15 @@ export function resolve(policy: Policy, st: RowVersion | undefined, existing: st
   const kind = `${OP_NAMES[st.op]}/${OP_NAMES[inc.op]}`;
   const incomingLater = later(inc.hlc, inc.branch, st.hlc, st.branch);
   const lwwReason = (win: boolean) => `${win ? "incoming" : "existing"} change has the later hybrid logical clock${inc.hlc === st.hlc ? " (equal clocks: larger branch id)" : ""}`;
+  // The row stays as it was, but its version moves to this decision, not
+  // exact: the losing branch skipped incoming versions of this row while
+  // its change was pending, so until it applies this entry its row is its
+  // own losing write, whatever its cursor says. Its next change based
+  // before this seq must meet a concurrent version (and add its delta, or
+  // merge only the columns it changed), not overwrite the row whole.
   const keep = (reason: string, status: "resolved" | "open" = "resolved"): Verdict => ({
     result: st.op === "D" ? null : existing,
-    state: st,
+    state: { ...st, seq: inc.seq, exact: false },
     conflict: { kind, winner: st.branch, loser: inc.branch, reason, status },
   });
   const take = (reason: string): Verdict => {
