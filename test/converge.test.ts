@@ -82,7 +82,7 @@ describe("convergence under concurrent writes", function () {
     const seed = testSeed();
     const rnd = seeded(seed);
     const keys = 12;
-    const ops = Number(process.env.CONVERGE_OPS ?? 300);
+    const ops = Number(process.env.CONVERGE_OPS ?? 600);
     await c.admin.setTablePolicy({ tenantId: "conv", policy: { table: "public.stock", strategy: ConflictStrategy.COLUMN_MERGE, deltaColumns: ["qty"] } });
     await branches[0].db.pool.query("INSERT INTO stock SELECT g, 1000, 1.00 FROM generate_series(1, 3) g");
     await converged();
