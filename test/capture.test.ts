@@ -69,11 +69,16 @@ describe("change capture (branch database level)", function () {
     const before = await readBatch(db.pool, [], 100_000, null, makeClock(0));
     assert.equal(before.more, false);
     const n = DEAD_ROWS_THRESHOLD + 500;
-    await db.pool.query(`INSERT INTO _branchsync.txns(txid, last_id, n) SELECT (1000000 + g)::text::xid8, -g, 1 FROM generate_series(1, ${n}) g`);
-    await db.pool.query("UPDATE _branchsync.txns SET seq = 1");
-    await db.pool.query("DELETE FROM _branchsync.changes; DELETE FROM _branchsync.txns");
+    // One connection does the churn and then flushes its statistics (an
+    // idle backend would report them only after 10 s).
     const c = await db.pool.connect();
-    try { await c.query("SELECT pg_stat_force_next_flush()"); } finally { c.release(); }
+    try {
+      await c.query(`INSERT INTO _branchsync.txns(txid, last_id, n) SELECT (1000000 + g)::text::xid8, -g, 1 FROM generate_series(1, ${n}) g`);
+      await c.query("UPDATE _branchsync.txns SET seq = 1");
+      await c.query("DELETE FROM _branchsync.changes; DELETE FROM _branchsync.txns");
+      await c.query("SELECT pg_stat_force_next_flush()");
+      await c.query("SELECT 1");
+    } finally { c.release(); }
     const dead = async () => (await db.pool.query(
       "SELECT coalesce(max(n_dead_tup), 0)::int AS d FROM pg_stat_user_tables WHERE schemaname = '_branchsync' AND relname = 'txns'")).rows[0].d;
     const end = Date.now() + 5000;
