@@ -6,6 +6,7 @@
  * (pg.Pool keeps idle clients for 10 s).
  */
 import fs from "node:fs";
+import type { Pair } from "./pair.ts";
 
 const TICKS_PER_S = 100;
 
@@ -29,4 +30,18 @@ export function pgCpuSeconds(dbNames: string[]): Record<string, number> {
     out[db] += (Number(f[11]) + Number(f[12])) / TICKS_PER_S;
   }
   return out;
+}
+
+export interface PairCpu { hub: number; a: number; b: number; hubPg: number; aPg: number; bPg: number }
+
+/** CPU seconds so far of a pair's hub and agents, and of the backends of each of its three databases. */
+export function pairCpu(p: Pair): PairCpu {
+  const hubDb = new URL(p.hub.dbUrl).pathname.slice(1);
+  const pgs = pgCpuSeconds([hubDb, p.a.name, p.b.name]);
+  return { hub: p.hub.proc.cpuSeconds() ?? 0, a: p.agentA.cpuSeconds() ?? 0, b: p.agentB?.cpuSeconds() ?? 0,
+    hubPg: pgs[hubDb] ?? 0, aPg: pgs[p.a.name] ?? 0, bPg: pgs[p.b.name] ?? 0 };
+}
+
+export function cpuDelta(c0: PairCpu, c1: PairCpu) {
+  return { hub: c1.hub - c0.hub, agentA: c1.a - c0.a, agentB: c1.b - c0.b, hubPg: c1.hubPg - c0.hubPg, aPg: c1.aPg - c0.aPg, bPg: c1.bPg - c0.bPg };
 }

@@ -16,6 +16,7 @@ import { PROBE_BASE } from "../lib/items.ts";
 import { waitUntil } from "../lib/poll.ts";
 import { digest, checkpoint } from "../lib/pg.ts";
 import { onCleanup } from "../lib/cleanup.ts";
+import { pairCpu, cpuDelta } from "../lib/pgcpu.ts";
 import { summarize, sleep, nowMs } from "../lib/stats.ts";
 
 const WARMUP_S = 3;
@@ -77,7 +78,7 @@ export async function latency(ctx: BenchContext): Promise<SectionResult> {
     await pair.barrier();
     await checkpoint(pair.a.pool);
     await sleep(ctx.quick ? 200 : 1000);
-    const cpu0 = { hub: pair.hub.proc.cpuSeconds() ?? 0, a: pair.agentA.cpuSeconds() ?? 0, b: pair.agentB?.cpuSeconds() ?? 0 };
+    const cpu0 = pairCpu(pair);
     const bg = startPgbench(ctx, pair.a.name, baseRows, s.latencyRate, WARMUP_S + s.latencySeconds + TAIL_S);
     await sleep(WARMUP_S * 1000);
     const first = PROBE_BASE + 1_000_000 + 1;
@@ -89,7 +90,7 @@ export async function latency(ctx: BenchContext): Promise<SectionResult> {
       await sleep(s.latencyIntervalMs * (0.5 + rng()));
     }
     const bgOut = await bg.done;
-    const cpu1 = { hub: pair.hub.proc.cpuSeconds() ?? 0, a: pair.agentA.cpuSeconds() ?? 0, b: pair.agentB?.cpuSeconds() ?? 0 };
+    const cpu1 = pairCpu(pair);
     const tps = Number(/tps = ([\d.]+)/.exec(bgOut)?.[1] ?? NaN);
     const last = first + sent - 1;
     let arrivedAll = true;
@@ -120,20 +121,22 @@ export async function latency(ctx: BenchContext): Promise<SectionResult> {
     const f = (x: number) => x.toFixed(1);
     const wall = (s.latencySeconds + WARMUP_S + TAIL_S);
     res.data = { sent, arrived: lat.length, summaryMs: sm, bgTps: tps, sendTime: commitTs ? "commit_timestamp" : "deferred_trigger_clock_timestamp",
-      cpuPctDuringLoad: { hub: (100 * (cpu1.hub - cpu0.hub)) / wall, agentA: (100 * (cpu1.a - cpu0.a)) / wall, agentB: (100 * (cpu1.b - cpu0.b)) / wall },
+      cpuPctDuringLoad: Object.fromEntries(Object.entries(cpuDelta(cpu0, cpu1)).map(([k, v]) => [k, (100 * v) / wall])),
       legsMs: legs, tableDigestA: da, tableDigestB: db, check, perProbeMs: perProbe };
-    const cp = res.data.cpuPctDuringLoad as { hub: number; agentA: number; agentB: number };
+    const cp = res.data.cpuPctDuringLoad as ReturnType<typeof cpuDelta>;
     res.tables.push({
       title: "latency A → B under background load (hub + 2 agent processes)",
-      header: ["probes", "arrived", "p50 ms", "p95 ms", "p99 ms", "max ms", "mean ms", "bg tx/s", "hub CPU %", "agent A CPU %", "agent B CPU %", "check"],
-      rows: [[sent, lat.length, f(sm.p50), f(sm.p95), f(sm.p99), f(sm.max), f(sm.mean), tps.toFixed(0), cp.hub.toFixed(0), cp.agentA.toFixed(0), cp.agentB.toFixed(0), check]],
+      header: ["probes", "arrived", "p50 ms", "p95 ms", "p99 ms", "max ms", "mean ms", "bg tx/s", "hub CPU %", "agent A CPU %", "agent B CPU %",
+        "hub PG CPU %", "A PG CPU % (agent, probes)", "B PG CPU %", "check"],
+      rows: [[sent, lat.length, f(sm.p50), f(sm.p95), f(sm.p99), f(sm.max), f(sm.mean), tps.toFixed(0),
+        ...[cp.hub, cp.agentA, cp.agentB, cp.hubPg, cp.aPg, cp.bPg].map((x) => x.toFixed(0)), check]],
       notes: [
         `${s.latencySeconds} s of single-row probe inserts on A every ${s.latencyIntervalMs} ms × U(0.5,1.5) while pgbench -R ${s.latencyRate} -c 2 updates random base rows on A (from ${WARMUP_S} s before to ${TAIL_S} s after).`,
         commitTs
           ? "send time = A's commit timestamp (pg_xact_commit_timestamp; track_commit_timestamp=on)."
           : "send time = clock_timestamp() at the end of the probe transaction on A (deferred constraint trigger into untracked bench.probe_sent): track_commit_timestamp is off on this server and turning it on needs a restart. It precedes the commit by the commit flush, like the anchors' commit timestamp.",
         "arrival = clock_timestamp() in a DEFERRABLE INITIALLY DEFERRED constraint trigger (ENABLE ALWAYS) on B, into untracked bench.probe_arrival.",
-        "CPU % = process CPU time / wall time of the loaded window (100 % = one core).",
+        "CPU % = process CPU time / wall time of the loaded window (100 % = one core); PG CPU % = the backends connected to that database still open at the end (from /proc): A's is its agent's and the probe writer's, not pgbench's (gone by then).",
         `legs (p50 / p99 ms): A commit → hub log transaction start ${f(legs.up.p50)} / ${f(legs.up.p99)}; hub log transaction start → visible on B ${f(legs.down.p50)} / ${f(legs.down.p99)} (hub log committed_at = now() of its append transaction).`,
       ],
     });

@@ -8,7 +8,7 @@
 import pg from "pg";
 import type { BenchContext, SectionResult } from "../lib/context.ts";
 import { startPair, runStatements, type Pair } from "../lib/pair.ts";
-import { pgCpuSeconds } from "../lib/pgcpu.ts";
+import { pairCpu, cpuDelta } from "../lib/pgcpu.ts";
 import { w1Statement, phaseBounds, type Phase } from "../lib/items.ts";
 import { waitUntil } from "../lib/poll.ts";
 import { digest, checkpoint } from "../lib/pg.ts";
@@ -23,15 +23,7 @@ function statements(kind: Phase, lo: number, hi: number, batch: number): string[
   return out;
 }
 
-interface CpuSnap { hub: number; a: number; b: number; hubPg: number; aPg: number; bPg: number }
-const cpu = (p: Pair): CpuSnap => {
-  const hubDb = new URL(p.hub.dbUrl).pathname.slice(1);
-  const pgs = pgCpuSeconds([hubDb, p.a.name, p.b.name]);
-  return { hub: p.hub.proc.cpuSeconds() ?? 0, a: p.agentA.cpuSeconds() ?? 0, b: p.agentB?.cpuSeconds() ?? 0,
-    hubPg: pgs[hubDb] ?? 0, aPg: pgs[p.a.name] ?? 0, bPg: pgs[p.b.name] ?? 0 };
-};
-const cpuDelta = (c0: CpuSnap, c1: CpuSnap) => ({ hub: c1.hub - c0.hub, agentA: c1.a - c0.a, agentB: c1.b - c0.b,
-  hubPg: c1.hubPg - c0.hubPg, aPg: c1.aPg - c0.aPg, bPg: c1.bPg - c0.bPg });
+const cpu = pairCpu;
 const cpuCells = (c: ReturnType<typeof cpuDelta>) => [c.hub, c.agentA, c.agentB, c.hubPg, c.aPg, c.bPg].map((x) => x.toFixed(2));
 
 export async function throughput(ctx: BenchContext): Promise<SectionResult> {
