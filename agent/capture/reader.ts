@@ -18,8 +18,6 @@ export interface Chunking { txid: string; nextChunk: number; afterUnit: string }
 export interface ReadResult {
   /** Plain objects for lib/protowire.ts's encoder (protobuf-es messages cost a reflective create() per change). */
   transactions: WireTxn[];
-  /** Local txids of transactions complete in this batch (their last chunk). */
-  complete: string[];
   /** Set when the batch holds a non-final chunk of a large transaction. */
   chunking: Chunking | null;
   /** Committed transactions were left for the next batch (did not fit). */
@@ -77,7 +75,7 @@ export async function readBatch(db: pg.Pool, inFlight: string[], max: number, ch
             ORDER BY p.rn, c.id`,
     values: [inFlight, max],
   });
-  if (rows.length === 0) return { transactions: [], complete: [], chunking: null, more: false };
+  if (rows.length === 0) return { transactions: [], chunking: null, more: false };
   if (!rows[0].fits) return readChunk(db, { txid: rows[0].txid, nextChunk: 0, afterUnit: "0" }, max, clock);
   const byTxid = new Map<string, WireTxn>();
   for (const r of rows) {
@@ -90,19 +88,19 @@ export async function readBatch(db: pg.Pool, inFlight: string[], max: number, ch
   }
   // The window takes at most 256 transactions, so a full window may hide more.
   const more = byTxid.size < rows[0].pending || rows[0].pending === 256;
-  return { transactions: [...byTxid.values()], complete: [...byTxid.keys()], chunking: null, more };
+  return { transactions: [...byTxid.values()], chunking: null, more };
 }
 
 /** A chunk is whole capture units, as many as fit in `max` (at least one). */
 async function readChunk(db: pg.Pool, c: Chunking, max: number, clock: Clock): Promise<ReadResult> {
   const txn = await db.query<TxnRow>(`SELECT ${TXN_COLS} FROM _branchsync.txns WHERE txid = $1::xid8`, [c.txid]);
-  if (txn.rows.length === 0) return { transactions: [], complete: [], chunking: null, more: false };
+  if (txn.rows.length === 0) return { transactions: [], chunking: null, more: false };
   const units = await db.query({
     name: "bs-read-units",
     text: `SELECT u.id::text AS uid, u.n FROM _branchsync.changes u WHERE u.txid = $1::xid8 AND u.id > $2::bigint ORDER BY u.id LIMIT 256`,
     values: [c.txid, c.afterUnit],
   });
-  if (units.rows.length === 0) return { transactions: [], complete: [], chunking: null, more: false };
+  if (units.rows.length === 0) return { transactions: [], chunking: null, more: false };
   const ids: string[] = [];
   let total = 0;
   for (const u of units.rows) {
@@ -119,7 +117,6 @@ async function readChunk(db: pg.Pool, c: Chunking, max: number, clock: Clock): P
   const t: WireTxn = { ...header(txn.rows[0], clock), chunkIndex: c.nextChunk, lastChunk: last, changes: rows.flatMap(changesOf) };
   return {
     transactions: [t],
-    complete: last ? [c.txid] : [],
     chunking: last ? null : { txid: c.txid, nextChunk: c.nextChunk + 1, afterUnit: ids[ids.length - 1] },
     more: true,
   };

@@ -63,7 +63,8 @@ export async function runSession(env: SessionEnv, token: string, version: string
   let heartbeatMs = 15_000;
   let lastHeard = Date.now();
   let nextBatchId = 1n;
-  const awaiting = new Map<bigint, { complete: string[]; chunked: boolean }>();
+  /** Upstream batches sent and not yet acked. */
+  const awaiting = new Set<bigint>();
   const inFlight = new Set<string>();
   let chunking: Chunking | null = null;
   let wakeSender: (() => void) | null = null;
@@ -148,7 +149,7 @@ export async function runSession(env: SessionEnv, token: string, version: string
       log.debug({ batch: id.toString(), txns: batch.transactions.map((t) => `${t.originTxn}#${t.chunkIndex}${t.lastChunk ? "L" : ""}:${t.changes.length}`) }, "sending batch");
       for (const t of batch.transactions) inFlight.add(t.originTxn.toString());
       chunking = batch.chunking;
-      awaiting.set(id, { complete: batch.complete, chunked: batch.chunking !== null });
+      awaiting.add(id);
       if (!abort.signal.aborted) call.write(encodeUpstreamBatch(id, batch.transactions));
       // Everything committed was taken: read again only once something new
       // commits (the mark predates the read, so no commit is missed). This
