@@ -24,9 +24,10 @@
  */
 import type pg from "pg";
 import { toBinary } from "@bufbuild/protobuf";
-import { Op, TransactionSchema, type ChangeBatch, type Change, type Transaction } from "../../gen/branchsync/v1/sync_pb.ts";
+import { TransactionSchema, type ChangeBatch, type Change, type Transaction } from "../../gen/branchsync/v1/sync_pb.ts";
 import { quoteIdent } from "../../lib/ident.ts";
-import { APPLY_LOCK } from "../capture/install.ts";
+import { APPLY_LOCK, LOCAL_PENDING_SQLSTATE } from "../capture/install.ts";
+import { runsOf, dollarQuoted } from "./runs.ts";
 import type { LocalTable } from "../capture/introspect.ts";
 
 interface TableSql { upsert: string; del: string }
@@ -120,6 +121,9 @@ export function isDataError(e: unknown): boolean {
 
 const describe = (e: unknown) => ({ error: e instanceof Error ? e.message : String(e), sqlstate: String((e as { code?: unknown }).code ?? "") });
 
+/** How long a branch with local changes in the way applies carefully before trying one trip again. */
+export const ONE_TRIP_PAUSE_MS = 1000;
+
 const BEGIN_APPLY = "BEGIN; SET LOCAL branchsync.applying = 'on'";
 
 export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
@@ -137,29 +141,16 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
    */
   let lowestRecorded: bigint | null | undefined;
 
-  async function runOf(c: pg.PoolClient, table: string, del: boolean, changes: Change[]) {
+  const statementOf = (table: string) => {
     const s = sql.get(table);
     if (!s) throw new ApplyError(`received a change for ${table}, which this branch does not track`);
-    let rows: string[];
-    if (del) {
-      rows = changes.map((ch) => ch.row);
-    } else {
-      // One statement cannot upsert a key twice; the last full image wins.
-      const last = new Map<string, string>();
-      for (const ch of changes) last.set(ch.key, ch.row);
-      rows = [...last.values()];
-    }
-    await c.query({ name: `bs-${del ? "del" : "up"}-${s.idx}`, text: del ? s.del : s.upsert, values: [`[${rows.join(",")}]`] });
-  }
+    return s;
+  };
 
   async function applyChanges(c: pg.PoolClient, changes: Change[]) {
-    let start = 0;
-    for (let i = 1; i <= changes.length; i++) {
-      const prev = changes[i - 1];
-      const cur = changes[i];
-      if (cur && cur.table === prev.table && (cur.op === Op.DELETE) === (prev.op === Op.DELETE)) continue;
-      await runOf(c, prev.table, prev.op === Op.DELETE, changes.slice(start, i));
-      start = i;
+    for (const run of runsOf(changes)) {
+      const s = statementOf(run.table);
+      await c.query({ name: `bs-${run.del ? "del" : "up"}-${s.idx}`, text: run.del ? s.del : s.upsert, values: [run.json] });
     }
   }
 
@@ -234,6 +225,69 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
   }
 
   /**
+   * The hub's word on our own transactions: the sequence numbers of those
+   * the batch's cursor does not pass are recorded (until it does, an
+   * incoming change sequenced before them must not overwrite their rows);
+   * those it passes are deleted with the cursor move (closing()).
+   */
+  function ownSequenced(batch: ChangeBatch) {
+    const own = (batch as ChangeBatch & { ownSequenced?: { originTxn: bigint; seq: bigint }[] }).ownSequenced ?? [];
+    // Only foreign changes can be superseded; batches that just move the
+    // cursor past our own transactions neither check nor block writers.
+    const foreign = batch.transactions.length > 0;
+    // Such a batch deletes the own transactions it passes, so their
+    // sequence numbers are not recorded first: that UPDATE of a hundred rows
+    // every 200 ms was a burst a busy branch's latency felt.
+    const passing = foreign ? [] : own.filter((o) => o.seq <= batch.cursorAfter);
+    const staying = foreign ? own : own.filter((o) => o.seq > batch.cursorAfter);
+    let record: string | null = null;
+    if (staying.length > 0) {
+      let low = staying[0].seq;
+      for (const o of staying) if (o.seq < low) low = o.seq;
+      if (lowestRecorded !== undefined) lowestRecorded = lowestRecorded === null || low < lowestRecorded ? low : lowestRecorded;
+      record = `UPDATE _branchsync.txns t SET seq = v.seq FROM unnest('{${staying.map((o) => num(o.originTxn)).join(",")}}'::xid8[],
+        '{${staying.map((o) => num(o.seq)).join(",")}}'::bigint[]) AS v(txid, seq) WHERE t.txid = v.txid`;
+    }
+    return { foreign, passing, record };
+  }
+
+  /**
+   * The statements that end a whole batch: the cursor moves, and local
+   * transactions it passed can no longer be overtaken, so they go. With
+   * `low`, the result named "low" is the lowest sequence still recorded.
+   */
+  function closing(batch: ChangeBatch, passing: { originTxn: bigint }[]): { sql: string; low: boolean } {
+    let hlc = 0n;
+    for (const t of batch.transactions) if (t.hlc > hlc) hlc = t.hlc;
+    const cursor = num(batch.cursorAfter);
+    const passed = `'{${passing.map((o) => num(o.originTxn)).join(",")}}'::xid8[]`;
+    const state = (passing.length > 0 ? `DELETE FROM _branchsync.changes WHERE txid = ANY(${passed});
+                                          DELETE FROM _branchsync.txns WHERE txid = ANY(${passed});\n` : "") +
+      `UPDATE _branchsync.state SET cursor = ${cursor}, hlc = greatest(hlc, ${num(hlc)})`;
+    if (lowestRecorded === undefined || (lowestRecorded !== null && lowestRecorded <= batch.cursorAfter)) {
+      return {
+        low: true,
+        sql: `WITH gone AS (DELETE FROM _branchsync.changes c USING _branchsync.txns t WHERE c.txid = t.txid AND t.seq <= ${cursor}),
+                   done AS (DELETE FROM _branchsync.txns WHERE seq <= ${cursor})
+              SELECT 1;
+              ${state};
+              SELECT min(seq)::text AS low FROM _branchsync.txns WHERE seq IS NOT NULL;
+              COMMIT`,
+      };
+    }
+    return { low: false, sql: `${state}; COMMIT` };
+  }
+
+  function noteLowest(results: pg.QueryResult[]) {
+    const r = results.find((x) => x.fields?.[0]?.name === "low");
+    if (!r) throw new Error("the cursor move returned no lowest recorded sequence");
+    const low = r.rows[0].low as string | null;
+    lowestRecorded = low === null ? null : BigInt(low);
+  }
+
+  const asList = (res: unknown) => (Array.isArray(res) ? res : [res]) as pg.QueryResult[];
+
+  /**
    * Applies a batch after `opening` (the statements that begin the local
    * transaction or savepoint). Round trips are what an apply costs on a
    * busy branch: the opening, the own-sequence update, the lock and the
@@ -241,24 +295,10 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
    * are ours), the rows as one statement per run, the cursor with COMMIT.
    */
   async function attempt(c: pg.PoolClient, batch: ChangeBatch, careful: boolean, opening: string): Promise<ApplyResult> {
-    const own = (batch as ChangeBatch & { ownSequenced?: { originTxn: bigint; seq: bigint }[] }).ownSequenced ?? [];
     const head = [opening];
     if (opening.includes("BEGIN")) locked = false;
-    // Only foreign changes can be superseded; batches that just move the
-    // cursor past our own transactions neither check nor block writers.
-    const foreign = batch.transactions.length > 0;
-    // Such a batch deletes the own transactions it passes (below), so their
-    // sequence numbers are not recorded first: that UPDATE of a hundred rows
-    // every 200 ms was a burst a busy branch's latency felt.
-    const passing = foreign ? [] : own.filter((o) => o.seq <= batch.cursorAfter);
-    const staying = foreign ? own : own.filter((o) => o.seq > batch.cursorAfter);
-    if (staying.length > 0) {
-      let low = staying[0].seq;
-      for (const o of staying) if (o.seq < low) low = o.seq;
-      if (lowestRecorded !== undefined) lowestRecorded = lowestRecorded === null || low < lowestRecorded ? low : lowestRecorded;
-      head.push(`UPDATE _branchsync.txns t SET seq = v.seq FROM unnest('{${staying.map((o) => num(o.originTxn)).join(",")}}'::xid8[],
-        '{${staying.map((o) => num(o.seq)).join(",")}}'::bigint[]) AS v(txid, seq) WHERE t.txid = v.txid`);
-    }
+    const { foreign, passing, record } = ownSequenced(batch);
+    if (record) head.push(record);
     if (foreign && !locked) {
       // Waits for local writers in flight and holds off new ones while we
       // decide which incoming rows their changes supersede.
@@ -266,36 +306,67 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
       locked = true;
     }
     if (foreign) head.push(LOCAL_VERSIONS);
-    const res = await c.query(head.join(";\n")) as unknown as pg.QueryResult | pg.QueryResult[];
-    const local = foreign ? toLocalVersions((Array.isArray(res) ? res.at(-1)! : res).rows) : null;
+    const res = asList(await c.query(head.join(";\n")));
+    const local = foreign ? toLocalVersions(res.at(-1)!.rows) : null;
     const quarantined = await applyTxns(c, batch.transactions, local, careful);
     const lastTxn = batch.transactions.at(-1);
     if (lastTxn && !lastTxn.lastChunk) return { cursor: null, quarantined };
-    let hlc = 0n;
-    for (const t of batch.transactions) if (t.hlc > hlc) hlc = t.hlc;
-    // The cursor moves, and local transactions it passed can no longer be
-    // overtaken, so they go.
-    const cursor = num(batch.cursorAfter);
-    const passed = `'{${passing.map((o) => num(o.originTxn)).join(",")}}'::xid8[]`;
-    const state = (passing.length > 0 ? `DELETE FROM _branchsync.changes WHERE txid = ANY(${passed});
-                                          DELETE FROM _branchsync.txns WHERE txid = ANY(${passed});\n` : "") +
-      `UPDATE _branchsync.state SET cursor = ${cursor}, hlc = greatest(hlc, ${num(hlc)})`;
-    if (lowestRecorded === undefined || (lowestRecorded !== null && lowestRecorded <= batch.cursorAfter)) {
-      const r = await c.query(`WITH gone AS (DELETE FROM _branchsync.changes c USING _branchsync.txns t WHERE c.txid = t.txid AND t.seq <= ${cursor}),
-                                    done AS (DELETE FROM _branchsync.txns WHERE seq <= ${cursor})
-                               SELECT 1;
-                               ${state};
-                               SELECT min(seq)::text AS low FROM _branchsync.txns WHERE seq IS NOT NULL;
-                               COMMIT`) as unknown as pg.QueryResult[];
-      const low = r.at(-2)!.rows[0].low as string | null;
-      lowestRecorded = low === null ? null : BigInt(low);
-    } else {
-      await c.query(`${state}; COMMIT`);
-    }
+    const end = closing(batch, passing);
+    const r = asList(await c.query(end.sql));
+    if (end.low) noteLowest(r);
     open = null;
     c.release();
     return { cursor: batch.cursorAfter, quarantined };
   }
+
+  /** Connections that hold the one-trip path's prepared statements. */
+  const prepared = new WeakSet<pg.PoolClient>();
+  const PREPARE = [...sql.values()].flatMap((s) => [
+    `PREPARE bs_trip_up_${s.idx}(json) AS ${s.upsert}`, `PREPARE bs_trip_del_${s.idx}(json) AS ${s.del}`]).join(";\n");
+  /** While local transactions keep sending it back, the one-trip path is not tried. */
+  let oneTripPausedUntil = 0;
+
+  /**
+   * A batch of whole transactions in one round trip: the opening, the lock,
+   * every run (prepared statements fed dollar-quoted JSON) and the cursor
+   * move go as one simple-protocol query. It cannot look at local changes
+   * before sending the rows, so _branchsync.require_no_local_after aborts it
+   * when one might supersede an incoming row; then (null) the batch takes
+   * attempt(), which reads them. A data error is thrown like attempt's.
+   */
+  async function oneTrip(c: pg.PoolClient, batch: ChangeBatch): Promise<ApplyResult | null> {
+    if (!prepared.has(c)) {
+      await c.query(PREPARE);
+      prepared.add(c);
+    }
+    const parts = [BEGIN_APPLY];
+    const { foreign, passing, record } = ownSequenced(batch);
+    if (record) parts.push(record);
+    if (foreign) {
+      let low = batch.transactions[0].seq;
+      for (const t of batch.transactions) if (t.seq < low) low = t.seq;
+      parts.push(`SELECT pg_advisory_xact_lock(${APPLY_LOCK})`, `SELECT _branchsync.require_no_local_after(${num(low)})`);
+    }
+    for (const run of runsOf(batch.transactions.flatMap((t) => t.changes))) {
+      parts.push(`EXECUTE bs_trip_${run.del ? "del" : "up"}_${statementOf(run.table).idx}(${dollarQuoted(run.json)})`);
+    }
+    const end = closing(batch, passing);
+    parts.push(end.sql);
+    try {
+      const r = asList(await c.query(parts.join(";\n")));
+      if (end.low) noteLowest(r);
+    } catch (e) {
+      if ((e as { code?: unknown }).code !== LOCAL_PENDING_SQLSTATE) throw e;
+      oneTripPausedUntil = Date.now() + ONE_TRIP_PAUSE_MS;
+      return null;
+    }
+    open = null;
+    c.release();
+    return { cursor: batch.cursorAfter, quarantined: [] };
+  }
+
+  const oneTripFits = (batch: ChangeBatch) =>
+    Date.now() >= oneTripPausedUntil && batch.transactions.every((t) => t.chunkIndex === 0 && t.lastChunk);
 
   return {
     async apply(batch) {
@@ -305,8 +376,14 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
       // An attempt that fails is undone, and so must be its bookkeeping.
       const skipped = skipping;
       try {
+        let opening = fresh ? BEGIN_APPLY : "SAVEPOINT bs_batch";
+        if (fresh && !skipping && oneTripFits(batch)) {
+          const done = await oneTrip(c, batch);
+          if (done) return done;
+          opening = `ROLLBACK; ${BEGIN_APPLY}`;
+        }
         // A batch continuing an open chunked transaction can be undone alone.
-        return await attempt(c, batch, false, fresh ? BEGIN_APPLY : "SAVEPOINT bs_batch");
+        return await attempt(c, batch, false, opening);
       } catch (e) {
         skipping = skipped;
         if (!isDataError(e)) { await finish(c); throw e; }

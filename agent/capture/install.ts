@@ -18,6 +18,9 @@ export const NOTIFY_CHANNEL = "branchsync_changes";
 /** Advisory lock key shared by local writers and held exclusively by the applier. */
 export const APPLY_LOCK = 0x62726e63;
 
+/** SQLSTATE of _branchsync.require_no_local_after: not a data error, just "take the careful path". */
+export const LOCAL_PENDING_SQLSTATE = "BSLCL";
+
 /** Most row changes in one capture unit (and so the smallest upstream chunk). */
 export const UNIT_ROWS = 250;
 
@@ -125,6 +128,16 @@ BEGIN
     PERFORM pg_advisory_xact_lock_shared(${APPLY_LOCK});
   END IF;
   RETURN NULL;
+END $$;
+-- The applier's one-round-trip path (agent/apply/oneTrip.ts) sends its rows
+-- before it knows whether local changes supersede any of them, so it asks
+-- here, under its exclusive lock: a local transaction not yet sequenced, or
+-- sequenced after the incoming ones, sends it back to the careful path.
+CREATE OR REPLACE FUNCTION _branchsync.require_no_local_after(low bigint) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM _branchsync.txns WHERE seq IS NULL OR seq > low) THEN
+    RAISE EXCEPTION 'local changes may supersede incoming rows' USING ERRCODE = '${LOCAL_PENDING_SQLSTATE}';
+  END IF;
 END $$;
 CREATE OR REPLACE FUNCTION _branchsync.refuse_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

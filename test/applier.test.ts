@@ -1,0 +1,101 @@
+import assert from "node:assert/strict";
+import { create } from "@bufbuild/protobuf";
+import type pg from "pg";
+import { createDb, type TestDb } from "./support/db.ts";
+import { ITEMS_DDL } from "./support/cluster.ts";
+import { introspect } from "../agent/capture/introspect.ts";
+import { installCapture } from "../agent/capture/install.ts";
+import { makeApplier, ONE_TRIP_PAUSE_MS, type Applier } from "../agent/apply/applier.ts";
+import { dollarQuoted } from "../agent/apply/runs.ts";
+import { ChangeBatchSchema, TransactionSchema, ChangeSchema, Op, type ChangeBatch } from "../gen/branchsync/v1/sync_pb.ts";
+
+const row = (id: number, sku: string) => JSON.stringify({ id, sku, qty: 1, price: 2.5, note: null, updated_at: "2026-01-01T00:00:00+00:00" });
+
+function batch(cursorAfter: bigint, txns: { seq: bigint; changes: [Op, number, string][] }[], own: { originTxn: bigint; seq: bigint }[] = []): ChangeBatch {
+  return create(ChangeBatchSchema, {
+    cursorAfter,
+    ownSequenced: own,
+    transactions: txns.map((t) => create(TransactionSchema, {
+      seq: t.seq, originBranch: "other", originTxn: t.seq + 1000n, chunkIndex: 0, lastChunk: true,
+      changes: t.changes.map(([op, id, sku]) => create(ChangeSchema, { table: "public.items", op, key: `[${id}]`, row: row(id, sku) })),
+    })),
+  });
+}
+
+describe("applier (branch database level)", function () {
+  this.timeout(30_000);
+  let db: TestDb;
+  let applier: Applier;
+  /** Queries sent by the applier's connections: its round trips. */
+  let queries = 0;
+
+  before(async () => {
+    db = await createDb("applier", ITEMS_DDL);
+    const counted = new WeakSet<object>();
+    db.pool.on("acquire", (client) => {
+      if (counted.has(client)) return;
+      counted.add(client);
+      const query = client.query.bind(client) as (...a: unknown[]) => unknown;
+      (client as unknown as { query: (...a: unknown[]) => unknown }).query = (...a: unknown[]) => { queries++; return query(...a); };
+    });
+    const c = await db.pool.connect();
+    try { await installCapture(c, [await introspect(c, "public.items")], "t", "b"); } finally { c.release(); }
+    const tables = [await introspect(db.pool as unknown as pg.ClientBase, "public.items")];
+    applier = makeApplier(db.pool, tables);
+    // The first apply on a connection prepares its statements.
+    await applier.apply(batch(1n, [{ seq: 1n, changes: [[Op.INSERT, 100, "warm"]] }]));
+  });
+  after(async () => { await db?.drop(); });
+
+  const skus = async () => (await db.pool.query("SELECT id, sku FROM items ORDER BY id")).rows.map((r) => `${r.id}:${r.sku}`);
+  const cursor = async () => BigInt((await db.pool.query("SELECT cursor FROM _branchsync.state")).rows[0].cursor);
+
+  it("applies a batch of whole transactions, inserts, updates and deletes, in one round trip", async () => {
+    queries = 0;
+    await applier.apply(batch(4n, [
+      { seq: 2n, changes: [[Op.INSERT, 1, "a"], [Op.INSERT, 2, "b"], [Op.INSERT, 3, "c"]] },
+      { seq: 3n, changes: [[Op.UPDATE, 2, "b2"], [Op.DELETE, 3, "c"]] },
+      { seq: 4n, changes: [[Op.INSERT, 4, "d'$bs$"]] },
+    ]));
+    assert.equal(queries, 1, "one query for the whole batch");
+    assert.deepEqual(await skus(), ["1:a", "2:b2", "4:d'$bs$", "100:warm"]);
+    assert.equal(await cursor(), 4n);
+  });
+
+  it("keeps a row whose local change the hub has not sequenced, applying the rest through the careful path", async () => {
+    await db.pool.query("UPDATE items SET sku = 'local' WHERE id = 1");
+    queries = 0;
+    await applier.apply(batch(5n, [{ seq: 5n, changes: [[Op.UPDATE, 1, "incoming"], [Op.UPDATE, 2, "incoming"]] }]));
+    assert.ok(queries > 1, `the one-trip attempt was sent back (${queries} queries)`);
+    assert.deepEqual(await skus(), ["1:local", "2:incoming", "4:d'$bs$", "100:warm"]);
+    assert.equal(await cursor(), 5n);
+  });
+
+  const localTxn = async () => BigInt((await db.pool.query("SELECT txid::text FROM _branchsync.txns")).rows[0].txid);
+
+  it("overwrites a row whose local change was sequenced before the incoming one, in one round trip", async () => {
+    // Sent back once, the path rests a while before it is tried again.
+    await new Promise((r) => setTimeout(r, ONE_TRIP_PAUSE_MS + 50));
+    const txid = await localTxn();
+    queries = 0;
+    await applier.apply(batch(7n, [{ seq: 7n, changes: [[Op.UPDATE, 1, "after"]] }], [{ originTxn: txid, seq: 6n }]));
+    assert.equal(queries, 1);
+    assert.deepEqual(await skus(), ["1:after", "2:incoming", "4:d'$bs$", "100:warm"]);
+    assert.equal((await db.pool.query("SELECT count(*)::int AS n FROM _branchsync.txns")).rows[0].n, 0, "passed local transactions are gone");
+  });
+
+  it("keeps a row whose local change was sequenced after the incoming one", async () => {
+    await db.pool.query("UPDATE items SET sku = 'later' WHERE id = 2");
+    await applier.apply(batch(8n, [{ seq: 8n, changes: [[Op.UPDATE, 2, "earlier"], [Op.INSERT, 5, "e"]] }], [{ originTxn: await localTxn(), seq: 9n }]));
+    assert.deepEqual(await skus(), ["1:after", "2:later", "4:d'$bs$", "5:e", "100:warm"]);
+  });
+
+  it("dollar-quotes any text, even text holding the tags or ending in one's start", () => {
+    for (const t of ["", "plain", "a$bs$b", "x$bs", "$bs$$bs0$", "end$bs0"]) {
+      const q = dollarQuoted(t);
+      const tag = /^\$bs\d*\$/.exec(q)![0];
+      assert.equal(q.slice(tag.length, -tag.length), t);
+      assert.equal(q.indexOf(tag, tag.length), q.length - tag.length, `${t}: the tag first recurs at the end`);
+    }
+  });
+});
