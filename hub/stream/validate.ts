@@ -6,7 +6,7 @@
 import { Op, type Change, type ChangeBatch, type Transaction } from "../../gen/branchsync/v1/sync_pb.ts";
 import type { TableDef } from "../store/tables.ts";
 
-import { rowLooksValid, keyLooksValid, prevLooksValid, type RowShape, type ValueKind } from "../../lib/jsonscan.ts";
+import { rowLooksValid, keyLooksValid, prevLooksValid, rowShape, prevShape, type RowShape, type ValueKind } from "../../lib/jsonscan.ts";
 
 type Kind = ValueKind;
 
@@ -37,8 +37,8 @@ interface Compiled {
   cols: Map<string, { kind: Kind; nullable: boolean; type: string }>;
   names: string[];
   shape: RowShape;
-  /** Non-key column names as JSON string literals: what an update's prev may name. */
-  prevNames: Set<string>;
+  /** What an update's prev may look like (it names non-key columns). */
+  prevShape: RegExp;
 }
 const compiledDefs = new WeakMap<TableDef, Compiled>();
 
@@ -50,12 +50,8 @@ function compiled(def: TableDef): Compiled {
     c = {
       cols: new Map(def.columns.map((col) => [col.name, { kind: jsonKindOf(col.type), nullable: col.nullable, type: col.type }])),
       names: def.columns.map((col) => col.name),
-      shape: {
-        quoted: def.columns.map((col) => JSON.stringify(col.name)),
-        kinds: def.columns.map((col) => jsonKindOf(col.type)),
-        nullable: def.columns.map((col) => col.nullable && !pk.has(col.name)),
-      },
-      prevNames: new Set(def.columns.filter((col) => !pk.has(col.name)).map((col) => JSON.stringify(col.name))),
+      shape: rowShape(def.columns.map((col) => ({ name: col.name, kind: jsonKindOf(col.type), nullable: col.nullable && !pk.has(col.name) }))),
+      prevShape: prevShape(def.columns.filter((col) => !pk.has(col.name)).map((col) => col.name)),
     };
     compiledDefs.set(def, c);
   }
@@ -72,12 +68,12 @@ export function checkTransaction(t: Transaction, tables: Map<string, TableDef>):
     const def = tables.get(c.table);
     if (!def) return `${where(t, i)}: table "${c.table}" was not declared in Hello`;
     if (c.op !== Op.INSERT && c.op !== Op.UPDATE && c.op !== Op.DELETE) return `${where(t, i)}: op must be INSERT, UPDATE or DELETE`;
-    const { shape, prevNames } = compiled(def);
+    const { shape, prevShape } = compiled(def);
     const prev = c.prev ?? "";
     // Rows as capture prints them pass a scan that builds nothing; anything
     // else is parsed, which also words the error.
     if (keyLooksValid(c.key, def.primaryKey.length) && rowLooksValid(c.row, shape) &&
-        (prev === "" || (c.op === Op.UPDATE && prevLooksValid(prev, prevNames)))) continue;
+        (prev === "" || (c.op === Op.UPDATE && prevLooksValid(prev, prevShape)))) continue;
     const err = parsedChangeError(c, def);
     if (err) return `${where(t, i)}: ${err}`;
   }
