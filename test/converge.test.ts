@@ -160,7 +160,7 @@ async function checkLedger(hub: pg.Pool, S: string, fail: (m: string) => never) 
     const k = `${r.seq}|${r.tbl}|${r.key}`;
     recs.set(k, [...(recs.get(k) ?? []), { winner: r.winner_branch, incomingDeleted: r.gone }]);
   }
-  const eff = new Map<string, { seq: bigint; branch: string; exact: boolean; deleted: boolean }>();
+  const eff = new Map<string, { seq: bigint; branch: string; exact: boolean; deleted: boolean; lost?: Map<string, bigint> }>();
   let checked = 0;
   for (const e of (await hub.query(`SELECT l.seq::text AS seq, l.body FROM ${S}.log l ORDER BY l.seq, l.part`)).rows) {
     const t = fromBinary(TransactionSchema, e.body);
@@ -171,13 +171,14 @@ async function checkLedger(hub: pg.Pool, S: string, fail: (m: string) => never) 
       const rec = recs.get(`${seq}|${row}`)?.shift();
       // The log holds resolved rows; what the branch wrote is on the record.
       const del = rec ? rec.incomingDeleted : ch.op === Op.DELETE;
-      const concurrent = !!v && v.seq > t.baseSeq && !(v.exact && v.branch === t.originBranch) && !(v.deleted && del);
+      const lostAt = v?.lost?.get(t.originBranch);
+      const concurrent = !!v && ((v.seq > t.baseSeq && !(v.exact && v.branch === t.originBranch)) || (lostAt !== undefined && lostAt > t.baseSeq)) && !(v.deleted && del);
       if (concurrent !== !!rec) fail(`seq ${seq} ${row} from ${t.originBranch} (base ${t.baseSeq}) after seq ${v?.seq} of ${v?.branch}: ${concurrent ? "concurrent but no conflict record" : "conflict recorded for a sequential edit"}`);
       checked++;
       if (!rec || rec.winner === t.originBranch) eff.set(row, { seq, branch: t.originBranch, exact: true, deleted: del });
       else if (rec.winner === "") eff.set(row, { seq, branch: "", exact: false, deleted: false });
-      // The existing version was kept: same row, but the loser has not seen it.
-      else eff.set(row, { ...v!, seq, exact: false });
+      // The existing version was kept; only the loser has not seen the row (until it applies this seq).
+      else eff.set(row, { ...v!, lost: new Map(v!.lost ?? []).set(t.originBranch, seq) });
     }
   }
   assert.ok(checked > 0);

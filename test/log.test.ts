@@ -149,4 +149,44 @@ describe("the tenant log (store level)", function () {
     const oldBase = await appendBatch(pool, R, "a", [txn(5, [4], 2n)], new Map());
     assert.equal(oldBase.conflicts.length, 1, "a transaction based before its run must still be checked");
   });
+
+  it("after a kept row, only the loser's changes based before the decision are concurrent, on both append paths", async () => {
+    await createTenant(pool, "kept", "kept");
+    const K = tenantSchema("kept");
+    const merge = new Map([["public.s", { strategy: "column-merge" as const, branchPriority: [], deltaColumns: ["qty"] }]]);
+    let txid = 0;
+    const txn = (table: string, op: Op, key: number, row: string, prev: string, baseSeq: bigint, hlc: bigint) => {
+      const changes = [{ table, op, key: `[${key}]`, row, prev }];
+      const originTxn = BigInt(++txid);
+      const body = toBinary(TransactionSchema, create(TransactionSchema, { originTxn, lastChunk: true, changes }));
+      return [{ originTxn, chunkIndex: 0, lastChunk: true, nChanges: 1, body, changes, baseSeq, hlc }];
+    };
+    const row = async (seq: bigint) => (await readAfter(pool, K, seq - 1n, 2_147_483_647, 1))[0];
+    // Column-merge with a counter (the general path). x inserts (seq 1) and sells 2 while changing the price (seq 2).
+    await appendBatch(pool, K, "x", txn("public.s", Op.INSERT, 1, '{"id": 1, "qty": 10, "p": "a"}', "", 0n, 10n), merge);
+    await appendBatch(pool, K, "x", txn("public.s", Op.UPDATE, 1, '{"id": 1, "qty": 8, "p": "a2"}', '{"qty": [10], "p": ["a"]}', 1n, 20n), merge);
+    // y (had seq 1) changes the price with an earlier clock: it loses, the row stays (seq 3 records the decision).
+    const lost = await appendBatch(pool, K, "y", txn("public.s", Op.UPDATE, 1, '{"id": 1, "qty": 10, "p": "b"}', '{"p": ["a"]}', 1n, 15n), merge);
+    assert.deepEqual(lost.conflicts.map((c) => [c.winnerBranch, c.loserBranch]), [["x", "y"]]);
+    // y skipped seq 2 while its change was pending, so its row is still qty 10. It sells 1, with its cursor at 2:
+    // that change must add its delta to the kept row (10 + (9 - 10) = 7 on top of 8 is 7), not overwrite it with 9.
+    const sale = await appendBatch(pool, K, "y", txn("public.s", Op.UPDATE, 1, '{"id": 1, "qty": 9, "p": "b"}', '{"qty": [10]}', 2n, 30n), merge);
+    assert.equal(sale.conflicts.length, 1, "the loser's change is concurrent with the row it has not seen");
+    const merged = await row((sale.outcomes[0] as { seq: bigint }).seq);
+    const decoded = (await import("../lib/protowire.ts")).decodeTxn(merged.body, 0, merged.body.length);
+    assert.equal(JSON.parse(decoded.changes[0].row).qty, 7, `no sale lost: ${decoded.changes[0].row}`);
+    // Last-writer-wins table (append_plain's path): x writes (seq 5, 6); y based at 5 loses (seq 7).
+    await appendBatch(pool, K, "x", txn("public.t", Op.INSERT, 1, '{"id": 1, "v": "x1"}', "", 0n, 40n), new Map());
+    await appendBatch(pool, K, "x", txn("public.t", Op.UPDATE, 1, '{"id": 1, "v": "x2"}', "", 5n, 60n), new Map());
+    const tLost = await appendBatch(pool, K, "y", txn("public.t", Op.UPDATE, 1, '{"id": 1, "v": "y1"}', "", 5n, 50n), new Map());
+    assert.equal(tLost.conflicts.length, 1);
+    // z had applied seq 6 and edits: sequential, no conflict, whatever y lost (invariant 5).
+    const z = await appendBatch(pool, K, "z", txn("public.t", Op.UPDATE, 1, '{"id": 1, "v": "z1"}', "", 6n, 70n), new Map());
+    assert.deepEqual({ conflicts: z.conflicts.length, plain: z.plain }, { conflicts: 0, plain: true }, "a third branch's sequential edit");
+    // x wins again (seq 9); y loses again (seq 10); y's next change based at 9 comes before it applied seq 10.
+    await appendBatch(pool, K, "x", txn("public.t", Op.UPDATE, 1, '{"id": 1, "v": "x3"}', "", 8n, 90n), new Map());
+    await appendBatch(pool, K, "y", txn("public.t", Op.UPDATE, 1, '{"id": 1, "v": "y2"}', "", 8n, 80n), new Map());
+    const again = await appendBatch(pool, K, "y", txn("public.t", Op.UPDATE, 1, '{"id": 1, "v": "y3"}', "", 9n, 100n), new Map());
+    assert.equal(again.conflicts.length, 1, "append_plain sees the loser's change as concurrent too");
+  });
 });

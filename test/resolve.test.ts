@@ -26,8 +26,8 @@ describe("conflict rules (pure)", () => {
     assert.equal(later.conflict?.winner, "y");
     const earlier = resolve(DEFAULT_POLICY, v({ hlc: hlcOf(3000) }), EXISTING, inc({}));
     assert.equal(earlier.result, EXISTING);
-    assert.deepEqual({ seq: earlier.state.seq, branch: earlier.state.branch, exact: earlier.state.exact }, { seq: 20n, branch: "x", exact: false },
-      "the existing row stands, as a version the loser has not seen");
+    assert.deepEqual({ seq: earlier.state.seq, branch: earlier.state.branch, exact: earlier.state.exact, lost: earlier.state.lost },
+      { seq: 10n, branch: "x", exact: true, lost: { y: "20" } }, "the existing version stands; only the loser has not seen it");
     const tie = resolve(DEFAULT_POLICY, v({ hlc: hlcOf(2000), branch: "z" }), EXISTING, inc({}));
     assert.equal(tie.conflict?.winner, "z", "equal clocks: larger branch id");
   });
@@ -43,6 +43,26 @@ describe("conflict rules (pure)", () => {
     const next = resolve(p, kept.state, EXISTING, inc({ base: 15n, seq: 30n, hlc: hlcOf(4000), prev: '{"n": [8]}', row: '{"id": 1, "a": "ya", "b": "eb", "n": 7}' }));
     assert.equal(next.result, '{"id": 1, "a": "ea", "b": "eb", "n": 9}', "n = 10 + (7 - 8); a stays the kept value");
     assert.ok(next.conflict, "a concurrent change, on the record");
+  });
+
+  it("a kept row is concurrent only for its loser's changes based before the decision (no false conflicts for others)", () => {
+    // x's version (seq 10) beats y's change at seq 20 and is kept.
+    const p: Policy = { strategy: "column-merge", branchPriority: [], deltaColumns: ["n"] };
+    const kept = resolve(p, v({ hlc: hlcOf(3000), cols: {} }), EXISTING, inc({ base: 5n, prev: '{"a": ["ea0"]}', row: '{"id": 1, "a": "ya", "b": "eb", "n": 10}' })).state;
+    const edit = (o: Partial<IncomingChange>) => inc({ seq: 30n, hlc: hlcOf(4000), prev: '{"b": ["eb"]}', row: '{"id": 1, "a": "ea", "b": "zb", "n": 10}', ...o });
+    // z had applied seq 10 and edits after it: sequential, whatever the decision at 20 said about y.
+    assert.equal(concurrent(kept, edit({ branch: "z", base: 15n })), false, "a third branch that saw the kept version");
+    const z = resolve(p, kept, EXISTING, edit({ branch: "z", base: 15n }));
+    assert.equal(z.conflict, null);
+    assert.deepEqual({ seq: z.state.seq, branch: z.state.branch, exact: z.state.exact, lost: z.state.lost ?? null }, { seq: 30n, branch: "z", exact: true, lost: null },
+      "a new version forgets the losers: their changes based before it are concurrent by its seq");
+    assert.equal(concurrent(kept, edit({ branch: "x", base: 3n })), false, "the winner's own row is still exactly its write");
+    assert.equal(concurrent(kept, edit({ branch: "y", base: 15n })), true, "the loser, before it applied the decision");
+    assert.equal(concurrent(kept, edit({ branch: "y", base: 20n })), false, "the loser, once it applied the decision");
+    // A second loss keeps both losers.
+    const twice = resolve(p, kept, EXISTING, inc({ branch: "w", base: 5n, seq: 25n, hlc: hlcOf(1000), prev: '{"a": ["ea0"]}', row: '{"id": 1, "a": "wa", "b": "eb", "n": 10}' })).state;
+    assert.deepEqual(twice.lost, { y: "20", w: "25" });
+    assert.equal(twice.seq, 10n);
   });
 
   it("branch priority beats the clock; unlisted branches rank last", () => {

@@ -6,7 +6,8 @@
  * X carries base_seq: the tenant position X had applied when it wrote. X
  * then knew the log up to base_seq plus its own writes, so the change is
  * concurrent with the row's current version exactly when that version is
- * newer than base_seq and is not X's own unmodified write. Edits made one
+ * newer than base_seq and is not X's own unmodified write, or when X lost
+ * a conflict to that version at a seq newer than base_seq (RowVersion.lost). Edits made one
  * after the other at different branches never conflict; insert/insert,
  * update/update, update/delete and delete/update made without knowledge of
  * each other always do.
@@ -46,6 +47,13 @@ export interface RowVersion {
   exact: boolean;
   hlc: bigint;
   cols: Record<string, ColVersion> | null;
+  /**
+   * Branches whose change lost to this version (a conflict kept the row),
+   * with the sequence number of that decision. Until such a branch applied
+   * the decision its row is its own losing write, so its changes based
+   * before that seq are concurrent with this version.
+   */
+  lost?: Record<string, string> | null;
 }
 
 export interface IncomingChange {
@@ -77,8 +85,11 @@ export interface Verdict {
 
 const OP_NAMES: Record<RowOp, string> = { I: "insert", U: "update", D: "delete" };
 
-export function concurrent(st: RowVersion | undefined, inc: IncomingChange): st is RowVersion {
-  return st !== undefined && st.seq > inc.base && !(st.exact && st.branch === inc.branch);
+export function concurrent(st: RowVersion | undefined, inc: Pick<IncomingChange, "base" | "branch">): st is RowVersion {
+  if (st === undefined) return false;
+  if (st.seq > inc.base && !(st.exact && st.branch === inc.branch)) return true;
+  const lost = st.lost?.[inc.branch];
+  return lost !== undefined && BigInt(lost) > inc.base;
 }
 
 /** Whether (hlcA, branchA) is later than (hlcB, branchB): HLC first, then branch id. */
@@ -133,15 +144,15 @@ export function resolve(policy: Policy, st: RowVersion | undefined, existing: st
   const kind = `${OP_NAMES[st.op]}/${OP_NAMES[inc.op]}`;
   const incomingLater = later(inc.hlc, inc.branch, st.hlc, st.branch);
   const lwwReason = (win: boolean) => `${win ? "incoming" : "existing"} change has the later hybrid logical clock${inc.hlc === st.hlc ? " (equal clocks: larger branch id)" : ""}`;
-  // The row stays as it was, but its version moves to this decision, not
-  // exact: the losing branch skipped incoming versions of this row while
-  // its change was pending, so until it applies this entry its row is its
-  // own losing write, whatever its cursor says. Its next change based
-  // before this seq must meet a concurrent version (and add its delta, or
-  // merge only the columns it changed), not overwrite the row whole.
+  // The row and its version stay, but the loser is remembered: it skipped
+  // incoming versions of this row while its change was pending, so until
+  // it applies this entry its row is its own losing write, whatever its
+  // cursor says. Its next change based before this seq must meet a
+  // concurrent version (and add its delta, or merge only the columns it
+  // changed), not overwrite the row whole. Other branches are unaffected.
   const keep = (reason: string, status: "resolved" | "open" = "resolved"): Verdict => ({
     result: st.op === "D" ? null : existing,
-    state: { ...st, seq: inc.seq, exact: false },
+    state: { ...st, lost: { ...(st.lost ?? {}), [inc.branch]: inc.seq.toString() } },
     conflict: { kind, winner: st.branch, loser: inc.branch, reason, status },
   });
   const take = (reason: string): Verdict => {

@@ -19,7 +19,7 @@ import type pg from "pg";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { ChangeSchema, TransactionSchema, Op } from "../../gen/branchsync/v1/sync_pb.ts";
 import { decodeTxn, type WireChange } from "../../lib/protowire.ts";
-import { resolve, type Policy, type RowOp, type RowVersion } from "../conflict/resolve.ts";
+import { resolve, concurrent, type Policy, type RowOp, type RowVersion } from "../conflict/resolve.ts";
 import { policyOf } from "./policies.ts";
 import { loadVersions, versionsUpsert, rowId } from "./rowState.ts";
 import { changesAt, imageId } from "./images.ts";
@@ -216,13 +216,16 @@ async function resolveAll(c: pg.PoolClient, schema: string, branch: string, txns
   const keys = new Map<string, { table: string; key: string }>();
   for (const t of txns) for (const p of t.parts) for (const ch of p.changes) keys.set(rowId(ch.table, ch.key), { table: ch.table, key: ch.key });
   const stored = await loadVersions(c, schema, [...keys.values()]);
-  // Images of stored versions that some change of the batch is concurrent with.
+  // Images of stored versions that some change of the batch is concurrent with:
+  // by seq, or (a loser's change based before the decision that kept the row)
+  // by the version's lost map, whose image is still the one at st.seq.
+  // Without it such a change would be decided whole-row against no image.
   const needed: { seq: bigint; table: string; key: string }[] = [];
   for (const t of txns) {
     for (const p of t.parts) {
       for (const ch of p.changes) {
         const st = stored.get(rowId(ch.table, ch.key));
-        if (st && st.op !== "D" && st.seq > t.baseSeq) needed.push({ seq: st.seq, table: ch.table, key: ch.key });
+        if (st && st.op !== "D" && concurrent(st, { base: t.baseSeq, branch })) needed.push({ seq: st.seq, table: ch.table, key: ch.key });
       }
     }
   }

@@ -139,6 +139,12 @@ export function tenantMigrations(s: string): string[][] {
     // changes no key, so with room left on its page it is a HOT update and
     // writes no index entry. Applies to pages written from now on.
     `ALTER TABLE ${s}.row_state SET (fillfactor = 85)`,
+  ], [
+    // Branches that lost a conflict to a row's version (conflict/resolve.ts
+    // RowVersion.lost): their changes based before the decision are
+    // concurrent, so append_plain checks them too and clears the map.
+    `ALTER TABLE ${s}.row_state ADD COLUMN lost jsonb`,
+    appendPlainFn(s, "CREATE OR REPLACE", true, true),
   ]];
 }
 
@@ -146,10 +152,13 @@ export function tenantMigrations(s: string): string[][] {
  * The tenant's append_plain function (see store/log.ts appendPlain).
  * `runs`: skip the row-version check within the branch's run (migration 4).
  */
-function appendPlainFn(s: string, verb: string, runs: boolean): string {
+function appendPlainFn(s: string, verb: string, runs: boolean, lost = false): string {
+  const concurrent = lost
+    ? `((r.seq > p_base[ch.txo] AND NOT (r.exact AND r.branch = p_branch)) OR coalesce((r.lost ->> p_branch)::bigint, 0) > p_base[ch.txo])`
+    : `r.seq > p_base[ch.txo] AND NOT (r.exact AND r.branch = p_branch)`;
   const check = `EXISTS (SELECT 1 FROM unnest(c_tbl, c_key, c_op, c_txo) AS ch(tbl, key, op, txo)
                     JOIN ${s}.row_state r ON r.tbl = ch.tbl AND r.key = ch.key
-                   WHERE r.seq > p_base[ch.txo] AND NOT (r.exact AND r.branch = p_branch) AND NOT (r.op = 'D' AND ch.op = 'D'))`;
+                   WHERE ${concurrent} AND NOT (r.op = 'D' AND ch.op = 'D'))`;
   return `${verb} FUNCTION ${s}.append_plain(p_branch text, p_txn bigint[], p_n int[], p_blob bytea, p_len int[], p_base bigint[], p_hlc bigint[],
         c_tbl text[], c_key text[], c_op "char"[], c_txo int[]) RETURNS bigint LANGUAGE plpgsql AS $f$
      DECLARE h bigint; rb text; rs bigint;
@@ -167,7 +176,7 @@ function appendPlainFn(s: string, verb: string, runs: boolean): string {
          FROM unnest(c_tbl, c_key, c_op, c_txo) WITH ORDINALITY AS ch(tbl, key, op, txo, cord)
         ORDER BY ch.tbl, ch.key, ch.cord DESC
        ON CONFLICT (tbl, key) DO UPDATE SET op = excluded.op, seq = excluded.seq, branch = excluded.branch,
-         exact = true, hlc = excluded.hlc, cols = NULL;
+         exact = true, hlc = excluded.hlc, cols = NULL${lost ? ", lost = NULL" : ""};
        UPDATE ${s}.head SET seq = h + array_length(p_txn, 1)${runs ? `,
          run_branch = p_branch, run_start = CASE WHEN rb = p_branch THEN rs ELSE h + 1 END` : ""};
        RETURN h;
