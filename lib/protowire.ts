@@ -9,10 +9,26 @@
 export const WIRE_VARINT = 0;
 export const WIRE_LEN = 2;
 
-/** Growable byte writer. */
+const SCRATCH_BYTES = 64 * 1024;
+/**
+ * One scratch buffer for every encode: a fresh 64 KiB per message (each
+ * upstream batch, each stored transaction) was tens of MB/s of external
+ * memory on a busy branch or hub, and V8 answers that with back-to-back
+ * full collections, each a pause every message in flight waits out. A
+ * Writer takes it and finish() gives it back; a Writer made meanwhile
+ * gets its own.
+ */
+let scratch: Buffer | null = Buffer.allocUnsafe(SCRATCH_BYTES);
+
+/** Growable byte writer; finish() once. */
 export class Writer {
-  private buf = Buffer.allocUnsafe(64 * 1024);
+  private buf: Buffer;
   private pos = 0;
+
+  constructor() {
+    this.buf = scratch ?? Buffer.allocUnsafe(SCRATCH_BYTES);
+    scratch = null;
+  }
 
   private ensure(n: number) {
     if (this.pos + n <= this.buf.length) return;
@@ -67,7 +83,12 @@ export class Writer {
     this.pos -= shift;
   }
 
-  finish(): Buffer { return Buffer.from(this.buf.subarray(0, this.pos)); }
+  finish(): Buffer {
+    const out = Buffer.from(this.buf.subarray(0, this.pos));
+    // A buffer grown for one huge message is not kept.
+    if (this.buf.length <= 4 * SCRATCH_BYTES) scratch = this.buf;
+    return out;
+  }
 }
 
 export interface WireChange { table: string; op: number; key: string; row: string; prev: string }
