@@ -105,12 +105,15 @@ CREATE TABLE IF NOT EXISTS _branchsync.rejected (
   rows jsonb NOT NULL,
   error text NOT NULL,
   rejected_at timestamptz NOT NULL DEFAULT now());
-CREATE OR REPLACE FUNCTION _branchsync.note_txn(x xid8, m bigint, c int) RETURNS void LANGUAGE sql AS $$
+-- plpgsql, not sql: a sql function's statements are parsed and planned on
+-- every call, which was 0.5 ms of every captured statement.
+CREATE OR REPLACE FUNCTION _branchsync.note_txn(x xid8, m bigint, c int) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
   INSERT INTO _branchsync.txns(txid, last_id, n, base, seen_hlc)
   VALUES (x, m, c, coalesce((SELECT cursor FROM _branchsync.state), 0), coalesce((SELECT hlc FROM _branchsync.state), 0))
   ON CONFLICT (txid) DO UPDATE SET last_id = greatest(_branchsync.txns.last_id, excluded.last_id), n = _branchsync.txns.n + excluded.n;
-  SELECT pg_notify('${NOTIFY_CHANNEL}', '');
-$$;
+  PERFORM pg_notify('${NOTIFY_CHANNEL}', '');
+END $$;
 -- lz4 is cheaper than the default pglz for these write-once values; not
 -- every build has it, and then the default stays.
 DO $$ BEGIN
