@@ -13,7 +13,7 @@ export const agentSpec = {
   batchMaxChanges: int("most changes in one upstream batch (larger transactions travel in chunks)", "BATCH_MAX_CHANGES", "batch-max-changes", 500, 1, 20_000),
   // 0 by default: batches fill up by themselves while earlier ones are in
   // flight (the reader takes everything pending), and any wait is latency.
-  batchLingerMs: int("extra wait for a partial batch to fill while another is in flight (upper bound 50 ms is sane)", "BATCH_LINGER_MS", "batch-linger-ms", 0, 0, 10_000),
+  batchLingerMs: int("after a partial batch, how long the next waits for its ack to gather what commits meanwhile (0: no wait)", "BATCH_LINGER_MS", "batch-linger-ms", 5, 0, 10_000),
   initialUpload: bool("on the first start against this database, send its existing rows to the other branches", "INITIAL_UPLOAD", "initial-upload", false),
   pollMs: int("fallback poll of the local change log when no NOTIFY arrives", "POLL_MS", "poll-ms", 1000, 10, 60_000),
   clockSkewMs: int("correction added to this branch's clock when stamping HLCs (for a clock that cannot be fixed; tests use it to fake a skewed branch)", "CLOCK_SKEW_MS", "clock-skew-ms", 0, -86_400_000, 86_400_000),
