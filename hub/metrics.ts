@@ -12,6 +12,7 @@ client.collectDefaultMetrics({ register: registry });
 export const metrics = {
   sessions: new client.Gauge({ name: "branchsync_sessions", help: "Open SyncStream sessions", registers: [registry] }),
   changesIn: new client.Counter({ name: "branchsync_changes_ingested_total", help: "Row changes accepted into tenant logs", registers: [registry] }),
+  batchesIn: new client.Counter({ name: "branchsync_batches_ingested_total", help: "Upstream ChangeBatches appended (changes_ingested / this = the branches' batching)", registers: [registry] }),
   changesOut: new client.Counter({ name: "branchsync_changes_sent_total", help: "Row changes sent to branches", registers: [registry] }),
   authFailures: new client.Counter({ name: "branchsync_auth_failures_total", help: "Rejected tokens and API keys", registers: [registry] }),
   conflicts: new client.Counter({

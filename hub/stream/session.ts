@@ -209,6 +209,7 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
       deps.publish(identity.tenantId, res.head);
     }
     metrics.changesIn.inc(valid.reduce((s, v) => s + (v.t.lastChunk ? v.t.changes.length : 0), 0));
+    metrics.batchesIn.inc();
     await send(create(HubMessageSchema, { payload: { case: "batchAck", value: {
       batchId: b.batchId,
       outcomes: final.map((o, i) => ({
