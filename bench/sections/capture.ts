@@ -1,9 +1,9 @@
 /**
  * Part of the throughput section: what change capture costs the writer. The
- * W1 inserts (100-row transactions, one client) into a scratch database, once
- * without and once with branchsync's capture triggers installed
- * (agent/capture/install.ts), no agent or hub running: the A-side time of W1
- * is bounded by this.
+ * W1 inserts and then updates (100-row transactions, one client) into a
+ * scratch database, once without and once with branchsync's capture
+ * triggers installed (agent/capture/install.ts), no agent or hub running:
+ * the A-side time of W1 is bounded by this.
  */
 import pg from "pg";
 import type { BenchContext } from "../lib/context.ts";
@@ -13,11 +13,12 @@ import { runStatements } from "../lib/pair.ts";
 import { introspect } from "../../agent/capture/introspect.ts";
 import { installCapture } from "../../agent/capture/install.ts";
 
-export interface CaptureCost { rows: number; plainS: number; capturedS: number; ratio: number; plainRowsPerS: number; capturedRowsPerS: number }
+export interface CaptureRun { rows: number; plainS: number; capturedS: number; ratio: number; plainRowsPerS: number; capturedRowsPerS: number }
+export interface CaptureCost extends CaptureRun { updates: CaptureRun }
 
-async function insertRun(c: pg.Client, base: number, rows: number, batch: number): Promise<number> {
+async function w1Run(c: pg.Client, kind: "insert" | "update", base: number, rows: number, batch: number): Promise<number> {
   const stmts: string[] = [];
-  for (let a = base + 1; a <= base + rows; a += batch) stmts.push(w1Statement("insert", a, Math.min(a + batch - 1, base + rows)));
+  for (let a = base + 1; a <= base + rows; a += batch) stmts.push(w1Statement(kind, a, Math.min(a + batch - 1, base + rows)));
   await c.query("CHECKPOINT");
   const t = await runStatements(c, ["SELECT 1", ...stmts]);
   return (t.t1 - t.t0) / 1000;
@@ -29,10 +30,13 @@ export async function captureCost(ctx: BenchContext): Promise<CaptureCost> {
   const c = new pg.Client({ connectionString: db.url });
   await c.connect();
   try {
-    const plainS = await insertRun(c, 1_000_000_000, s.inserts, s.batch);
+    const plainS = await w1Run(c, "insert", 1_000_000_000, s.inserts, s.batch);
+    const plainUpdS = await w1Run(c, "update", 1_000_000_000, s.updates, s.batch);
     await installCapture(c, [await introspect(c, "public.items")], `cap_${ctx.tag}`.slice(0, 30), "a");
-    const capturedS = await insertRun(c, 2_000_000_000, s.inserts, s.batch);
-    return { rows: s.inserts, plainS, capturedS, ratio: capturedS / plainS, plainRowsPerS: s.inserts / plainS, capturedRowsPerS: s.inserts / capturedS };
+    const capturedS = await w1Run(c, "insert", 2_000_000_000, s.inserts, s.batch);
+    const capturedUpdS = await w1Run(c, "update", 2_000_000_000, s.updates, s.batch);
+    const run = (rows: number, p: number, cap: number): CaptureRun => ({ rows, plainS: p, capturedS: cap, ratio: cap / p, plainRowsPerS: rows / p, capturedRowsPerS: rows / cap });
+    return { ...run(s.inserts, plainS, capturedS), updates: run(s.updates, plainUpdS, capturedUpdS) };
   } finally {
     await c.end();
   }

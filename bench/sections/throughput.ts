@@ -137,7 +137,10 @@ export async function throughput(ctx: BenchContext): Promise<SectionResult> {
     capture = await captureCost(ctx);
     rows.push([`A only, no capture`, capture.rows, capture.plainS.toFixed(3), Math.round(capture.plainRowsPerS), capture.plainS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-"]);
     rows.push([`A only, capture on`, capture.rows, capture.capturedS.toFixed(3), Math.round(capture.capturedRowsPerS), capture.capturedS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-"]);
-    notes.push(`"A only" rows: the W1 inserts into a scratch database with no agent/hub running, without and with the capture triggers (agent/capture/install.ts): capture makes the writer ${capture.ratio.toFixed(2)}× slower.`);
+    const u = capture.updates;
+    rows.push([`A only, upd, no capture`, u.rows, u.plainS.toFixed(3), Math.round(u.plainRowsPerS), u.plainS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-"]);
+    rows.push([`A only, upd, capture on`, u.rows, u.capturedS.toFixed(3), Math.round(u.capturedRowsPerS), u.capturedS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-"]);
+    notes.push(`"A only" rows: the W1 inserts, then updates, into a scratch database with no agent/hub running, without and with the capture triggers (agent/capture/install.ts): capture makes the writer ${capture.ratio.toFixed(2)}× slower for inserts, ${u.ratio.toFixed(2)}× for updates.`);
   } catch (e) {
     res.errors.push(`capture cost: ${(e as Error).message}`);
   } finally {
