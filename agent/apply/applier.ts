@@ -26,8 +26,11 @@ import type pg from "pg";
 import { toBinary } from "@bufbuild/protobuf";
 import { TransactionSchema, type ChangeBatch, type Change, type Transaction } from "../../gen/branchsync/v1/sync_pb.ts";
 import { quoteIdent } from "../../lib/ident.ts";
-import { APPLY_LOCK, LOCAL_PENDING_SQLSTATE } from "../capture/install.ts";
-import { runsOf, dollarQuoted } from "./runs.ts";
+import { APPLY_LOCK } from "../capture/install.ts";
+import { runsOf } from "./runs.ts";
+import { makeOneTrip } from "./oneTrip.ts";
+
+export { ONE_TRIP_PAUSE_MS } from "./oneTrip.ts";
 import type { LocalTable } from "../capture/introspect.ts";
 
 interface TableSql { upsert: string; del: string }
@@ -120,9 +123,6 @@ export function isDataError(e: unknown): boolean {
 }
 
 const describe = (e: unknown) => ({ error: e instanceof Error ? e.message : String(e), sqlstate: String((e as { code?: unknown }).code ?? "") });
-
-/** How long a branch with local changes in the way applies carefully before trying one trip again. */
-export const ONE_TRIP_PAUSE_MS = 1000;
 
 const BEGIN_APPLY = "BEGIN; SET LOCAL branchsync.applying = 'on'";
 
@@ -319,54 +319,9 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
     return { cursor: batch.cursorAfter, quarantined };
   }
 
-  /** Connections that hold the one-trip path's prepared statements. */
-  const prepared = new WeakSet<pg.PoolClient>();
-  const PREPARE = [...sql.values()].flatMap((s) => [
-    `PREPARE bs_trip_up_${s.idx}(json) AS ${s.upsert}`, `PREPARE bs_trip_del_${s.idx}(json) AS ${s.del}`]).join(";\n");
-  /** While local transactions keep sending it back, the one-trip path is not tried. */
-  let oneTripPausedUntil = 0;
-
-  /**
-   * A batch of whole transactions in one round trip: the opening, the lock,
-   * every run (prepared statements fed dollar-quoted JSON) and the cursor
-   * move go as one simple-protocol query. It cannot look at local changes
-   * before sending the rows, so _branchsync.require_no_local_after aborts it
-   * when one might supersede an incoming row; then (null) the batch takes
-   * attempt(), which reads them. A data error is thrown like attempt's.
-   */
-  async function oneTrip(c: pg.PoolClient, batch: ChangeBatch): Promise<ApplyResult | null> {
-    if (!prepared.has(c)) {
-      await c.query(PREPARE);
-      prepared.add(c);
-    }
-    const parts = [BEGIN_APPLY];
-    const { foreign, passing, record } = ownSequenced(batch);
-    if (record) parts.push(record);
-    if (foreign) {
-      let low = batch.transactions[0].seq;
-      for (const t of batch.transactions) if (t.seq < low) low = t.seq;
-      parts.push(`SELECT pg_advisory_xact_lock(${APPLY_LOCK})`, `SELECT _branchsync.require_no_local_after(${num(low)})`);
-    }
-    for (const run of runsOf(batch.transactions.flatMap((t) => t.changes))) {
-      parts.push(`EXECUTE bs_trip_${run.del ? "del" : "up"}_${statementOf(run.table).idx}(${dollarQuoted(run.json)})`);
-    }
-    const end = closing(batch, passing);
-    parts.push(end.sql);
-    try {
-      const r = asList(await c.query(parts.join(";\n")));
-      if (end.low) noteLowest(r);
-    } catch (e) {
-      if ((e as { code?: unknown }).code !== LOCAL_PENDING_SQLSTATE) throw e;
-      oneTripPausedUntil = Date.now() + ONE_TRIP_PAUSE_MS;
-      return null;
-    }
-    open = null;
-    c.release();
-    return { cursor: batch.cursorAfter, quarantined: [] };
-  }
-
-  const oneTripFits = (batch: ChangeBatch) =>
-    Date.now() >= oneTripPausedUntil && batch.transactions.every((t) => t.chunkIndex === 0 && t.lastChunk);
+  const oneTrip = makeOneTrip({
+    opening: BEGIN_APPLY, statementOf, tables: [...sql.values()], ownSequenced, closing, noteLowest,
+  });
 
   return {
     async apply(batch) {
@@ -377,9 +332,12 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
       const skipped = skipping;
       try {
         let opening = fresh ? BEGIN_APPLY : "SAVEPOINT bs_batch";
-        if (fresh && !skipping && oneTripFits(batch)) {
-          const done = await oneTrip(c, batch);
-          if (done) return done;
+        if (fresh && !skipping && oneTrip.fits(batch)) {
+          if (await oneTrip.run(c, batch)) {
+            open = null;
+            c.release();
+            return { cursor: batch.cursorAfter, quarantined: [] };
+          }
           opening = `ROLLBACK; ${BEGIN_APPLY}`;
         }
         // A batch continuing an open chunked transaction can be undone alone.
