@@ -6,7 +6,6 @@ import { ITEMS_DDL } from "./support/cluster.ts";
 import { introspect } from "../agent/capture/introspect.ts";
 import { installCapture } from "../agent/capture/install.ts";
 import { makeApplier, ONE_TRIP_PAUSE_MS, type Applier } from "../agent/apply/applier.ts";
-import { dollarQuoted } from "../agent/apply/runs.ts";
 import { ChangeBatchSchema, TransactionSchema, ChangeSchema, Op, type ChangeBatch } from "../gen/branchsync/v1/sync_pb.ts";
 
 const row = (id: number, sku: string) => JSON.stringify({ id, sku, qty: 1, price: 2.5, note: null, updated_at: "2026-01-01T00:00:00+00:00" });
@@ -88,14 +87,5 @@ describe("applier (branch database level)", function () {
     await db.pool.query("UPDATE items SET sku = 'later' WHERE id = 2");
     await applier.apply(batch(8n, [{ seq: 8n, changes: [[Op.UPDATE, 2, "earlier"], [Op.INSERT, 5, "e"]] }], [{ originTxn: await localTxn(), seq: 9n }]));
     assert.deepEqual(await skus(), ["1:after", "2:later", "4:d'$bs$", "5:e", "100:warm"]);
-  });
-
-  it("dollar-quotes any text, even text holding the tags or ending in one's start", () => {
-    for (const t of ["", "plain", "a$bs$b", "x$bs", "$bs$$bs0$", "end$bs0"]) {
-      const q = dollarQuoted(t);
-      const tag = /^\$bs\d*\$/.exec(q)![0];
-      assert.equal(q.slice(tag.length, -tag.length), t);
-      assert.equal(q.indexOf(tag, tag.length), q.length - tag.length, `${t}: the tag first recurs at the end`);
-    }
   });
 });

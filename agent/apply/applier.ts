@@ -28,14 +28,15 @@ import { TransactionSchema, type ChangeBatch, type Change, type Transaction } fr
 import { quoteIdent } from "../../lib/ident.ts";
 import { APPLY_LOCK } from "../capture/install.ts";
 import { runsOf } from "./runs.ts";
-import { makeOneTrip } from "./oneTrip.ts";
+import { makeOneTrip, TRIP_ROWS } from "./oneTrip.ts";
+import type { LocalTable } from "../capture/introspect.ts";
 
 export { ONE_TRIP_PAUSE_MS } from "./oneTrip.ts";
-import type { LocalTable } from "../capture/introspect.ts";
 
 interface TableSql { upsert: string; del: string }
 
-function tableSql(t: LocalTable): TableSql {
+/** `rows`: where the statements find the JSON array of row images. */
+function tableSql(t: LocalTable, rows = "$1"): TableSql {
   const q = `${quoteIdent(t.schema)}.${quoteIdent(t.table)}`;
   const pk = t.primaryKey.map(quoteIdent).join(", ");
   const rest = t.columns.filter((c) => !t.primaryKey.includes(c.name)).map((c) => quoteIdent(c.name));
@@ -44,13 +45,13 @@ function tableSql(t: LocalTable): TableSql {
   const json = t.columns.filter((c) => c.type === "json" || c.type === "jsonb");
   // json/jsonb arrive as strings of their text (see capture); cast them back.
   const source = json.length === 0
-    ? `SELECT ${cols} FROM json_populate_recordset(NULL::${q}, $1::json)`
+    ? `SELECT ${cols} FROM json_populate_recordset(NULL::${q}, ${rows}::json)`
     : `SELECT ${t.columns.map((c) => (json.includes(c) ? `(bs_e_.v ->> '${c.name}')::${c.type}` : `bs_r_.${quoteIdent(c.name)}`)).join(", ")}
-         FROM jsonb_array_elements($1::jsonb) AS bs_e_(v),
+         FROM jsonb_array_elements(${rows}::jsonb) AS bs_e_(v),
               LATERAL jsonb_populate_record(NULL::${q}, bs_e_.v - ARRAY[${json.map((c) => `'${c.name}'`).join(", ")}]) AS bs_r_`;
   return {
     upsert: `INSERT INTO ${q} (${cols}) ${source} ON CONFLICT (${pk}) ${onConflict}`,
-    del: `DELETE FROM ${q} WHERE (${pk}) IN (SELECT ${pk} FROM json_populate_recordset(NULL::${q}, $1::json))`,
+    del: `DELETE FROM ${q} WHERE (${pk}) IN (SELECT ${pk} FROM json_populate_recordset(NULL::${q}, ${rows}::json))`,
   };
 }
 
@@ -248,7 +249,7 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
       record = `UPDATE _branchsync.txns t SET seq = v.seq FROM unnest('{${staying.map((o) => num(o.originTxn)).join(",")}}'::xid8[],
         '{${staying.map((o) => num(o.seq)).join(",")}}'::bigint[]) AS v(txid, seq) WHERE t.txid = v.txid`;
     }
-    return { foreign, passing, record };
+    return { foreign, passing, staying, record };
   }
 
   /**
@@ -264,7 +265,7 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
     const state = (passing.length > 0 ? `DELETE FROM _branchsync.changes WHERE txid = ANY(${passed});
                                           DELETE FROM _branchsync.txns WHERE txid = ANY(${passed});\n` : "") +
       `UPDATE _branchsync.state SET cursor = ${cursor}, hlc = greatest(hlc, ${num(hlc)})`;
-    if (lowestRecorded === undefined || (lowestRecorded !== null && lowestRecorded <= batch.cursorAfter)) {
+    if (cleans(batch)) {
       return {
         low: true,
         sql: `WITH gone AS (DELETE FROM _branchsync.changes c USING _branchsync.txns t WHERE c.txid = t.txid AND t.seq <= ${cursor}),
@@ -278,11 +279,19 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
     return { low: false, sql: `${state}; COMMIT` };
   }
 
-  function noteLowest(results: pg.QueryResult[]) {
+  /** Whether the cursor move may pass recorded own transactions (then it drops them and reports the lowest left). */
+  function cleans(batch: ChangeBatch): boolean {
+    return lowestRecorded === undefined || (lowestRecorded !== null && lowestRecorded <= batch.cursorAfter);
+  }
+
+  function noteLowest(low: string | null) {
+    lowestRecorded = low === null ? null : BigInt(low);
+  }
+
+  function noteLowestOf(results: pg.QueryResult[]) {
     const r = results.find((x) => x.fields?.[0]?.name === "low");
     if (!r) throw new Error("the cursor move returned no lowest recorded sequence");
-    const low = r.rows[0].low as string | null;
-    lowestRecorded = low === null ? null : BigInt(low);
+    noteLowest(r.rows[0].low as string | null);
   }
 
   const asList = (res: unknown) => (Array.isArray(res) ? res : [res]) as pg.QueryResult[];
@@ -313,14 +322,15 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
     if (lastTxn && !lastTxn.lastChunk) return { cursor: null, quarantined };
     const end = closing(batch, passing);
     const r = asList(await c.query(end.sql));
-    if (end.low) noteLowest(r);
+    if (end.low) noteLowestOf(r);
     open = null;
     c.release();
     return { cursor: batch.cursorAfter, quarantined };
   }
 
   const oneTrip = makeOneTrip({
-    opening: BEGIN_APPLY, statementOf, tables: [...sql.values()], ownSequenced, closing, noteLowest,
+    tables: tables.map((t) => ({ name: t.name, ...tableSql(t, TRIP_ROWS) })),
+    checkTracked: statementOf, ownSequenced, cleans, noteLowest,
   });
 
   return {
@@ -331,14 +341,14 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
       // An attempt that fails is undone, and so must be its bookkeeping.
       const skipped = skipping;
       try {
-        let opening = fresh ? BEGIN_APPLY : "SAVEPOINT bs_batch";
+        const opening = fresh ? BEGIN_APPLY : "SAVEPOINT bs_batch";
         if (fresh && !skipping && oneTrip.fits(batch)) {
           if (await oneTrip.run(c, batch)) {
             open = null;
             c.release();
             return { cursor: batch.cursorAfter, quarantined: [] };
           }
-          opening = `ROLLBACK; ${BEGIN_APPLY}`;
+          // Sent back: its statement's transaction is over, nothing to undo.
         }
         // A batch continuing an open chunked transaction can be undone alone.
         return await attempt(c, batch, false, opening);

@@ -1,71 +1,116 @@
 /**
  * The applier's fast path: a batch of whole transactions in one round trip.
- * The opening, the lock, every run (per-connection prepared statements fed
- * dollar-quoted JSON) and the cursor move go as one simple-protocol query.
+ * One statement, `SELECT _branchsync.apply_trip($1, ...)`, runs in its own
+ * transaction and does what the careful path does in three: marks the
+ * session as applying, records the own sequence numbers, takes the apply
+ * lock, upserts and deletes every run, moves the cursor and drops the local
+ * transactions it passes. Rows travel as parameters, never in SQL text:
+ * the runs as one JSON array of arrays, which costs no escaping here.
  *
  * Invariant: it never overwrites a row a local change supersedes. It cannot
  * look at local changes before sending the rows, so under the exclusive
- * apply lock _branchsync.require_no_local_after aborts the whole query when
- * a local transaction is unsequenced or sequenced after an incoming one;
- * the caller then applies the batch carefully (agent/apply/applier.ts),
+ * apply lock _branchsync.require_no_local_after aborts the whole statement
+ * when a local transaction is unsequenced or sequenced after an incoming
+ * one; the caller then applies the batch carefully (agent/apply/applier.ts),
  * and this path rests a while.
  */
 import type pg from "pg";
 import type { ChangeBatch } from "../../gen/branchsync/v1/sync_pb.ts";
 import { APPLY_LOCK, LOCAL_PENDING_SQLSTATE } from "../capture/install.ts";
-import { runsOf, dollarQuoted } from "./runs.ts";
+import { runsOf } from "./runs.ts";
 
 /** How long a branch with local changes in the way applies carefully before trying one trip again. */
 export const ONE_TRIP_PAUSE_MS = 1000;
 
+/** The plpgsql variable holding a run's rows in the function's statements. */
+export const TRIP_ROWS = "bs_rows_";
+
 export interface OneTripDeps {
-  /** The statements that open the local transaction. */
-  opening: string;
-  /** Per tracked table: its upsert and delete over a JSON array ($1), and its index. */
-  statementOf(table: string): { upsert: string; del: string; idx: number };
-  tables: { upsert: string; del: string; idx: number }[];
-  /** The statement recording the batch's own sequence numbers, and the own transactions its cursor passes. */
-  ownSequenced(batch: ChangeBatch): { foreign: boolean; passing: { originTxn: bigint }[]; record: string | null };
-  /** The statements that move the cursor and commit; `low`: a result named "low" follows. */
-  closing(batch: ChangeBatch, passing: { originTxn: bigint }[]): { sql: string; low: boolean };
-  noteLowest(results: pg.QueryResult[]): void;
+  /** Per tracked table: its upsert and delete over the JSON array in TRIP_ROWS. */
+  tables: { name: string; upsert: string; del: string }[];
+  /** Throws ApplyError for a table this branch does not track. */
+  checkTracked(table: string): void;
+  /** Own transactions: those to record with their sequence numbers, and those the cursor passes. */
+  ownSequenced(batch: ChangeBatch): { foreign: boolean; staying: { originTxn: bigint; seq: bigint }[]; passing: { originTxn: bigint }[] };
+  /** Whether the cursor move should also drop passed local transactions and report the lowest recorded seq. */
+  cleans(batch: ChangeBatch): boolean;
+  noteLowest(low: string | null): void;
 }
 
 export interface OneTrip {
   /** Whether to try `batch` this way: whole transactions, and not resting. */
   fits(batch: ChangeBatch): boolean;
-  /** True once applied and committed; false when local changes sent it back (the transaction is aborted, not rolled back). Data errors throw. */
+  /** True once applied and committed; false when local changes sent it back. Data errors throw. */
   run(c: pg.PoolClient, batch: ChangeBatch): Promise<boolean>;
 }
 
+function functionSql(tables: OneTripDeps["tables"]): string {
+  const runs = tables.map((t, i) => `${i === 0 ? "IF" : "ELSIF"} p_tbl[i] = ${i} AND NOT p_del[i] THEN ${t.upsert};
+      ELSIF p_tbl[i] = ${i} THEN ${t.del};`).join("\n      ");
+  return `CREATE OR REPLACE FUNCTION _branchsync.apply_trip(p_low bigint, p_own_txid xid8[], p_own_seq bigint[], p_passing xid8[],
+    p_cursor bigint, p_hlc bigint, p_clean boolean, p_tbl int[], p_del boolean[], p_rows json) RETURNS text LANGUAGE plpgsql AS $f$
+  DECLARE ${TRIP_ROWS} json; i bigint; low text;
+  BEGIN
+    PERFORM set_config('branchsync.applying', 'on', true);
+    IF cardinality(p_own_txid) > 0 THEN
+      UPDATE _branchsync.txns t SET seq = v.seq FROM unnest(p_own_txid, p_own_seq) AS v(txid, seq) WHERE t.txid = v.txid;
+    END IF;
+    IF p_low IS NOT NULL THEN
+      PERFORM pg_advisory_xact_lock(${APPLY_LOCK});
+      PERFORM _branchsync.require_no_local_after(p_low);
+    END IF;
+    FOR ${TRIP_ROWS}, i IN SELECT e.v, e.n FROM json_array_elements(p_rows) WITH ORDINALITY AS e(v, n) LOOP
+      ${runs}
+      ELSE RAISE EXCEPTION 'no table %', p_tbl[i];
+      END IF;
+    END LOOP;
+    IF cardinality(p_passing) > 0 THEN
+      DELETE FROM _branchsync.changes WHERE txid = ANY(p_passing);
+      DELETE FROM _branchsync.txns WHERE txid = ANY(p_passing);
+    END IF;
+    UPDATE _branchsync.state SET cursor = p_cursor, hlc = greatest(hlc, p_hlc);
+    IF p_clean THEN
+      DELETE FROM _branchsync.changes c USING _branchsync.txns t WHERE c.txid = t.txid AND t.seq <= p_cursor;
+      DELETE FROM _branchsync.txns WHERE seq <= p_cursor;
+      SELECT min(seq)::text INTO low FROM _branchsync.txns WHERE seq IS NOT NULL;
+    END IF;
+    RETURN low;
+  END $f$`;
+}
+
 export function makeOneTrip(d: OneTripDeps): OneTrip {
-  const prepared = new WeakSet<pg.PoolClient>();
-  const prepare = d.tables.flatMap((s) => [
-    `PREPARE bs_trip_up_${s.idx}(json) AS ${s.upsert}`, `PREPARE bs_trip_del_${s.idx}(json) AS ${s.del}`]).join(";\n");
+  const index = new Map(d.tables.map((t, i) => [t.name, i]));
+  let installed = false;
   let pausedUntil = 0;
   return {
     fits: (batch) => Date.now() >= pausedUntil && batch.transactions.every((t) => t.chunkIndex === 0 && t.lastChunk),
     async run(c, batch) {
-      if (!prepared.has(c)) {
-        await c.query(prepare);
-        prepared.add(c);
+      if (!installed) {
+        // Its statements depend on the tracked tables: written once per start.
+        await c.query(functionSql(d.tables));
+        installed = true;
       }
-      const parts = [d.opening];
-      const { foreign, passing, record } = d.ownSequenced(batch);
-      if (record) parts.push(record);
-      if (foreign) {
-        let low = batch.transactions[0].seq;
-        for (const t of batch.transactions) if (t.seq < low) low = t.seq;
-        parts.push(`SELECT pg_advisory_xact_lock(${APPLY_LOCK})`, `SELECT _branchsync.require_no_local_after(${BigInt(low).toString()})`);
+      const { foreign, staying, passing } = d.ownSequenced(batch);
+      let low: bigint | null = null;
+      let hlc = 0n;
+      for (const t of batch.transactions) {
+        if (low === null || t.seq < low) low = t.seq;
+        if (t.hlc > hlc) hlc = t.hlc;
       }
-      for (const run of runsOf(batch.transactions.flatMap((t) => t.changes))) {
-        parts.push(`EXECUTE bs_trip_${run.del ? "del" : "up"}_${d.statementOf(run.table).idx}(${dollarQuoted(run.json)})`);
-      }
-      const end = d.closing(batch, passing);
-      parts.push(end.sql);
+      const runs = runsOf(batch.transactions.flatMap((t) => t.changes));
+      for (const r of runs) d.checkTracked(r.table);
+      const clean = d.cleans(batch);
       try {
-        const res = await c.query(parts.join(";\n")) as unknown;
-        if (end.low) d.noteLowest((Array.isArray(res) ? res : [res]) as pg.QueryResult[]);
+        const { rows } = await c.query({
+          name: "bs-apply-trip",
+          text: "SELECT _branchsync.apply_trip($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) AS low",
+          values: [
+            foreign ? low!.toString() : null, staying.map((o) => o.originTxn.toString()), staying.map((o) => o.seq.toString()),
+            passing.map((o) => o.originTxn.toString()), batch.cursorAfter.toString(), hlc.toString(), clean,
+            runs.map((r) => index.get(r.table)!), runs.map((r) => r.del), `[${runs.map((r) => r.json).join(",")}]`,
+          ],
+        });
+        if (clean) d.noteLowest(rows[0].low);
         return true;
       } catch (e) {
         if ((e as { code?: unknown }).code !== LOCAL_PENDING_SQLSTATE) throw e;

@@ -38,14 +38,3 @@ function runOf(table: string, del: boolean, changes: Change[]): Run {
   return { table, del, json: `[${rows.join(",")}]` };
 }
 
-/**
- * `text` as an SQL dollar-quoted literal: no escaping, and its meaning does
- * not depend on standard_conforming_strings. The tag must first occur
- * where it closes the literal: not inside the text, nor straddling its end
- * ("...$bs" + "$bs$").
- */
-export function dollarQuoted(text: string): string {
-  let tag = "$bs$";
-  for (let i = 0; (text + tag).indexOf(tag) !== text.length; i++) tag = `$bs${i}$`;
-  return `${tag}${text}${tag}`;
-}

@@ -106,7 +106,7 @@ CREATE TABLE IF NOT EXISTS _branchsync.rejected (
   error text NOT NULL,
   rejected_at timestamptz NOT NULL DEFAULT now());
 -- plpgsql, not sql: a sql function's statements are parsed and planned on
--- every call, which was 0.5 ms of every captured statement.
+-- every call: 79 us instead of 18 us for every captured statement.
 CREATE OR REPLACE FUNCTION _branchsync.note_txn(x xid8, m bigint, c int) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
   INSERT INTO _branchsync.txns(txid, last_id, n, base, seen_hlc)

@@ -5,7 +5,6 @@
  */
 import { Op, type Change, type ChangeBatch, type Transaction } from "../../gen/branchsync/v1/sync_pb.ts";
 import type { TableDef } from "../store/tables.ts";
-
 import { rowLooksValid, keyLooksValid, prevLooksValid, rowShape, prevShape, type RowShape, type ValueKind } from "../../lib/jsonscan.ts";
 
 type Kind = ValueKind;
