@@ -15,6 +15,7 @@ import { childRng } from "../lib/rng.ts";
 import { formatSection } from "./lib/report.ts";
 import { summarizeProfiles } from "./lib/cpuprofile.ts";
 import { REPO } from "./lib/procs.ts";
+import { STATEMENTS_CONF, formatStatements, resetStatements, topStatements } from "./lib/pgstatements.ts";
 import type { BenchContext, SectionResult } from "./lib/context.ts";
 import { throughput } from "./sections/throughput.ts";
 import { latency } from "./sections/latency.ts";
@@ -50,7 +51,7 @@ async function main(): Promise<number> {
   const results: SectionResult[] = [];
   let server;
   try {
-    server = args.pg === "private" ? await privateCluster(tag, 500) : await mainServer();
+    server = args.pg === "private" ? await privateCluster(tag, 500, args.pgStatements ? STATEMENTS_CONF : []) : await mainServer();
     log(`PostgreSQL: ${server.describe}`);
     const ctx: BenchContext = {
       seed: args.seed, quick: args.quick, tag, server, logDir,
@@ -66,7 +67,13 @@ async function main(): Promise<number> {
       log(`== ${name}`);
       let r: SectionResult;
       try {
+        if (args.pgStatements) await resetStatements(server);
         r = await SECTION_FNS[name](ctx);
+        if (args.pgStatements) {
+          const top = await topStatements(server);
+          r.data.pgStatements = top;
+          console.log(formatStatements(name, top));
+        }
       } catch (e) {
         r = { section: name, command: ctx.command(name), ok: false, tables: [], data: {}, errors: [(e as Error).stack ?? String(e)] };
       }

@@ -92,6 +92,12 @@ describe("the tenant log (store level)", function () {
     assert.deepEqual(ff.rows[0].reloptions, ["fillfactor=85"]);
     const idx = await pool.query("SELECT indexdef FROM pg_indexes WHERE schemaname = 'tenant_old' AND tablename = 'log' AND indexdef LIKE '%origin_txn%'");
     assert.deepEqual(idx.rows.map((r) => r.indexdef.replace(/.*USING btree /, "")), ["(origin_txn, origin_branch, part)"]);
+    const lz4 = await pool.query(`SELECT attrelid::regclass::text AS t, attcompression AS c FROM pg_attribute
+      WHERE attrelid IN ('tenant_old.log'::regclass, 'tenant_old.pending_chunks'::regclass) AND attname = 'body' ORDER BY 1`);
+    assert.deepEqual(lz4.rows, [{ t: "tenant_old.log", c: "l" }, { t: "tenant_old.pending_chunks", c: "l" }]);
+    const coll = await pool.query(`SELECT a.attname, c.collname FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation
+      WHERE a.attrelid = 'tenant_old.row_state'::regclass AND a.attname IN ('tbl', 'key') ORDER BY 1`);
+    assert.deepEqual(coll.rows, [{ attname: "key", collname: "C" }, { attname: "tbl", collname: "C" }]);
     const v = await pool.query("SELECT schema_version FROM branchsync.tenants WHERE id = 'old'");
     assert.equal(v.rows[0].schema_version, (await pool.query("SELECT max(schema_version) AS m FROM branchsync.tenants")).rows[0].m);
   });

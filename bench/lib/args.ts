@@ -28,6 +28,8 @@ export interface Args {
   seed: number;
   pg: "main" | "private";
   cpuProf: boolean;
+  /** pg_stat_statements in the private cluster, top statements printed per section. */
+  pgStatements: boolean;
   keepLogs: boolean;
   hubEnv: Record<string, string>;
   agentEnv: Record<string, string>;
@@ -39,12 +41,12 @@ export interface Args {
 const kebab = (k: string) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 
 export const USAGE = `npm run bench -- [--quick] [--only ${SECTIONS.join(",")}] [--seed N] [--pg main|private]
-                [--cpu-prof] [--agent-env K=V]... [--hub-env K=V]... [--<size> N[,N...]]...
+                [--cpu-prof] [--pg-statements] [--agent-env K=V]... [--hub-env K=V]... [--<size> N[,N...]]...
 sizes (full / --quick): ${Object.keys(FULL).map(kebab).join(", ")}`;
 
 export function parseArgs(argv: string[]): Args {
   const a: Args = {
-    quick: false, only: [...SECTIONS], seed: Math.floor(Math.random() * 2 ** 31), pg: "main", cpuProf: false, keepLogs: false,
+    quick: false, only: [...SECTIONS], seed: Math.floor(Math.random() * 2 ** 31), pg: "main", cpuProf: false, pgStatements: false, keepLogs: false,
     hubEnv: {}, agentEnv: {}, sizes: { ...FULL }, repro: [],
   };
   const overrides: [keyof Sizes, string][] = [];
@@ -70,6 +72,8 @@ export function parseArgs(argv: string[]): Args {
       case "--seed": a.seed = Number(value()); if (!Number.isInteger(a.seed)) throw new Error("--seed wants an integer"); break;
       case "--pg": { const v = value(); if (v !== "main" && v !== "private") throw new Error("--pg is main or private"); a.pg = v; a.repro.push("--pg", v); break; }
       case "--cpu-prof": a.cpuProf = true; break;
+      // Needs a cluster of our own to preload the extension in.
+      case "--pg-statements": a.pgStatements = true; a.pg = "private"; break;
       case "--agent-env": env(a.agentEnv, value()); break;
       case "--hub-env": env(a.hubEnv, value()); break;
       case "--help": case "-h": throw new Error(USAGE);

@@ -66,7 +66,7 @@ async function portFree(port: number): Promise<boolean> {
 }
 
 /** A throwaway PostgreSQL 15 cluster (root + pg_createcluster), dropped at cleanup. */
-export async function privateCluster(tag: string, maxConnections: number): Promise<PgServer> {
+export async function privateCluster(tag: string, maxConnections: number, extraConf: string[] = []): Promise<PgServer> {
   const name = `bsbench_${tag}`;
   const { stdout } = await run("pg_lsclusters", ["-h"]);
   const used = new Set(stdout.split("\n").map((l) => l.split(/\s+/)[2]).filter(Boolean));
@@ -88,6 +88,7 @@ export async function privateCluster(tag: string, maxConnections: number): Promi
     "max_wal_size = 4GB",
     "checkpoint_timeout = 30min",
     "log_min_messages = warning",
+    ...extraConf,
     "",
   ].join("\n"));
   await run("chown", ["postgres:postgres", conf]);
