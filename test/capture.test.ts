@@ -33,6 +33,10 @@ describe("change capture (branch database level)", function () {
     const types = await db.pool.query(`SELECT string_agg(format_type(atttypid, NULL), ',' ORDER BY attname) AS t FROM pg_attribute
       WHERE attrelid = '_branchsync.changes'::regclass AND attname IN ('keys', 'rows', 'prevs')`);
     assert.equal(types.rows[0].t, "json,json,json");
+    // A 100-row unit is kilobytes; the default pglz costs the writer three times what lz4 does.
+    const lz4 = await db.pool.query(`SELECT string_agg(attcompression::text, ',' ORDER BY attname) AS c FROM pg_attribute
+      WHERE attrelid = '_branchsync.changes'::regclass AND attname IN ('keys', 'rows', 'prevs')`);
+    assert.equal(lz4.rows[0].c, "l,l,l");
     const r = await readBatch(db.pool, [], 100, null, makeClock(0));
     assert.equal(r.transactions.length, 2);
     const [ins, upd] = r.transactions;

@@ -117,7 +117,8 @@ END $$;
 -- lz4 is cheaper than the default pglz for these write-once values; not
 -- every build has it, and then the default stays.
 DO $$ BEGIN
-  ALTER TABLE _branchsync.changes ALTER COLUMN rows SET COMPRESSION lz4, ALTER COLUMN keys SET COMPRESSION lz4;
+  ALTER TABLE _branchsync.changes ALTER COLUMN rows SET COMPRESSION lz4, ALTER COLUMN keys SET COMPRESSION lz4,
+    ALTER COLUMN prevs SET COMPRESSION lz4;
 EXCEPTION WHEN OTHERS THEN NULL;
 END $$;
 -- Local writers take this lock shared (before their statement touches a
