@@ -27,7 +27,7 @@ export async function resetStatements(s: PgServer): Promise<void> {
 }
 
 /** The `limit` statements with the most execution time since the reset, per database label. */
-export async function topStatements(s: PgServer, limit = 15): Promise<StatementRow[]> {
+export async function topStatements(s: PgServer, limit = 30): Promise<StatementRow[]> {
   return withPostgres(s, async (c) => {
     const { rows } = await c.query(
       `SELECT coalesce(d.datname, s.dbid::text) AS db, s.calls::int AS calls, s.total_exec_time AS total, s.rows::bigint AS rows,

@@ -24,6 +24,7 @@ import { policyOf } from "./policies.ts";
 import { loadVersions, versionsUpsert, rowId } from "./rowState.ts";
 import { changesAt, imageId } from "./images.ts";
 import { insertConflicts, type ConflictRecord } from "./conflicts.ts";
+import { intArray, textArray } from "../../lib/pgarray.ts";
 
 export interface IncomingTxn {
   originTxn: bigint;
@@ -123,7 +124,8 @@ async function appendPlain(pool: pg.Pool, schema: string, branch: string, txns: 
     name: `append-plain-${schema}`,
     text: `SELECT ${schema}.append_plain($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)::text AS head`,
     values: [branch, txns.map((t) => t.originTxn.toString()), txns.map((t) => t.nChanges), Buffer.concat(txns.map((t) => t.body)),
-      txns.map((t) => t.body.length), txns.map((t) => t.baseSeq.toString()), txns.map((t) => t.hlc.toString()), ch.t, ch.k, ch.op, ch.txo],
+      txns.map((t) => t.body.length), txns.map((t) => t.baseSeq.toString()), txns.map((t) => t.hlc.toString()),
+      textArray(ch.t), textArray(ch.k), textArray(ch.op), intArray(ch.txo)],
   });
   if (rows[0].head === null) return null;
   const before = BigInt(rows[0].head);
