@@ -101,6 +101,8 @@ admin() {
 case $cmd in
   start)
     mkdir -p "$STATE"
+    # The processes run the bundle (bin/branchsync.mjs falls back to tsx when it is stale).
+    node "$REPO/scripts/build.mjs"
     [[ -s $STATE/hub.pid ]] && kill -0 "$(cat "$STATE/hub.pid")" 2>/dev/null && die "already running (state in $STATE)"
     ADMIN_TOKEN=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')
     : >"$STATE/hub.pid"; : >"$STATE/hub.log"

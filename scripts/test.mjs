@@ -38,5 +38,8 @@ if (missing.length) {
   process.exit(1);
 }
 
+// The processes the tests start run the bundle, as `npm start` does (bin/branchsync.mjs).
+sh("node", ["scripts/build.mjs"]);
+
 const files = fs.readdirSync("test").filter((f) => f.endsWith(".test.ts")).map((f) => path.join("test", f)).sort();
 sh(path.join("node_modules", ".bin", "mocha"), [...files, ...process.argv.slice(2)]);

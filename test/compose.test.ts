@@ -46,7 +46,7 @@ function binds(svc: Obj): { source: string; target: string; readOnly: boolean }[
 
 const hubServices = (services: Obj) =>
   Object.entries(services)
-    .filter(([, s]) => (s.command ?? []).join(" ").includes("cli/main.ts hub"))
+    .filter(([, s]) => (s.command ?? []).join(" ").includes("bin/branchsync.mjs hub"))
     .map(([name]) => name);
 
 describe("docker-compose.yml", function () {
@@ -75,7 +75,7 @@ describe("docker-compose.yml", function () {
     assert.equal(hubs.length, 2, `expected two hub replicas, got ${hubs.join(", ")}`);
     for (const h of hubs) {
       const s = services[h];
-      assert.deepEqual(s.command, ["node", "--import", "tsx", "cli/main.ts", "hub"]);
+      assert.deepEqual(s.command, ["node", "bin/branchsync.mjs", "hub"]);
       assert.equal(path.resolve(repo, s.build.context), repo, `${h} build context`);
       assert.equal(s.build.dockerfile ?? "Dockerfile", "Dockerfile");
     }
@@ -163,7 +163,7 @@ describe("Dockerfile", () => {
   it("builds on node:20-slim with npm ci and runs the hub as a non-root user", () => {
     assert.deepEqual(instr("FROM"), ["node:20-slim"]);
     assert.ok(instr("RUN").some((r) => /\bnpm ci\b/.test(r)), "no `npm ci`");
-    assert.equal(JSON.parse(instr("CMD").at(-1)!).join(" "), "node --import tsx cli/main.ts hub");
+    assert.equal(JSON.parse(instr("CMD").at(-1)!).join(" "), "node bin/branchsync.mjs hub");
     assert.ok(instr("USER").length > 0 && instr("USER").at(-1) !== "root");
   });
 
@@ -171,6 +171,11 @@ describe("Dockerfile", () => {
     const copyIdx = lines.findIndex((l) => /^COPY .*package-lock\.json/.test(l));
     const ciIdx = lines.findIndex((l) => /^RUN .*npm ci/.test(l));
     assert.ok(copyIdx >= 0 && copyIdx < ciIdx, "package-lock.json must be copied before npm ci");
+    // The bundle is built from the sources, so after they are copied: a
+    // build before them would fail, one left out would run through tsx.
+    const buildIdx = lines.findIndex((l) => /^RUN node scripts\/build\.mjs/.test(l));
+    const lastCopy = lines.reduce((last, l, i) => (/^COPY /.test(l) ? i : last), -1);
+    assert.ok(buildIdx > lastCopy, "RUN node scripts/build.mjs must come after every COPY");
     for (const c of instr("COPY")) {
       const parts = c.split(/\s+/).filter((p) => !p.startsWith("--"));
       for (const src of parts.slice(0, -1)) {

@@ -60,21 +60,24 @@ export async function throughput(ctx: BenchContext): Promise<SectionResult> {
       const stmts = statements(kind, lo, hi, s.batch);
       await settle();
       const c0 = cpu(pair);
+      const m0 = await hubCounters(pair.hub.httpPort);
       const seen = waitUntil(poller, done, timeout);
       seen.catch(() => undefined);
       await sleep(200);
       const { t0, t1 } = await runStatements(writer, stmts);
       const t2 = await seen;
       const c1 = cpu(pair);
+      const m1 = await hubCounters(pair.hub.httpPort);
+      const perBatch = (m1.changes - m0.changes) / Math.max(1, m1.batches - m0.batches);
       const [da, db] = [await digest(pair.a.pool, String(lo), String(hi)), await digest(pair.b.pool, String(lo), String(hi))];
       const check = da === db ? "OK" : "MISMATCH";
       if (check !== "OK") { res.ok = false; res.errors.push(`${kind}: digest A=${da} B=${db}`); }
       const e2e = (t2 - t0) / 1000;
       const p = { kind, rows: n, e2eS: e2e, rowsPerS: n / e2e, aSideS: (t1 - t0) / 1000, catchupS: (t2 - t1) / 1000,
-        cpuS: cpuDelta(c0, c1), digestA: da, digestB: db, check };
+        cpuS: cpuDelta(c0, c1), changesPerBatch: perBatch, digestA: da, digestB: db, check };
       phases.push(p);
       rows.push([`W1 ${kind}`, n, e2e.toFixed(3), Math.round(n / e2e), p.aSideS.toFixed(3), p.catchupS.toFixed(3), ...cpuCells(p.cpuS), check]);
-      ctx.log(`  W1 ${kind}: ${n} rows in ${e2e.toFixed(2)} s = ${Math.round(n / e2e)} rows/s (catch-up ${p.catchupS.toFixed(2)} s) ${check}`);
+      ctx.log(`  W1 ${kind}: ${n} rows in ${e2e.toFixed(2)} s = ${Math.round(n / e2e)} rows/s (catch-up ${p.catchupS.toFixed(2)} s, ${perBatch.toFixed(0)} changes per upstream batch) ${check}`);
     }
 
     // Drain: a backlog built while B's agent was down, store-and-forward through the hub.
@@ -116,7 +119,7 @@ export async function throughput(ctx: BenchContext): Promise<SectionResult> {
       ctx.log(`  drain: ${n} rows in ${e.toFixed(2)} s = ${Math.round(n / e)} rows/s (agent up after ${p.agentStartS.toFixed(2)} s, first row at ${p.firstRowS.toFixed(2)} s) ${check}`);
       notes.push(
         `drain: B's agent stopped, ${n} inserts written on A and uploaded to the hub (A's agent done ${p.aUploadDoneS.toFixed(2)} s after A's first commit), then B's agent process started:`,
-        `  e2e = spawn of \`branchsync agent\` → last row on B (process start + tsx load ${Number.isNaN(p.agentStartS) ? "?" : p.agentStartS.toFixed(2)} s, first row at ${p.firstRowS.toFixed(2)} s; from first to last row ${Number.isNaN(p.fromFirstRowRowsPerS) ? "all in one apply" : `${Math.round(p.fromFirstRowRowsPerS)} rows/s`}).`);
+        `  e2e = spawn of \`branchsync agent\` → last row on B (process start + module load ${Number.isNaN(p.agentStartS) ? "?" : p.agentStartS.toFixed(2)} s, first row at ${p.firstRowS.toFixed(2)} s; from first to last row ${Number.isNaN(p.fromFirstRowRowsPerS) ? "all in one apply" : `${Math.round(p.fromFirstRowRowsPerS)} rows/s`}).`);
     }
     await pair.barrier(timeout);
     const [fa, fb] = [await digest(pair.a.pool), await digest(pair.b.pool)];
@@ -153,4 +156,11 @@ export async function throughput(ctx: BenchContext): Promise<SectionResult> {
     });
   }
   return res;
+}
+
+/** The hub's ingest counters (branchsync_changes/batches_ingested_total): how the branches batched. */
+async function hubCounters(httpPort: number): Promise<{ changes: number; batches: number }> {
+  const text = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
+  const value = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1] ?? NaN);
+  return { changes: value("branchsync_changes_ingested_total"), batches: value("branchsync_batches_ingested_total") };
 }
