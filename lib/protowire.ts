@@ -5,6 +5,7 @@
  * simple shape. test/encode.test.ts checks the bytes against protobuf-es.
  * Field numbers are those of proto/branchsync/v1/sync.proto.
  */
+import { isUtf8 } from "node:buffer";
 
 export const WIRE_VARINT = 0;
 export const WIRE_LEN = 2;
@@ -91,7 +92,11 @@ export class Writer {
   }
 }
 
-export interface WireChange { table: string; op: number; key: string; row: string; prev: string }
+export interface WireChange {
+  table: string; op: number; key: string; row: string; prev: string;
+  /** Set by the decoder when that field's bytes are not UTF-8 (they were decoded with U+FFFD in their place). */
+  notUtf8?: "table" | "key" | "row" | "prev";
+}
 export interface WireTxn {
   originTxn: bigint; chunkIndex: number; lastChunk: boolean; commitTimeUs: bigint; changes: WireChange[];
   baseSeq: bigint; hlc: bigint;
@@ -193,6 +198,11 @@ function decodeChange(buf: Buffer, start: number, end: number): WireChange {
       const [s, e] = r.lenDelimited();
       const v = buf.toString("utf8", s, e);
       if (field === 1) c.table = v; else if (field === 3) c.key = v; else if (field === 4) c.row = v; else c.prev = v;
+      // Decoding puts U+FFFD wherever bytes are not UTF-8; only then is
+      // there something to check (the text may hold a real U+FFFD).
+      if (v.indexOf("\uFFFD") >= 0 && !c.notUtf8 && !isUtf8(buf.subarray(s, e))) {
+        c.notUtf8 = field === 1 ? "table" : field === 3 ? "key" : field === 4 ? "row" : "prev";
+      }
     } else if (field === 2 && wire === WIRE_VARINT) {
       c.op = r.small();
     } else r.skip(wire);

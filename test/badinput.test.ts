@@ -6,6 +6,7 @@ import { Op, Outcome, type HubMessage } from "../gen/branchsync/v1/sync_pb.ts";
 import { AuthService } from "../gen/branchsync/v1/auth_pb.ts";
 import { startCluster, ITEMS_DDL, type Cluster } from "./support/cluster.ts";
 import { rawStream, ITEMS_SCHEMA, type RawStream } from "./support/wire.ts";
+import { encodeUpstreamBatch } from "../lib/protowire.ts";
 
 const good = { id: 1, sku: "a", qty: 1, price: 1.5, note: null, updated_at: "2024-01-01T00:00:00+00:00" };
 const change = (row: Record<string, unknown>, extra: Record<string, unknown> = {}) =>
@@ -97,6 +98,26 @@ describe("bad input gets a clear error and changes nothing", function () {
     assert.equal(again.outcomes[0].outcome, Outcome.DUPLICATE);
     assert.equal(again.outcomes[0].seq, ack.outcomes[bad.length].seq);
     assert.equal(await logCount(), 1);
+    s.close();
+  });
+
+  it("rejects a transaction whose strings are not UTF-8, and takes multi-byte text that is", async () => {
+    const s = await session();
+    const row = (id: number) => JSON.stringify({ ...good, id, note: "Zé" });
+    const txn = (id: number) => ({ originTxn: BigInt(200 + id), chunkIndex: 0, lastChunk: true, commitTimeUs: 1n, baseSeq: 0n, hlc: 1n,
+      changes: [{ table: "public.items", op: Op.INSERT, key: `[${id}]`, row: row(id), prev: "" }] });
+    const bytes = encodeUpstreamBatch(3n, [txn(20), txn(21)]);
+    // "é" is C3 A9; C3 28 is a lead byte without its continuation.
+    const at = bytes.indexOf(Buffer.from("Zé"));
+    assert.ok(at > 0);
+    bytes[at + 2] = 0x28;
+    s.sendRaw(bytes);
+    const ack = await nextAck(s);
+    assert.equal(ack.outcomes[0].outcome, Outcome.REJECTED);
+    assert.match(ack.outcomes[0].error, /transaction 220 change 0: row is not valid UTF-8/);
+    assert.equal(ack.outcomes[1].outcome, Outcome.ACCEPTED, ack.outcomes[1].error);
+    const stored = await c.hubDb.pool.query("SELECT count(*)::int AS n FROM tenant_bad.log WHERE origin_txn IN (220, 221)");
+    assert.equal(stored.rows[0].n, 1);
     s.close();
   });
 

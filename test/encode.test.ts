@@ -74,4 +74,23 @@ describe("hand-written decoding", () => {
     // Other payloads are left to protobuf-es.
     assert.equal(decodeChangesEnvelope(Buffer.from(toBinary(AgentMessageSchema, create(AgentMessageSchema, { payload: { case: "ack", value: { cursor: 5n } } })))), null);
   });
+
+  it("marks a string field whose bytes are not UTF-8, and only that", async () => {
+    const { decodeChangesEnvelope, encodeUpstreamBatch } = await import("../lib/protowire.ts");
+    const txn = (row: string, key = "[1]") => ({ originTxn: 1n, chunkIndex: 0, lastChunk: true, commitTimeUs: 1n, baseSeq: 0n, hlc: 1n,
+      changes: [{ table: "public.t", op: Op.INSERT, key, row, prev: "" }] });
+    const decodeWith = (bytes: Buffer) => decodeChangesEnvelope(bytes)!.transactions[0].changes[0];
+    // Valid text, also a real U+FFFD and 4-byte characters: not marked.
+    assert.equal(decodeWith(encodeUpstreamBatch(1n, [txn(`{"v":"a\uFFFD😀ß"}`)])).notUtf8, undefined);
+    // Broken on purpose: a truncated 4-byte sequence decodes to a single
+    // U+FFFD for three bytes (same length as the bytes), a lone continuation byte.
+    for (const [bad, field] of [[[0xf0, 0x9f, 0x98], "row"], [[0x80], "key"]] as const) {
+      const marker = field === "row" ? "XYZW" : "[9]";
+      const bytes = encodeUpstreamBatch(1n, [field === "row" ? txn(`{"v":"${marker}"}`) : txn("{}", marker)]);
+      const at = bytes.indexOf(Buffer.from(marker));
+      Buffer.from(bad).copy(bytes, at + (field === "row" ? 0 : 1));
+      const c = decodeWith(bytes);
+      assert.equal(c.notUtf8, field, `${bad} in ${field}: ${JSON.stringify(c)}`);
+    }
+  });
 });

@@ -5,6 +5,7 @@
  */
 import { Op, type Change, type ChangeBatch, type Transaction } from "../../gen/branchsync/v1/sync_pb.ts";
 import type { TableDef } from "../store/tables.ts";
+import type { WireChange } from "../../lib/protowire.ts";
 import { rowLooksValid, keyLooksValid, prevLooksValid, rowShape, prevShape, type RowShape, type ValueKind } from "../../lib/jsonscan.ts";
 
 type Kind = ValueKind;
@@ -64,6 +65,10 @@ export function checkTransaction(t: Transaction, tables: Map<string, TableDef>):
   if (t.changes.length === 0) return `transaction ${t.originTxn} has no changes`;
   for (let i = 0; i < t.changes.length; i++) {
     const c = t.changes[i];
+    // Stored as received and sent on to every branch, whose protobuf
+    // decoders may refuse a string that is not UTF-8 (Go's do).
+    const notUtf8 = (c as WireChange).notUtf8;
+    if (notUtf8) return `${where(t, i)}: ${notUtf8} is not valid UTF-8`;
     const def = tables.get(c.table);
     if (!def) return `${where(t, i)}: table "${c.table}" was not declared in Hello`;
     if (c.op !== Op.INSERT && c.op !== Op.UPDATE && c.op !== Op.DELETE) return `${where(t, i)}: op must be INSERT, UPDATE or DELETE`;

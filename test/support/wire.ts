@@ -6,6 +6,8 @@ import { makeSyncClient, openSyncStream } from "../../lib/wire.ts";
 
 export interface RawStream {
   send(m: MessageInitShape<typeof AgentMessageSchema>["payload"]): void;
+  /** An already-encoded AgentMessage, bytes as given (for what protobuf-es would never write). */
+  sendRaw(b: Buffer): void;
   next(timeoutMs?: number): Promise<HubMessage>;
   /** Resolves with the stream's final status. */
   status: Promise<{ code: number; details: string; metadata: grpc.Metadata }>;
@@ -25,6 +27,7 @@ export function rawStream(port: number, token: string, tenantHint = "x"): RawStr
   status.finally(() => client.close());
   return {
     send: (payload) => call.write(create(AgentMessageSchema, { payload })),
+    sendRaw: (b) => call.write(b),
     next(timeoutMs = 5000) {
       const m = inbox.shift();
       if (m) return Promise.resolve(m);
