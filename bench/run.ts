@@ -39,6 +39,9 @@ async function main(): Promise<number> {
   let args;
   try { args = parseArgs(process.argv.slice(2)); } catch (e) { console.error((e as Error).message); return 2; }
   installSignalHandlers();
+  // Hub and agents run the bundle, as `npm start` does (bin/branchsync.mjs
+  // would fall back to the slower-starting tsx if it were stale).
+  execFileSync(process.execPath, [path.join(REPO, "scripts/build.mjs")], { stdio: "inherit" });
   const started = new Date();
   const stamp = started.toISOString().replace(/[-:]/g, "").replace(/\..*/, "").replace("T", "-");
   const tag = (Date.now() % 2 ** 31).toString(36) + process.pid.toString(36);

@@ -50,6 +50,32 @@ describe("change capture (branch database level)", function () {
     assert.match(upd.changes[0].row, /"price": ?1\.50/, `numbers keep their exact text: ${upd.changes[0].row}`);
   });
 
+  it("pairs a large update's old and new rows with a hash join, also after single-row updates in the session", async () => {
+    // plpgsql keeps a plan from the session's first statements; a nested
+    // loop made then turned a 10,000-row update into an 18 s quadratic pairing.
+    await install();
+    await db.pool.query("INSERT INTO items SELECT g, 's', 1, 1, NULL, now() FROM generate_series(1000, 1299) g");
+    const c = await db.pool.connect();
+    const plans: string[] = [];
+    const onNotice = (n: { message?: string }) => { if (n.message?.includes("old_rows")) plans.push(n.message); };
+    try {
+      await c.query("LOAD 'auto_explain'");
+      await c.query(`SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;
+        SET auto_explain.log_level = notice; SET client_min_messages = notice`);
+      c.on("notice", onNotice);
+      for (let i = 0; i < 6; i++) await c.query("UPDATE items SET qty = qty + 1 WHERE id = 1000");
+      plans.length = 0;
+      await c.query("UPDATE items SET qty = qty + 1 WHERE id BETWEEN 1000 AND 1299");
+    } finally {
+      c.off("notice", onNotice);
+      await c.query("RESET ALL").catch(() => undefined);
+      c.release(true);
+    }
+    assert.equal(plans.length, 1, "the capture statement's plan");
+    assert.match(plans[0], /Hash (Right |Left )?(Anti )?Join/);
+    assert.doesNotMatch(plans[0], /Nested Loop|Merge/);
+  });
+
   it("lists changed columns of a table wider than one SQL function call takes (100 arguments)", async () => {
     const wide = await createDb("capwide", `CREATE TABLE w (id int PRIMARY KEY, ${Array.from({ length: 120 }, (_, i) => `c${i} int DEFAULT 0`).join(", ")})`);
     try {

@@ -229,7 +229,12 @@ function captureFunction(t: LocalTable, op: "ins" | "upd" | "del"): string {
               SELECT 2, 'U'::"char", ${keyOf(NEW)}, ${rowOf(t, NEW)}, ${prevOf(t)}
                 FROM new_rows ${NEW} LEFT JOIN old_rows ${OLD} ON ${same}`;
   }
-  return `CREATE OR REPLACE FUNCTION _branchsync.${fnName(t, op)}() RETURNS trigger LANGUAGE plpgsql AS $f$
+  // An update pairs old and new rows by key. plpgsql keeps the plan made for
+  // the session's first statements: after single-row updates that was a
+  // nested loop, and a 10,000-row update then took 18.5 s instead of 0.2 s.
+  // Hash joins cost a single-row statement next to nothing.
+  const planning = op === "upd" ? " SET enable_nestloop = off SET enable_mergejoin = off" : "";
+  return `CREATE OR REPLACE FUNCTION _branchsync.${fnName(t, op)}() RETURNS trigger LANGUAGE plpgsql${planning} AS $f$
 DECLARE x xid8 := pg_current_xact_id(); m bigint; c int;
 BEGIN
   IF current_setting('branchsync.applying', true) = 'on' THEN RETURN NULL; END IF;

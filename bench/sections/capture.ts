@@ -14,7 +14,25 @@ import { introspect } from "../../agent/capture/introspect.ts";
 import { installCapture } from "../../agent/capture/install.ts";
 
 export interface CaptureRun { rows: number; plainS: number; capturedS: number; ratio: number; plainRowsPerS: number; capturedRowsPerS: number }
-export interface CaptureCost extends CaptureRun { updates: CaptureRun }
+export interface CaptureCost extends CaptureRun { updates: CaptureRun; bulkAfterSingles: CaptureRun }
+
+/**
+ * One UPDATE of `rows` rows in a new session whose first statements each
+ * updated one row: a trigger's cached plan is made for those (the capture
+ * used to pair a bulk update's rows in quadratic time then).
+ */
+async function bulkAfterSingles(url: string, base: number, rows: number): Promise<number> {
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  try {
+    for (let i = 1; i <= 6; i++) await c.query(`UPDATE public.items SET qty = qty + 1 WHERE id = ${base + i}`);
+    const t0 = performance.now();
+    await c.query(`UPDATE public.items SET qty = qty + 1, updated_at = clock_timestamp() WHERE id BETWEEN ${base + 1} AND ${base + rows}`);
+    return (performance.now() - t0) / 1000;
+  } finally {
+    await c.end();
+  }
+}
 
 async function w1Run(c: pg.Client, kind: "insert" | "update", base: number, rows: number, batch: number): Promise<number> {
   const stmts: string[] = [];
@@ -32,11 +50,13 @@ export async function captureCost(ctx: BenchContext): Promise<CaptureCost> {
   try {
     const plainS = await w1Run(c, "insert", 1_000_000_000, s.inserts, s.batch);
     const plainUpdS = await w1Run(c, "update", 1_000_000_000, s.updates, s.batch);
+    const plainBulkS = await bulkAfterSingles(db.url, 1_000_000_000, s.updates);
     await installCapture(c, [await introspect(c, "public.items")], `cap_${ctx.tag}`.slice(0, 30), "a");
     const capturedS = await w1Run(c, "insert", 2_000_000_000, s.inserts, s.batch);
     const capturedUpdS = await w1Run(c, "update", 2_000_000_000, s.updates, s.batch);
+    const capturedBulkS = await bulkAfterSingles(db.url, 2_000_000_000, s.updates);
     const run = (rows: number, p: number, cap: number): CaptureRun => ({ rows, plainS: p, capturedS: cap, ratio: cap / p, plainRowsPerS: rows / p, capturedRowsPerS: rows / cap });
-    return { ...run(s.inserts, plainS, capturedS), updates: run(s.updates, plainUpdS, capturedUpdS) };
+    return { ...run(s.inserts, plainS, capturedS), updates: run(s.updates, plainUpdS, capturedUpdS), bulkAfterSingles: run(s.updates, plainBulkS, capturedBulkS) };
   } finally {
     await c.end();
   }

@@ -143,7 +143,11 @@ export async function throughput(ctx: BenchContext): Promise<SectionResult> {
     const u = capture.updates;
     rows.push([`A only, upd, no capture`, u.rows, u.plainS.toFixed(3), Math.round(u.plainRowsPerS), u.plainS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-"]);
     rows.push([`A only, upd, capture on`, u.rows, u.capturedS.toFixed(3), Math.round(u.capturedRowsPerS), u.capturedS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-"]);
+    const b = capture.bulkAfterSingles;
+    rows.push([`A only, 1 bulk upd, no capture`, b.rows, b.plainS.toFixed(3), Math.round(b.plainRowsPerS), b.plainS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-"]);
+    rows.push([`A only, 1 bulk upd, capture on`, b.rows, b.capturedS.toFixed(3), Math.round(b.capturedRowsPerS), b.capturedS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-"]);
     notes.push(`"A only" rows: the W1 inserts, then updates, into a scratch database with no agent/hub running, without and with the capture triggers (agent/capture/install.ts): capture makes the writer ${capture.ratio.toFixed(2)}× slower for inserts, ${u.ratio.toFixed(2)}× for updates.`);
+    notes.push(`"1 bulk upd": one UPDATE of ${b.rows} rows in a new session after six single-row updates (the plan a trigger keeps is made for those): capture makes it ${b.ratio.toFixed(2)}× slower.`);
   } catch (e) {
     res.errors.push(`capture cost: ${(e as Error).message}`);
   } finally {
