@@ -156,6 +156,42 @@ describe("the tenant log (store level)", function () {
     assert.equal(oldBase.conflicts.length, 1, "a transaction based before its run must still be checked");
   });
 
+  it("probes row versions by key in a connection that first appended when row_state was small", async () => {
+    // Plans a hub connection made for append_plain stay; made on a small
+    // row_state (autovacuum off or behind) the version check scanned all of
+    // it for every append.
+    await createTenant(pool, "probe", "probe");
+    const P = tenantSchema("probe");
+    await pool.query(`ALTER TABLE ${P}.row_state SET (autovacuum_enabled = off)`);
+    const c = await pool.connect();
+    const plans: string[] = [];
+    const all: string[] = [];
+    const onNotice = (n: { message?: string }) => { all.push(n.message ?? ""); if (n.message?.includes("row_state r")) plans.push(n.message); };
+    try {
+      // Branches take turns, so every append checks row versions.
+      const append = (i: number) => c.query(
+        `SELECT ${P}.append_plain($1, $2, '{1}', '\\x00', '{1}', '{0}', '{1}', '{public.t}', $3, '{U}', '{1}')`,
+        [i % 2 ? "a" : "b", [String(i)], [`[${i}]`]]);
+      for (let i = 1; i <= 8; i++) await append(i);
+      await pool.query(`INSERT INTO ${P}.row_state(tbl, key, op, seq, branch, exact, hlc)
+        SELECT 'public.t', '[' || g || ']', 'U', 1, 'x', true, 1 FROM generate_series(100, 20100) g`);
+      await c.query("LOAD 'auto_explain'");
+      await c.query(`SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;
+        SET auto_explain.log_level = notice; SET client_min_messages = notice`);
+      c.on("notice", onNotice);
+      await append(9);
+    } finally {
+      c.off("notice", onNotice);
+      c.release(true);
+    }
+    assert.equal(plans.length, 1, "the version check's plan");
+    assert.match(plans[0], /Index (Only )?Scan using row_state_pkey on row_state r/);
+    assert.doesNotMatch(plans[0], /Seq Scan on row_state/);
+    // What a disabled plan costs must not make each call JIT-compile (50 ms).
+    assert.ok(all.length >= 5, `plans of append_plain's statements: ${all.length}`);
+    for (const plan of all) assert.doesNotMatch(plan, /JIT:/);
+  });
+
   it("after a kept row, only the loser's changes based before the decision are concurrent, on both append paths", async () => {
     await createTenant(pool, "kept", "kept");
     const K = tenantSchema("kept");

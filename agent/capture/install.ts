@@ -232,8 +232,10 @@ function captureFunction(t: LocalTable, op: "ins" | "upd" | "del"): string {
   // An update pairs old and new rows by key. plpgsql keeps the plan made for
   // the session's first statements: after single-row updates that was a
   // nested loop, and a 10,000-row update then took 18.5 s instead of 0.2 s.
-  // Hash joins cost a single-row statement next to nothing.
-  const planning = op === "upd" ? " SET enable_nestloop = off SET enable_mergejoin = off" : "";
+  // Hash joins cost a single-row statement next to nothing. No JIT: a key
+  // type without hashing leaves only the disabled plans, whose cost would
+  // have every statement compiled (tens of ms), as it would no OLTP trigger.
+  const planning = op === "upd" ? " SET enable_nestloop = off SET enable_mergejoin = off SET jit = off" : "";
   return `CREATE OR REPLACE FUNCTION _branchsync.${fnName(t, op)}() RETURNS trigger LANGUAGE plpgsql${planning} AS $f$
 DECLARE x xid8 := pg_current_xact_id(); m bigint; c int;
 BEGIN
