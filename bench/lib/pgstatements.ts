@@ -11,7 +11,7 @@ import { formatTable } from "./report.ts";
 
 export const STATEMENTS_CONF = ["shared_preload_libraries = 'pg_stat_statements'", "pg_stat_statements.track = all", "pg_stat_statements.max = 2000"];
 
-export interface StatementRow { db: string; calls: number; totalMs: number; meanUs: number; rows: number; query: string }
+export interface StatementRow { db: string; calls: number; totalMs: number; meanUs: number; rows: number; jitMs: number; query: string }
 
 async function withPostgres<T>(s: PgServer, f: (c: pg.Client) => Promise<T>): Promise<T> {
   const c = new pg.Client({ connectionString: s.url("postgres") });
@@ -31,19 +31,20 @@ export async function topStatements(s: PgServer, limit = 30): Promise<StatementR
   return withPostgres(s, async (c) => {
     const { rows } = await c.query(
       `SELECT coalesce(d.datname, s.dbid::text) AS db, s.calls::int AS calls, s.total_exec_time AS total, s.rows::bigint AS rows,
+              s.jit_generation_time + s.jit_inlining_time + s.jit_optimization_time + s.jit_emission_time AS jit,
               regexp_replace(s.query, '\\s+', ' ', 'g') AS query
          FROM pg_stat_statements s LEFT JOIN pg_database d ON d.oid = s.dbid
         WHERE s.query NOT LIKE '%pg_stat_statements%'
         ORDER BY s.total_exec_time DESC LIMIT $1`, [limit]);
     return rows.map((r) => ({
       db: String(r.db).replace(/^bsbench_/, "").replace(/_[a-z0-9]+$/, ""), calls: r.calls, totalMs: r.total,
-      meanUs: r.calls ? (r.total * 1000) / r.calls : 0, rows: Number(r.rows), query: r.query.slice(0, 110),
+      meanUs: r.calls ? (r.total * 1000) / r.calls : 0, rows: Number(r.rows), jitMs: Number(r.jit), query: r.query.slice(0, 110),
     }));
   });
 }
 
 export function formatStatements(section: string, rows: StatementRow[]): string {
   return `\n## ${section}: PostgreSQL statements by execution time (pg_stat_statements, nested included)\n` + formatTable(
-    ["db", "calls", "total ms", "mean µs", "rows", "query"],
-    rows.map((r) => [r.db, r.calls, r.totalMs.toFixed(0), r.meanUs.toFixed(0), r.rows, r.query]));
+    ["db", "calls", "total ms", "mean µs", "rows", "JIT ms", "query"],
+    rows.map((r) => [r.db, r.calls, r.totalMs.toFixed(0), r.meanUs.toFixed(0), r.rows, r.jitMs.toFixed(0), r.query]));
 }
