@@ -3,6 +3,7 @@ import pg from "pg";
 import { migrate } from "../hub/store/migrate.ts";
 import { createTenant, tenantSchema } from "../hub/store/tenants.ts";
 import { appendBatch, readAfter } from "../hub/store/log.ts";
+import { loadVersions } from "../hub/store/rowState.ts";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { TransactionSchema, Op } from "../gen/branchsync/v1/sync_pb.ts";
 import { createDb, type TestDb } from "./support/db.ts";
@@ -76,7 +77,7 @@ describe("the tenant log (store level)", function () {
     await createTenant(pool, "old", "old");
     const O = tenantSchema("old");
     // What a tenant looked like before conflict tracking (schema version 0).
-    await pool.query(`DROP FUNCTION ${O}.append_plain; DROP TABLE ${O}.row_state, ${O}.conflicts, ${O}.quarantine;
+    await pool.query(`DROP FUNCTION ${O}.append_plain, ${O}.row_versions; DROP TABLE ${O}.row_state, ${O}.conflicts, ${O}.quarantine;
       ALTER TABLE ${O}.log DROP COLUMN conflicts;
       DROP INDEX ${O}.log_origin_txn_idx; CREATE UNIQUE INDEX ON ${O}.log (origin_branch, origin_txn, part);
       ALTER TABLE ${O}.head DROP COLUMN run_branch, DROP COLUMN run_start;
@@ -98,6 +99,7 @@ describe("the tenant log (store level)", function () {
     const coll = await pool.query(`SELECT a.attname, c.collname FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation
       WHERE a.attrelid = 'tenant_old.row_state'::regclass AND a.attname IN ('tbl', 'key') ORDER BY 1`);
     assert.deepEqual(coll.rows, [{ attname: "key", collname: "C" }, { attname: "tbl", collname: "C" }]);
+    assert.equal((await loadVersions(pool, O, [{ table: "public.t", key: "[1]" }])).get("public.t\u0000[1]")?.seq, 1n);
     const v = await pool.query("SELECT schema_version FROM branchsync.tenants WHERE id = 'old'");
     assert.equal(v.rows[0].schema_version, (await pool.query("SELECT max(schema_version) AS m FROM branchsync.tenants")).rows[0].m);
   });
@@ -190,6 +192,34 @@ describe("the tenant log (store level)", function () {
     // What a disabled plan costs must not make each call JIT-compile (50 ms).
     assert.ok(all.length >= 5, `plans of append_plain's statements: ${all.length}`);
     for (const plan of all) assert.doesNotMatch(plan, /JIT:/);
+  });
+
+  it("looks row versions up by key in a connection that first did so when row_state was small", async () => {
+    await createTenant(pool, "probe2", "probe2");
+    const P = tenantSchema("probe2");
+    await pool.query(`ALTER TABLE ${P}.row_state SET (autovacuum_enabled = off)`);
+    const c = await pool.connect();
+    const plans: string[] = [];
+    const onNotice = (n: { message?: string }) => { plans.push(n.message ?? ""); };
+    try {
+      const ids = [{ table: "public.t", key: "[5]" }, { table: "public.t", key: "[7]" }];
+      for (let i = 0; i < 8; i++) await loadVersions(c, P, ids);
+      await pool.query(`INSERT INTO ${P}.row_state(tbl, key, op, seq, branch, exact, hlc)
+        SELECT 'public.t', '[' || g || ']', 'U', g, 'x', true, 1 FROM generate_series(1, 20000) g`);
+      await c.query("LOAD 'auto_explain'");
+      await c.query(`SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;
+        SET auto_explain.log_level = notice; SET client_min_messages = notice`);
+      c.on("notice", onNotice);
+      const found = await loadVersions(c, P, ids);
+      assert.deepEqual([...found.values()].map((v) => v.seq), [5n, 7n]);
+    } finally {
+      c.off("notice", onNotice);
+      c.release(true);
+    }
+    const lookup = plans.filter((p) => p.includes("row_state s"));
+    assert.equal(lookup.length, 1, plans.join("\n---\n"));
+    assert.match(lookup[0], /Index (Only )?Scan using row_state_pkey on row_state s/);
+    for (const plan of plans) assert.doesNotMatch(plan, /Seq Scan on row_state|JIT:/);
   });
 
   it("after a kept row, only the loser's changes based before the decision are concurrent, on both append paths", async () => {

@@ -15,7 +15,7 @@ export async function loadVersions(c: pg.ClientBase | pg.Pool, schema: string, i
   const { rows } = await c.query({
     name: `row-state-load-${schema}`,
     text: `SELECT s.tbl, s.key, s.op, s.seq::text AS seq, s.branch, s.exact, s.hlc::text AS hlc, s.cols, s.lost
-             FROM ${schema}.row_state s JOIN unnest($1::text[], $2::text[]) AS u(t, k) ON s.tbl = u.t AND s.key = u.k`,
+             FROM ${schema}.row_versions($1::text[], $2::text[]) s`,
     values: [ids.map((i) => i.table), ids.map((i) => i.key)],
   });
   for (const r of rows) {
