@@ -182,6 +182,8 @@ class Reader {
 
 export interface DecodedTxn extends WireTxn {
   originBranch: string;
+  /** origin_branch's bytes are not UTF-8. */
+  originBranchNotUtf8?: boolean;
   seq: bigint;
   /** The transaction's own encoded bytes, as received. */
   raw: Buffer;
@@ -224,7 +226,12 @@ export function decodeTxn(buf: Buffer, start: number, end: number): DecodedTxn {
       const [s, e] = r.lenDelimited();
       t.changes.push(decodeChange(buf, s, e));
     } else if (field === 1 && wire === WIRE_VARINT) t.originTxn = r.varint();
-    else if (field === 2 && wire === WIRE_LEN) { const [s, e] = r.lenDelimited(); t.originBranch = buf.toString("utf8", s, e); }
+    else if (field === 2 && wire === WIRE_LEN) {
+      const [s, e] = r.lenDelimited();
+      t.originBranch = buf.toString("utf8", s, e);
+      // The hub stores the bytes as received (withOriginBranch only appends the true one).
+      if (t.originBranch.indexOf("\uFFFD") >= 0 && !isUtf8(buf.subarray(s, e))) t.originBranchNotUtf8 = true;
+    }
     else if (field === 3 && wire === WIRE_VARINT) t.seq = r.varint();
     else if (field === 4 && wire === WIRE_VARINT) t.chunkIndex = r.small();
     else if (field === 5 && wire === WIRE_VARINT) t.lastChunk = r.small() !== 0;

@@ -6,7 +6,7 @@ import { Op, Outcome, type HubMessage } from "../gen/branchsync/v1/sync_pb.ts";
 import { AuthService } from "../gen/branchsync/v1/auth_pb.ts";
 import { startCluster, ITEMS_DDL, type Cluster } from "./support/cluster.ts";
 import { rawStream, ITEMS_SCHEMA, type RawStream } from "./support/wire.ts";
-import { encodeUpstreamBatch } from "../lib/protowire.ts";
+import { encodeUpstreamBatch, Writer, WIRE_LEN, WIRE_VARINT } from "../lib/protowire.ts";
 
 const good = { id: 1, sku: "a", qty: 1, price: 1.5, note: null, updated_at: "2024-01-01T00:00:00+00:00" };
 const change = (row: Record<string, unknown>, extra: Record<string, unknown> = {}) =>
@@ -118,6 +118,22 @@ describe("bad input gets a clear error and changes nothing", function () {
     assert.equal(ack.outcomes[1].outcome, Outcome.ACCEPTED, ack.outcomes[1].error);
     const stored = await c.hubDb.pool.query("SELECT count(*)::int AS n FROM tenant_bad.log WHERE origin_txn IN (220, 221)");
     assert.equal(stored.rows[0].n, 1);
+    // origin_branch too: the stored body keeps the bytes the branch sent.
+    const w = new Writer();
+    w.message(2, () => {
+      w.tag(1, WIRE_VARINT); w.varint(4);
+      w.message(2, () => {
+        w.tag(1, WIRE_VARINT); w.varint(222);
+        w.tag(2, WIRE_LEN); w.varint(2); w.bytes(Buffer.from([0xc3, 0x28]));
+        w.tag(5, WIRE_VARINT); w.varint(1);
+        w.message(7, () => { w.string(1, "public.items"); w.tag(2, WIRE_VARINT); w.varint(Op.INSERT); w.string(3, "[22]"); w.string(4, row(22)); });
+      });
+    });
+    const patched = w.finish();
+    s.sendRaw(patched);
+    const ack2 = await nextAck(s);
+    assert.equal(ack2.outcomes[0].outcome, Outcome.REJECTED, ack2.outcomes[0].error);
+    assert.match(ack2.outcomes[0].error, /origin_branch is not valid UTF-8/);
     s.close();
   });
 

@@ -36,7 +36,7 @@ describe("bin/branchsync.mjs runs the bundle only for the sources it was built f
     write("cli/main.ts", `const from: string = "source"; console.log(from);`, old);
     for (const d of ["hub", "agent", "lib", "gen/x"]) write(`${d}/a.ts`, "export {};", old);
     write("dist/main.mjs", `console.log("bundle");`, old + 60);
-    fs.writeFileSync(at("dist/sources.json"), JSON.stringify(sourceStamp(root)));
+    fs.writeFileSync(at("dist/sources.json"), JSON.stringify({ sha256: sourceStamp(root) }));
   });
   afterEach(() => fs.rmSync(root, { recursive: true, force: true }));
 
@@ -49,8 +49,15 @@ describe("bin/branchsync.mjs runs the bundle only for the sources it was built f
     assert.equal(run(), "source");
   });
 
-  it("runs the sources when a file is put back with an older time (a checkout, rsync -t)", () => {
-    write("lib/a.ts", "export const older = 1;", old - 600);
+  it("goes by content, not file times: an edit keeping size and time runs the sources, a touch does not", () => {
+    write("lib/a.ts", "export {}/", old);
+    assert.equal(run(), "source");
+    write("lib/a.ts", "export {};", Date.now() / 1000);
+    assert.equal(run(), "bundle");
+  });
+
+  it("runs the sources when a file that steers the build changed", () => {
+    write("tsconfig.json", "{}", old);
     assert.equal(run(), "source");
   });
 
@@ -66,6 +73,9 @@ describe("bin/branchsync.mjs runs the bundle only for the sources it was built f
   it("runs the sources without a bundle, or when asked to", () => {
     assert.equal(run({ BRANCHSYNC_FROM_SOURCE: "1" }), "source");
     fs.rmSync(at("dist/sources.json"));
+    assert.equal(run(), "source");
+    fs.writeFileSync(at("dist/sources.json"), JSON.stringify({ sha256: sourceStamp(root) }));
+    fs.rmSync(at("dist/main.mjs"));
     assert.equal(run(), "source");
   });
 });

@@ -5,7 +5,7 @@
  */
 import { Op, type Change, type ChangeBatch, type Transaction } from "../../gen/branchsync/v1/sync_pb.ts";
 import type { TableDef } from "../store/tables.ts";
-import type { WireChange } from "../../lib/protowire.ts";
+import type { DecodedTxn, WireChange } from "../../lib/protowire.ts";
 import { rowLooksValid, keyLooksValid, prevLooksValid, rowShape, prevShape, type RowShape, type ValueKind } from "../../lib/jsonscan.ts";
 
 type Kind = ValueKind;
@@ -63,6 +63,7 @@ const where = (t: Transaction, i: number) => `transaction ${t.originTxn} change 
 export function checkTransaction(t: Transaction, tables: Map<string, TableDef>): string | null {
   if (t.originTxn === 0n) return "origin_txn must be set";
   if (t.changes.length === 0) return `transaction ${t.originTxn} has no changes`;
+  if ((t as Partial<DecodedTxn>).originBranchNotUtf8) return `transaction ${t.originTxn}: origin_branch is not valid UTF-8 (leave it empty: the hub sets it)`;
   for (let i = 0; i < t.changes.length; i++) {
     const c = t.changes[i];
     // Stored as received and sent on to every branch, whose protobuf
