@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import pg from "pg";
-import { migrate } from "../hub/store/migrate.ts";
+import { ensureTenantCurrent, migrate } from "../hub/store/migrate.ts";
 import { createTenant, tenantSchema } from "../hub/store/tenants.ts";
 import { appendBatch, readAfter } from "../hub/store/log.ts";
 import { loadVersions } from "../hub/store/rowState.ts";
@@ -101,6 +101,18 @@ describe("the tenant log (store level)", function () {
     assert.deepEqual(coll.rows, [{ attname: "key", collname: "C" }, { attname: "tbl", collname: "C" }]);
     assert.equal((await loadVersions(pool, O, [{ table: "public.t", key: "[1]" }])).get("public.t\u0000[1]")?.seq, 1n);
     const v = await pool.query("SELECT schema_version FROM branchsync.tenants WHERE id = 'old'");
+    assert.equal(v.rows[0].schema_version, (await pool.query("SELECT max(schema_version) AS m FROM branchsync.tenants")).rows[0].m);
+  });
+
+  it("upgrades a tenant an older replica created after this hub started, before serving it", async () => {
+    await createTenant(pool, "late", "late");
+    const L = tenantSchema("late");
+    // As a replica on schema version 8 would have left it (rolling upgrade).
+    await pool.query(`DROP FUNCTION ${L}.row_versions; UPDATE branchsync.tenants SET schema_version = 8 WHERE id = 'late'`);
+    await assert.rejects(loadVersions(pool, L, [{ table: "public.t", key: "[1]" }]), /row_versions/);
+    await ensureTenantCurrent(pool, "late");
+    assert.equal((await loadVersions(pool, L, [{ table: "public.t", key: "[1]" }])).size, 0);
+    const v = await pool.query("SELECT schema_version FROM branchsync.tenants WHERE id = 'late'");
     assert.equal(v.rows[0].schema_version, (await pool.query("SELECT max(schema_version) AS m FROM branchsync.tenants")).rows[0].m);
   });
 

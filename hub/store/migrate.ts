@@ -56,21 +56,50 @@ export async function migrate(pool: pg.Pool): Promise<number> {
       }
     }
     // Tenant schemas follow, each step in its own transaction.
-    const latest = tenantMigrations("x").length;
-    const old = await c.query("SELECT id, schema_version FROM branchsync.tenants WHERE schema_version < $1", [latest]);
-    for (const t of old.rows) {
-      await c.query("BEGIN");
-      try {
-        await upgradeTenant(c, t.id, t.schema_version);
-        await c.query("COMMIT");
-      } catch (e) {
-        await c.query("ROLLBACK");
-        throw e;
-      }
-    }
+    const old = await c.query("SELECT id FROM branchsync.tenants WHERE schema_version < $1", [LATEST_TENANT]);
+    for (const t of old.rows) await upgradeLocked(c, t.id);
     return MIGRATIONS.length;
   } finally {
     await c.query("SELECT pg_advisory_unlock($1)", [LOCK_KEY]).catch(() => undefined);
     c.release();
   }
+}
+
+const LATEST_TENANT = tenantMigrations("x").length;
+
+/** Caller holds LOCK_KEY; re-reads the version under it. */
+async function upgradeLocked(c: pg.PoolClient, id: string): Promise<void> {
+  await c.query("BEGIN");
+  try {
+    const { rows } = await c.query("SELECT schema_version FROM branchsync.tenants WHERE id = $1 FOR UPDATE", [id]);
+    if (rows.length === 1 && rows[0].schema_version < LATEST_TENANT) await upgradeTenant(c, id, rows[0].schema_version);
+    await c.query("COMMIT");
+  } catch (e) {
+    await c.query("ROLLBACK");
+    throw e;
+  }
+}
+
+const current = new Set<string>();
+
+/**
+ * Brings one tenant's schema up to this hub's version before it is served.
+ * migrate() does every tenant at start, but during a rolling upgrade a
+ * replica still on the old version can create a tenant afterwards, with
+ * fewer steps than this code expects. Checked once per tenant and process.
+ */
+export async function ensureTenantCurrent(pool: pg.Pool, id: string): Promise<void> {
+  if (current.has(id)) return;
+  const { rows } = await pool.query("SELECT schema_version FROM branchsync.tenants WHERE id = $1", [id]);
+  if (rows.length === 1 && rows[0].schema_version < LATEST_TENANT) {
+    const c = await pool.connect();
+    try {
+      await c.query("SELECT pg_advisory_lock($1)", [LOCK_KEY]);
+      await upgradeLocked(c, id);
+    } finally {
+      await c.query("SELECT pg_advisory_unlock($1)", [LOCK_KEY]).catch(() => undefined);
+      c.release();
+    }
+  }
+  if (rows.length === 1) current.add(id);
 }

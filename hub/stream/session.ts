@@ -18,6 +18,7 @@ import { Status, StatusError, toPublicError, type PublicError } from "../errors.
 import type { Logger } from "../../lib/log.ts";
 import type { Identity } from "../auth/tokens.ts";
 import { tenantSchema, branchExists } from "../store/tenants.ts";
+import { ensureTenantCurrent } from "../store/migrate.ts";
 import { registerTables, type TableDef } from "../store/tables.ts";
 import { appendBatch, readHead, type AppendOutcome } from "../store/log.ts";
 import type { LogReader } from "./sharedReads.ts";
@@ -127,6 +128,7 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
       throw new StatusError(Status.PERMISSION_DENIED, "the branch of this token no longer exists");
     }
     if (h.tables.length === 0) throw new StatusError(Status.INVALID_ARGUMENT, "Hello must declare at least one tracked table");
+    await ensureTenantCurrent(deps.pool, identity.tenantId);
     tables = await registerTables(deps.pool, schema, identity.branchId, h.tables.map((t) => ({
       name: t.name, columns: t.columns.map((c) => ({ name: c.name, type: c.type, nullable: c.nullable })), primaryKey: [...t.primaryKey],
     })));
