@@ -4,9 +4,6 @@
  */
 import pg from "pg";
 import * as grpc from "@grpc/grpc-js";
-import { createClient } from "@connectrpc/connect";
-import { createConnectTransport } from "@connectrpc/connect-node";
-import { AuthService } from "../gen/branchsync/v1/auth_pb.ts";
 import type { ConflictNotice } from "../gen/branchsync/v1/sync_pb.ts";
 import { makeSyncClient } from "../lib/wire.ts";
 import { makeBackoff } from "../lib/backoff.ts";
@@ -16,6 +13,7 @@ import { installCapture, NOTIFY_CHANNEL } from "./capture/install.ts";
 import { startHousekeeping } from "./capture/housekeeping.ts";
 import { makeApplier } from "./apply/applier.ts";
 import { runSession } from "./link/session.ts";
+import { issueToken } from "./link/auth.ts";
 import { makeClock } from "./capture/clock.ts";
 
 export const AGENT_VERSION = "branchsync-agent/0.1.0";
@@ -111,7 +109,6 @@ export async function startAgent(cfg: AgentConfig, log: Logger = makeLogger("age
   const listener = await listenLocal(cfg.localDatabaseUrl, log);
   const { target, creds } = grpcTarget(cfg.hubUrl);
   const client = makeSyncClient(target, creds);
-  const auth = createClient(AuthService, createConnectTransport({ baseUrl: cfg.authUrl || cfg.hubUrl, httpVersion: "1.1" }));
   const applier = makeApplier(pool, tables);
   const housekeeping = startHousekeeping(pool, log);
   const clock = makeClock(cfg.clockSkewMs ?? 0);
@@ -141,11 +138,11 @@ export async function startAgent(cfg: AgentConfig, log: Logger = makeLogger("age
 
   async function getToken(): Promise<string> {
     if (token && token.expiresAt - 60 > Date.now() / 1000) return token.value;
-    const r = await auth.issueToken({ apiKey: cfg.apiKey });
+    const r = await issueToken(cfg.authUrl || cfg.hubUrl, cfg.apiKey);
     if (r.tenantId !== cfg.tenantId || r.branchId !== cfg.branchId) {
       throw new Error(`API_KEY belongs to tenant "${r.tenantId}" branch "${r.branchId}", not the configured "${cfg.tenantId}"/"${cfg.branchId}"`);
     }
-    token = { value: r.token, expiresAt: Number(r.expiresAt) };
+    token = { value: r.token, expiresAt: r.expiresAt };
     return token.value;
   }
 

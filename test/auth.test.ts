@@ -38,6 +38,18 @@ describe("authentication and tenant isolation", function () {
   });
   after(async () => { await c?.close(); });
 
+  it("the agent's own IssueToken call (Connect JSON over node:http) gets a token, and words a refusal", async () => {
+    const { issueToken } = await import("../agent/link/auth.ts");
+    const base = `http://127.0.0.1:${c.hub.httpPort}`;
+    const ok = await issueToken(base, acme1.apiKey);
+    assert.deepEqual({ t: ok.tenantId, b: ok.branchId }, { t: "acme", b: "a1" });
+    assert.ok(ok.expiresAt > Date.now() / 1000 && ok.token.split(".").length === 3);
+    assert.equal(ok.token.split(".")[0], (await auth.issueToken({ apiKey: acme1.apiKey })).token.split(".")[0], "same JWT header as the Connect client gets");
+    await assert.rejects(issueToken(`${base}/`, "bsk_nope_nope"), (e: Error & { code?: string }) =>
+      e.code === "unauthenticated" && /IssueToken at http:\/\/127\.0\.0\.1:\d+: unauthenticated: /.test(e.message));
+    await assert.rejects(issueToken("http://127.0.0.1:9", acme1.apiKey), (e: Error & { code?: string }) => e.code === "unavailable");
+  });
+
   it("refuses a wrong API key with UNAUTHENTICATED", async () => {
     for (const key of ["nonsense", acme1.apiKey.slice(0, -2) + "xx", acme1.apiKey.replace(/^bsk_[0-9a-f]{4}/, "bsk_0000")]) {
       await assert.rejects(auth.issueToken({ apiKey: key }), (e: ConnectError) => e.code === Code.Unauthenticated);
