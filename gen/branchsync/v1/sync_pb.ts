@@ -1105,8 +1105,10 @@ export enum Outcome {
   STAGED = 3,
 
   /**
-   * The transaction is invalid (see error) and was not stored. The agent
-   * must not resend it unchanged; it moves it aside for an operator.
+   * The transaction is invalid (see error) and was not stored: for example
+   * a row that does not match its table as declared in Hello, or a string
+   * field whose bytes are not UTF-8. The agent must not resend it
+   * unchanged; it moves it aside for an operator.
    *
    * @generated from enum value: OUTCOME_REJECTED = 4;
    */
