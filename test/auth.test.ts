@@ -38,6 +38,21 @@ describe("authentication and tenant isolation", function () {
   });
   after(async () => { await c?.close(); });
 
+  it("brings a tenant an older replica created up to this hub's schema at its first Hello", async () => {
+    await c.addTenant("lagging");
+    const b = await c.addBranch("lagging", "lag1", ITEMS_DDL, ["items"]);
+    // As a replica on schema version 8 would have left it (rolling upgrade).
+    await c.hubDb.pool.query(`DROP FUNCTION tenant_lagging.row_versions; UPDATE branchsync.tenants SET schema_version = 8 WHERE id = 'lagging'`);
+    const s = rawStream(c.hub.grpcPort, await tokenFor(b));
+    s.send({ case: "hello", value: { tables: [ITEMS_SCHEMA], agentVersion: "test" } });
+    assert.equal((await s.next()).payload.case, "welcome");
+    s.close();
+    const { rows } = await c.hubDb.pool.query(`SELECT schema_version AS v, to_regprocedure('tenant_lagging.row_versions(text[], text[])') IS NOT NULL AS fn,
+      (SELECT max(schema_version) FROM branchsync.tenants WHERE id <> 'lagging') AS latest FROM branchsync.tenants WHERE id = 'lagging'`);
+    assert.deepEqual(rows[0], { v: rows[0].latest, fn: true, latest: rows[0].latest });
+    assert.ok(rows[0].latest > 8);
+  });
+
   it("the agent's own IssueToken call (Connect JSON over node:http) gets a token, and words a refusal", async () => {
     const { issueToken } = await import("../agent/link/auth.ts");
     const base = `http://127.0.0.1:${c.hub.httpPort}`;

@@ -8,6 +8,7 @@ import { makeClock } from "../agent/capture/clock.ts";
 import { Op } from "../gen/branchsync/v1/sync_pb.ts";
 import { startHousekeeping, DEAD_ROWS_THRESHOLD } from "../agent/capture/housekeeping.ts";
 import { quiet } from "./support/cluster.ts";
+import { plansDuring } from "./support/plans.ts";
 
 describe("change capture (branch database level)", function () {
   this.timeout(30_000);
@@ -56,19 +57,12 @@ describe("change capture (branch database level)", function () {
     await install();
     await db.pool.query("INSERT INTO items SELECT g, 's', 1, 1, NULL, now() FROM generate_series(1000, 1299) g");
     const c = await db.pool.connect();
-    const plans: string[] = [];
-    const onNotice = (n: { message?: string }) => { if (n.message?.includes("old_rows")) plans.push(n.message); };
+    let plans: string[];
     try {
-      await c.query("LOAD 'auto_explain'");
-      await c.query(`SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;
-        SET auto_explain.log_level = notice; SET client_min_messages = notice`);
-      c.on("notice", onNotice);
       for (let i = 0; i < 6; i++) await c.query("UPDATE items SET qty = qty + 1 WHERE id = 1000");
-      plans.length = 0;
-      await c.query("UPDATE items SET qty = qty + 1 WHERE id BETWEEN 1000 AND 1299");
+      plans = (await plansDuring(c, () => c.query("UPDATE items SET qty = qty + 1 WHERE id BETWEEN 1000 AND 1299")))
+        .filter((p) => p.includes("old_rows"));
     } finally {
-      c.off("notice", onNotice);
-      await c.query("RESET ALL").catch(() => undefined);
       c.release(true);
     }
     assert.equal(plans.length, 1, "the capture statement's plan");

@@ -8,6 +8,7 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { TransactionSchema, Op } from "../gen/branchsync/v1/sync_pb.ts";
 import { createDb, type TestDb } from "./support/db.ts";
 import { seeded, testSeed } from "./support/process.ts";
+import { plansDuring } from "./support/plans.ts";
 
 describe("the tenant log (store level)", function () {
   this.timeout(60_000);
@@ -178,9 +179,7 @@ describe("the tenant log (store level)", function () {
     const P = tenantSchema("probe");
     await pool.query(`ALTER TABLE ${P}.row_state SET (autovacuum_enabled = off)`);
     const c = await pool.connect();
-    const plans: string[] = [];
-    const all: string[] = [];
-    const onNotice = (n: { message?: string }) => { all.push(n.message ?? ""); if (n.message?.includes("row_state r")) plans.push(n.message); };
+    let all: string[];
     try {
       // Branches take turns, so every append checks row versions.
       const append = (i: number) => c.query(
@@ -189,15 +188,11 @@ describe("the tenant log (store level)", function () {
       for (let i = 1; i <= 8; i++) await append(i);
       await pool.query(`INSERT INTO ${P}.row_state(tbl, key, op, seq, branch, exact, hlc)
         SELECT 'public.t', '[' || g || ']', 'U', 1, 'x', true, 1 FROM generate_series(100, 20100) g`);
-      await c.query("LOAD 'auto_explain'");
-      await c.query(`SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;
-        SET auto_explain.log_level = notice; SET client_min_messages = notice`);
-      c.on("notice", onNotice);
-      await append(9);
+      all = await plansDuring(c, () => append(9));
     } finally {
-      c.off("notice", onNotice);
       c.release(true);
     }
+    const plans = all.filter((p) => p.includes("row_state r"));
     assert.equal(plans.length, 1, "the version check's plan");
     assert.match(plans[0], /Index (Only )?Scan using row_state_pkey on row_state r/);
     assert.doesNotMatch(plans[0], /Seq Scan on row_state/);
@@ -211,21 +206,17 @@ describe("the tenant log (store level)", function () {
     const P = tenantSchema("probe2");
     await pool.query(`ALTER TABLE ${P}.row_state SET (autovacuum_enabled = off)`);
     const c = await pool.connect();
-    const plans: string[] = [];
-    const onNotice = (n: { message?: string }) => { plans.push(n.message ?? ""); };
+    let plans: string[];
     try {
       const ids = [{ table: "public.t", key: "[5]" }, { table: "public.t", key: "[7]" }];
       for (let i = 0; i < 8; i++) await loadVersions(c, P, ids);
       await pool.query(`INSERT INTO ${P}.row_state(tbl, key, op, seq, branch, exact, hlc)
         SELECT 'public.t', '[' || g || ']', 'U', g, 'x', true, 1 FROM generate_series(1, 20000) g`);
-      await c.query("LOAD 'auto_explain'");
-      await c.query(`SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;
-        SET auto_explain.log_level = notice; SET client_min_messages = notice`);
-      c.on("notice", onNotice);
-      const found = await loadVersions(c, P, ids);
-      assert.deepEqual([...found.values()].map((v) => v.seq), [5n, 7n]);
+      plans = await plansDuring(c, async () => {
+        const found = await loadVersions(c, P, ids);
+        assert.deepEqual([...found.values()].map((v) => v.seq), [5n, 7n]);
+      });
     } finally {
-      c.off("notice", onNotice);
       c.release(true);
     }
     const lookup = plans.filter((p) => p.includes("row_state s"));
