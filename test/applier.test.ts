@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
-import type pg from "pg";
+import pg from "pg";
 import { createDb, type TestDb } from "./support/db.ts";
 import { ITEMS_DDL } from "./support/cluster.ts";
 import { introspect } from "../agent/capture/introspect.ts";
@@ -87,5 +87,38 @@ describe("applier (branch database level)", function () {
     await db.pool.query("UPDATE items SET sku = 'later' WHERE id = 2");
     await applier.apply(batch(8n, [{ seq: 8n, changes: [[Op.UPDATE, 2, "earlier"], [Op.INSERT, 5, "e"]] }], [{ originTxn: await localTxn(), seq: 9n }]));
     assert.deepEqual(await skus(), ["1:after", "2:later", "4:d'$bs$", "5:e", "100:warm"]);
+  });
+
+  it("inserts rows inserted at their origin without upserting, and upserts them when one is here after all", async () => {
+    // Its own applier, on a connection that reports every plan as a NOTICE.
+    const explained = new pg.Pool({ connectionString: db.url, max: 1, options: "-c session_preload_libraries=auto_explain"
+      + " -c auto_explain.log_min_duration=0 -c auto_explain.log_nested_statements=on -c auto_explain.log_level=notice" });
+    const plans: string[] = [];
+    let trips = 0;
+    explained.on("connect", (client) => {
+      client.on("notice", (n) => plans.push(n.message ?? ""));
+      const query = client.query.bind(client) as (...a: unknown[]) => unknown;
+      (client as unknown as { query: (...a: unknown[]) => unknown }).query = (...a: unknown[]) => { trips++; return query(...a); };
+    });
+    const itemWrites = () => plans.splice(0).filter((p) => /Insert on items/.test(p))
+      .map((p) => (/Conflict Resolution: UPDATE/.test(p) ? "upsert" : "insert"));
+    try {
+      const mine = makeApplier(explained, [await introspect(db.pool as unknown as pg.ClientBase, "public.items")]);
+      await mine.apply(batch(10n, [{ seq: 10n, changes: [[Op.INSERT, 6, "f"], [Op.INSERT, 7, "g"]] }]));
+      assert.deepEqual(itemWrites(), ["insert"], "rows new everywhere: a plain insert");
+      // 1 is here already (a key inserted on two branches): the insert is
+      // undone and the run upserted, still in the one round trip.
+      trips = 0;
+      await mine.apply(batch(11n, [{ seq: 11n, changes: [[Op.INSERT, 8, "h"], [Op.INSERT, 1, "again"]] }]));
+      assert.equal(trips, 1, "one query for the batch");
+      assert.deepEqual(itemWrites(), ["upsert"], "(auto_explain reports finished statements only, so not the failed insert)");
+      await mine.apply(batch(12n, [{ seq: 12n, changes: [[Op.UPDATE, 8, "h2"]] }]));
+      assert.deepEqual(itemWrites(), ["upsert"], "updates are upserted");
+      assert.deepEqual(await skus(), ["1:again", "2:later", "4:d'$bs$", "5:e", "6:f", "7:g", "8:h2", "100:warm"]);
+      assert.equal(await cursor(), 12n);
+      assert.equal((await db.pool.query("SELECT count(*)::int AS n FROM _branchsync.quarantine WHERE seq >= 10")).rows[0].n, 0);
+    } finally {
+      await explained.end();
+    }
   });
 });

@@ -201,6 +201,47 @@ describe("the tenant log (store level)", function () {
     for (const plan of all) assert.doesNotMatch(plan, /JIT:/);
   });
 
+  it("records rows inserted at their origin without upserting, and upserts when a key is there after all", async () => {
+    await createTenant(pool, "fresh", "fresh");
+    const F = tenantSchema("fresh");
+    let id = 0;
+    const txn = (changes: { op: Op; key: number }[], baseSeq: bigint) => {
+      const chs = changes.map(({ op, key }) => ({ table: "public.t", op, key: `[${key}]`, row: `{"id": ${key}}`, prev: "" }));
+      const originTxn = BigInt(++id);
+      const body = toBinary(TransactionSchema, create(TransactionSchema, { originTxn, lastChunk: true, changes: chs }));
+      return { originTxn, chunkIndex: 0, lastChunk: true, nChanges: chs.length, body, changes: chs, baseSeq, hlc: originTxn };
+    };
+    const state = async () => (await pool.query(`SELECT key, op, seq::int, branch FROM ${F}.row_state ORDER BY key`)).rows
+      .map((r) => `${r.key} ${r.op} ${r.seq} ${r.branch}`);
+    const rowStateWrites = (plans: string[]) => plans.filter((p) => /Insert on row_state/.test(p))
+      .map((p) => (/Conflict Resolution: UPDATE/.test(p) ? "upsert" : "insert"));
+    const c = await pool.connect();
+    // appendBatch's plain path runs one query: on this connection, for auto_explain.
+    const onC = { query: (q: pg.QueryConfig) => c.query(q) } as unknown as pg.Pool;
+    try {
+      // New keys, one inserted and updated in the same append: the insert
+      // goes plain, the updated one (newest change U) is upserted.
+      let plans = await plansDuring(c, () => appendBatch(onC, F, "a", [txn([{ op: Op.INSERT, key: 1 }, { op: Op.INSERT, key: 2 }], 0n),
+        txn([{ op: Op.UPDATE, key: 2 }, { op: Op.INSERT, key: 3 }], 0n)], new Map()));
+      assert.deepEqual(rowStateWrites(plans), ["insert", "upsert"]);
+      assert.deepEqual(await state(), ["[1] I 1 a", "[2] U 2 a", "[3] I 2 a"]);
+      // A delete leaves a tombstone; inserting the key again meets it, and the
+      // whole plain insert is undone and upserted instead, new key included.
+      await appendBatch(onC, F, "a", [txn([{ op: Op.DELETE, key: 1 }], 2n)], new Map());
+      plans = await plansDuring(c, () => appendBatch(onC, F, "a", [txn([{ op: Op.INSERT, key: 4 }, { op: Op.INSERT, key: 1 }], 3n)], new Map()));
+      // (auto_explain reports finished statements only, so not the failed insert.)
+      assert.deepEqual(rowStateWrites(plans), ["upsert"]);
+      assert.deepEqual(await state(), ["[1] I 4 a", "[2] U 2 a", "[3] I 2 a", "[4] I 4 a"]);
+      // Another branch inserts a key a has (based after it, so no conflict): upserted.
+      const { outcomes } = await appendBatch(onC, F, "b", [txn([{ op: Op.INSERT, key: 3 }, { op: Op.INSERT, key: 5 }], 4n)], new Map());
+      assert.deepEqual(outcomes, [{ kind: "accepted", seq: 5n }]);
+      assert.deepEqual(await state(), ["[1] I 4 a", "[2] U 2 a", "[3] I 5 b", "[4] I 4 a", "[5] I 5 b"]);
+      assert.equal((await pool.query(`SELECT count(*)::int AS n FROM ${F}.log`)).rows[0].n, 5, "every append logged once");
+    } finally {
+      c.release(true);
+    }
+  });
+
   it("looks row versions up by key in a connection that first did so when row_state was small", async () => {
     await createTenant(pool, "probe2", "probe2");
     const P = tenantSchema("probe2");

@@ -33,7 +33,7 @@ import type { LocalTable } from "../capture/introspect.ts";
 
 export { ONE_TRIP_PAUSE_MS } from "./oneTrip.ts";
 
-interface TableSql { upsert: string; del: string }
+interface TableSql { upsert: string; insert: string; del: string }
 
 /** `rows`: where the statements find the JSON array of row images. */
 function tableSql(t: LocalTable, rows = "$1"): TableSql {
@@ -51,6 +51,7 @@ function tableSql(t: LocalTable, rows = "$1"): TableSql {
               LATERAL jsonb_populate_record(NULL::${q}, bs_e_.v - ARRAY[${json.map((c) => `'${c.name}'`).join(", ")}]) AS bs_r_`;
   return {
     upsert: `INSERT INTO ${q} (${cols}) ${source} ON CONFLICT (${pk}) ${onConflict}`,
+    insert: `INSERT INTO ${q} (${cols}) ${source}`,
     del: `DELETE FROM ${q} WHERE (${pk}) IN (SELECT ${pk} FROM json_populate_recordset(NULL::${q}, ${rows}::json))`,
   };
 }

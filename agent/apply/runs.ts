@@ -8,6 +8,11 @@ import { Op, type Change } from "../../gen/branchsync/v1/sync_pb.ts";
 export interface Run {
   table: string;
   del: boolean;
+  /**
+   * Every change of the run inserted its row at the origin, so the row is
+   * most likely new here: worth a plain INSERT before an upsert.
+   */
+  fresh: boolean;
   /** The run's row images as one JSON array, for json_populate_recordset. */
   json: string;
 }
@@ -35,6 +40,6 @@ function runOf(table: string, del: boolean, changes: Change[]): Run {
     for (const ch of changes) last.set(ch.key, ch.row);
     rows = [...last.values()];
   }
-  return { table, del, json: `[${rows.join(",")}]` };
+  return { table, del, fresh: !del && changes.every((ch) => ch.op === Op.INSERT), json: `[${rows.join(",")}]` };
 }
 
