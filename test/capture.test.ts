@@ -85,6 +85,33 @@ describe("change capture (branch database level)", function () {
     }
   });
 
+  it("reads a batch by index probes, also on a connection that first read a short queue", async () => {
+    // A branch back from days offline: its sender's connection planned the
+    // read when the queue was short; the backlog must not be sorted and
+    // scanned whole for every batch.
+    await install();
+    await db.pool.query("DELETE FROM _branchsync.changes; DELETE FROM _branchsync.txns; ANALYZE _branchsync.txns, _branchsync.changes");
+    const c = await db.pool.connect();
+    let plans: string[];
+    try {
+      await c.query("INSERT INTO items VALUES (200000, 'first', 1, 1, NULL, now())");
+      for (let i = 0; i < 8; i++) await c.query("SELECT * FROM _branchsync.read_batch('{}', 500)");
+      for (let i = 0; i < 40; i++) {
+        await c.query("INSERT INTO items SELECT g, 'offline', 1, 1, NULL, now() FROM generate_series($1::int, $1::int + 49) g", [200001 + i * 50]);
+      }
+      plans = await plansDuring(c, async () => {
+        const { rows } = await c.query("SELECT txid, fits FROM _branchsync.read_batch('{}', 500)");
+        assert.equal(new Set(rows.filter((r) => r.fits).map((r) => r.txid)).size, 10, "1 + 9 x 50 rows fit in 500");
+      });
+    } finally {
+      c.release(true);
+    }
+    const read = plans.filter((p) => p.includes("_branchsync.txns") || p.includes("on txns"));
+    assert.ok(read.length > 0, plans.join("\n---\n"));
+    for (const p of read) assert.doesNotMatch(p, /Seq Scan|Bitmap Heap Scan|Hash Join|JIT:/, p);
+    await db.pool.query("DELETE FROM items WHERE id >= 200000; DELETE FROM _branchsync.changes; DELETE FROM _branchsync.txns");
+  });
+
   it("vacuums the change-log queues once dead rows pile up, and reads only what is unsent", async () => {
     await install();
     // What a busy till leaves behind: many transactions captured, sequenced

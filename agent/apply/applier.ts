@@ -29,6 +29,7 @@ import { quoteIdent } from "../../lib/ident.ts";
 import { APPLY_LOCK } from "../capture/install.ts";
 import { runsOf } from "./runs.ts";
 import { makeOneTrip, TRIP_ROWS } from "./oneTrip.ts";
+import { makeLocalIndex, rowIdOf, type LocalIndex, type LocalVersions } from "./localIndex.ts";
 import type { LocalTable } from "../capture/introspect.ts";
 
 export { ONE_TRIP_PAUSE_MS } from "./oneTrip.ts";
@@ -58,34 +59,22 @@ function tableSql(t: LocalTable, rows = "$1"): TableSql {
 
 export class ApplyError extends Error {}
 
-/** Sequence of the newest local change per row; null = not yet sequenced (newest of all). */
-type LocalVersions = Map<string, bigint | null>;
-
-/** Which rows have local changes, and how far the hub has sequenced them. */
-const LOCAL_VERSIONS = `SELECT c.tbl, e.k::text AS key, t.seq::text AS seq
-  FROM _branchsync.txns t JOIN _branchsync.changes c USING (txid), json_array_elements(c.keys) AS e(k)`;
-
-function toLocalVersions(rows: { tbl: string; key: string; seq: string | null }[]): LocalVersions | null {
-  if (rows.length === 0) return null;
-  const m: LocalVersions = new Map();
-  for (const r of rows) {
-    const k = `${r.tbl}\u0000${r.key}`;
-    const seq = r.seq === null ? null : BigInt(r.seq);
-    const prev = m.get(k);
-    if (prev === undefined || (prev !== null && (seq === null || seq > prev))) m.set(k, seq);
+/** Reads the local versions through `index` on `c`, which holds the exclusive apply lock. */
+async function localVersions(c: pg.PoolClient, index: LocalIndex, changes: Change[]): Promise<LocalVersions | null> {
+  for (;;) {
+    const res = asList(await c.query(index.statements(changes.map((ch) => rowIdOf(ch.table, ch.key))).join(";\n")));
+    const v = index.refresh(res[0].rows, res[1].rows, res[2].rows);
+    if (v !== "again") return v;
   }
-  return m;
 }
 
-async function localVersions(c: pg.PoolClient): Promise<LocalVersions | null> {
-  return toLocalVersions((await c.query(LOCAL_VERSIONS)).rows);
-}
+const asList = (res: unknown) => (Array.isArray(res) ? res : [res]) as pg.QueryResult[];
 
 /** Numbers we put into SQL text ourselves; BigInt() refuses anything else. */
 const num = (v: bigint | string) => BigInt(v).toString();
 
 function supersededLocally(local: LocalVersions, ch: Change, seq: bigint): boolean {
-  const v = local.get(`${ch.table}\u0000${ch.key}`);
+  const v = local.get(rowIdOf(ch.table, ch.key));
   return v !== undefined && (v === null || v > seq);
 }
 
@@ -130,6 +119,7 @@ const BEGIN_APPLY = "BEGIN; SET LOCAL branchsync.applying = 'on'";
 
 export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
   const sql = new Map<string, TableSql & { idx: number }>();
+  const index = makeLocalIndex();
   tables.forEach((t, idx) => sql.set(t.name, { ...tableSql(t), idx }));
   let open: pg.PoolClient | null = null;
   let locked = false;
@@ -295,8 +285,6 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
     noteLowest(r.rows[0].low as string | null);
   }
 
-  const asList = (res: unknown) => (Array.isArray(res) ? res : [res]) as pg.QueryResult[];
-
   /**
    * Applies a batch after `opening` (the statements that begin the local
    * transaction or savepoint). Round trips are what an apply costs on a
@@ -315,9 +303,14 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
       head.push(`SELECT pg_advisory_xact_lock(${APPLY_LOCK})`);
       locked = true;
     }
-    if (foreign) head.push(LOCAL_VERSIONS);
+    const incoming = foreign ? batch.transactions.flatMap((t) => t.changes) : [];
+    if (foreign) head.push(...index.statements(incoming.map((ch) => rowIdOf(ch.table, ch.key))));
     const res = asList(await c.query(head.join(";\n")));
-    const local = foreign ? toLocalVersions(res.at(-1)!.rows) : null;
+    let local: LocalVersions | null = null;
+    if (foreign) {
+      const v = index.refresh(res.at(-3)!.rows, res.at(-2)!.rows, res.at(-1)!.rows);
+      local = v === "again" ? await localVersions(c, index, incoming) : v;
+    }
     const quarantined = await applyTxns(c, batch.transactions, local, careful);
     const lastTxn = batch.transactions.at(-1);
     if (lastTxn && !lastTxn.lastChunk) return { cursor: null, quarantined };
@@ -377,7 +370,7 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
         if (q.rows.length === 0) { await finish(c); return { outcome: "failed", error: `transaction ${seq} is not quarantined at this branch` }; }
         if (q.rows[0].status !== "quarantined") { await finish(c); return { outcome: q.rows[0].status === "applied" ? "applied" : "discarded" }; }
         await c.query(`SELECT pg_advisory_xact_lock(${APPLY_LOCK})`);
-        const local = await localVersions(c);
+        const local = await localVersions(c, makeLocalIndex(), repair.changes);
         await applyChanges(c, wanted(local, repair));
         await c.query("UPDATE _branchsync.quarantine SET status = 'applied' WHERE seq = $1", [seq.toString()]);
         await c.query("COMMIT");

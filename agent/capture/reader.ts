@@ -56,23 +56,10 @@ function header(r: TxnRow, clock: Clock): Pick<WireTxn, "originTxn" | "commitTim
  */
 export async function readBatch(db: pg.Pool, inFlight: string[], max: number, chunking: Chunking | null, clock: Clock): Promise<ReadResult> {
   if (chunking) return readChunk(db, chunking, max, clock);
-  // One round trip: the oldest unsent transactions whose sizes add up to at
-  // most `max` (a prefix, by the running sum), with their units. Only the
-  // first is returned, without units, when it alone is too large: chunks.
+  // One round trip (_branchsync.read_batch, agent/capture/install.ts).
   const { rows } = await db.query<TxnRow & Partial<UnitRow> & { fits: boolean; pending: number }>({
     name: "bs-read-batch",
-    text: `WITH t AS (SELECT txid AS x, ${TXN_COLS}, last_id FROM _branchsync.txns
-                        WHERE seq IS NULL AND NOT (txid = ANY($1::xid8[])) ORDER BY last_id LIMIT 256),
-                p AS (SELECT *, sum(n) OVER (ORDER BY last_id) AS running, row_number() OVER (ORDER BY last_id) AS rn FROM t)
-           SELECT p.txid, p.n, p.t, p.base, p.seen, p.running <= $2 AS fits, (SELECT count(*) FROM p)::int AS pending,
-                  c.tbl, c.op, c.keys, c.rows, c.prevs
-             FROM p LEFT JOIN LATERAL (
-                    -- LATERAL: probed by txid through changes_txid, never a
-                    -- scan of the whole queue, whatever its statistics say.
-                    SELECT c.id, c.tbl, c.op, c.keys::text AS keys, c.rows::text AS rows, c.prevs::text AS prevs
-                      FROM _branchsync.changes c WHERE c.txid = p.x AND p.running <= $2) c ON true
-            WHERE p.running <= $2 OR p.rn = 1
-            ORDER BY p.rn, c.id`,
+    text: "SELECT * FROM _branchsync.read_batch($1::xid8[], $2)",
     values: [inFlight, max],
   });
   if (rows.length === 0) return { transactions: [], chunking: null, more: false };
@@ -111,8 +98,9 @@ async function readChunk(db: pg.Pool, c: Chunking, max: number, clock: Clock): P
   const last = ids.length === units.rows.length && units.rows.length < 256;
   const { rows } = await db.query<UnitRow>({
     name: "bs-read-unit-changes",
-    text: `${UNITS} WHERE c.id = ANY($1::bigint[]) ORDER BY c.id`,
-    values: [ids],
+    // The txid too: the units' index leads with it (a scan of every unit otherwise).
+    text: `${UNITS} WHERE c.txid = $1::xid8 AND c.id = ANY($2::bigint[]) ORDER BY c.id`,
+    values: [c.txid, ids],
   });
   const t: WireTxn = { ...header(txn.rows[0], clock), chunkIndex: c.nextChunk, lastChunk: last, changes: rows.flatMap(changesOf) };
   return {

@@ -1,0 +1,100 @@
+import assert from "node:assert/strict";
+import { create } from "@bufbuild/protobuf";
+import pg from "pg";
+import { createDb, type TestDb } from "./support/db.ts";
+import { ITEMS_DDL } from "./support/cluster.ts";
+import { introspect } from "../agent/capture/introspect.ts";
+import { installCapture } from "../agent/capture/install.ts";
+import { setAside } from "../agent/capture/reader.ts";
+import { makeApplier, type Applier } from "../agent/apply/applier.ts";
+import { ChangeBatchSchema, TransactionSchema, ChangeSchema, Op, type ChangeBatch } from "../gen/branchsync/v1/sync_pb.ts";
+
+const row = (id: number, sku: string) => JSON.stringify({ id, sku, qty: 1, price: 2.5, note: null, updated_at: "2026-01-01T00:00:00+00:00" });
+
+/** One incoming transaction (seq) updating `ids`; `own` reports this branch's transactions' sequence numbers. */
+function batch(seq: bigint, ids: number[], sku: string, own: { originTxn: bigint; seq: bigint }[] = []): ChangeBatch {
+  return create(ChangeBatchSchema, {
+    cursorAfter: seq,
+    ownSequenced: own,
+    transactions: [create(TransactionSchema, {
+      seq, originBranch: "other", originTxn: seq + 1000n, chunkIndex: 0, lastChunk: true,
+      changes: ids.map((id) => create(ChangeSchema, { table: "public.items", op: Op.UPDATE, key: `[${id}]`, row: row(id, sku) })),
+    })],
+  });
+}
+
+describe("local versions kept across batches (a branch with a local backlog)", function () {
+  this.timeout(60_000);
+  let db: TestDb;
+  let applier: Applier;
+  /** Rows the applier's queries returned: what it read from the branch database. */
+  let rowsRead = 0;
+
+  before(async () => {
+    db = await createDb("localidx", ITEMS_DDL);
+    const counted = new WeakSet<object>();
+    db.pool.on("acquire", (client) => {
+      if (counted.has(client)) return;
+      counted.add(client);
+      const query = client.query.bind(client) as (...a: unknown[]) => Promise<unknown>;
+      (client as unknown as { query: (...a: unknown[]) => unknown }).query = async (...a: unknown[]) => {
+        const res = await query(...a);
+        for (const r of (Array.isArray(res) ? res : [res]) as pg.QueryResult[]) rowsRead += r?.rows?.length ?? 0;
+        return res;
+      };
+    });
+    const c = await db.pool.connect();
+    try { await installCapture(c, [await introspect(c, "public.items")], "t", "b"); } finally { c.release(); }
+    applier = makeApplier(db.pool, [await introspect(db.pool as unknown as pg.ClientBase, "public.items")]);
+  });
+  after(async () => { await db?.drop(); });
+
+  const skus = async (ids: number[]) => (await db.pool.query("SELECT id, sku FROM items WHERE id = ANY($1) ORDER BY id", [ids])).rows.map((r) => `${r.id}:${r.sku}`);
+  const localTxids = async () => (await db.pool.query("SELECT txid::text FROM _branchsync.txns ORDER BY last_id")).rows.map((r) => BigInt(r.txid));
+
+  it("reads only what is new or asked about for each incoming batch, and still keeps locally changed rows", async () => {
+    // The backlog: 300 local transactions of 5 rows, none sent yet.
+    for (let i = 0; i < 300; i++) {
+      await db.pool.query("INSERT INTO items SELECT g, 'local', 1, 1, NULL, now() FROM generate_series($1::int, $1::int + 4) g", [i * 5 + 1]);
+    }
+    rowsRead = 0;
+    await applier.apply(batch(1n, [3, 9000], "in1"));
+    const first = rowsRead;
+    assert.ok(first >= 300, `the first batch reads the backlog once (${first} rows)`);
+    assert.deepEqual(await skus([3, 9000]), ["3:local", "9000:in1"], "row 3 has an unsent local change: kept");
+    for (let s = 2n; s <= 6n; s++) {
+      rowsRead = 0;
+      await applier.apply(batch(s, [Number(s) * 5, 10_000 + Number(s)], `in${s}`));
+      assert.ok(rowsRead < 20, `batch ${s} read ${rowsRead} rows, not the backlog`);
+    }
+    assert.deepEqual(await skus([10, 30]), ["10:local", "30:local"]);
+    // A local change made since is seen too.
+    await db.pool.query("INSERT INTO items VALUES (5000, 'later', 1, 1, NULL, now())");
+    await applier.apply(batch(7n, [5000], "in7"));
+    assert.deepEqual(await skus([5000]), ["5000:later"]);
+  });
+
+  it("follows local transactions as the hub sequences them and as they go", async () => {
+    const [t1, t2, t3] = await localTxids();
+    // t1 (rows 1-5) sequenced at 5, before the incoming 8: the incoming wins on row 1.
+    // t2 (rows 6-10) sequenced at 20, after it: row 6 stays local.
+    await applier.apply(batch(8n, [1, 6], "in8", [{ originTxn: t1, seq: 5n }, { originTxn: t2, seq: 20n }]));
+    assert.deepEqual(await skus([1, 6]), ["1:in8", "6:local"]);
+    // The hub rejects the transaction with rows 11-15: set aside, its rows no longer held.
+    await setAside(db.pool, t3.toString(), "rejected for the test");
+    await applier.apply(batch(9n, [11], "in9"));
+    assert.deepEqual(await skus([11]), ["11:in9"]);
+  });
+
+  it("notices a change queue emptied by hand, whose ids start again", async () => {
+    // Numbers restart, below what the index has already seen.
+    await db.pool.query("TRUNCATE _branchsync.changes, _branchsync.txns RESTART IDENTITY");
+    await applier.apply(batch(10n, [20], "in10"));
+    assert.deepEqual(await skus([20]), ["20:in10"], "nothing pending any more");
+    await db.pool.query("UPDATE items SET sku = 'again' WHERE id IN (21, 22)");
+    await applier.apply(batch(11n, [21], "in11"));
+    assert.deepEqual(await skus([21]), ["21:again"], "the new local change is kept");
+    await applier.apply(batch(12n, [22], "in12"));
+    assert.deepEqual(await skus([22]), ["22:again"]);
+  });
+});
