@@ -53,6 +53,23 @@ describe("authentication and tenant isolation", function () {
     assert.ok(rows[0].latest > 8);
   });
 
+  it("brings a tenant an older replica created up to this hub's schema at its first admin call", async () => {
+    await c.addTenant("lagging2");
+    const O = "tenant_lagging2";
+    // What a tenant looked like before conflict tracking (schema version 0).
+    await c.hubDb.pool.query(`DROP FUNCTION ${O}.append_plain, ${O}.row_versions; DROP TABLE ${O}.row_state, ${O}.conflicts, ${O}.quarantine;
+      ALTER TABLE ${O}.log DROP COLUMN conflicts;
+      DROP INDEX ${O}.log_origin_txn_idx; CREATE UNIQUE INDEX ON ${O}.log (origin_branch, origin_txn, part);
+      ALTER TABLE ${O}.head DROP COLUMN run_branch, DROP COLUMN run_start;
+      ALTER TABLE ${O}.tables DROP COLUMN strategy, DROP COLUMN branch_priority, DROP COLUMN delta_columns;
+      UPDATE branchsync.tenants SET schema_version = 0 WHERE id = 'lagging2'`);
+    assert.deepEqual((await c.admin.listQuarantined({ tenantId: "lagging2" })).items, []);
+    assert.deepEqual((await c.admin.listConflicts({ tenantId: "lagging2" })).conflicts, []);
+    const { rows } = await c.hubDb.pool.query(`SELECT schema_version AS v,
+      (SELECT max(schema_version) FROM branchsync.tenants WHERE id <> 'lagging2') AS latest FROM branchsync.tenants WHERE id = 'lagging2'`);
+    assert.equal(rows[0].v, rows[0].latest);
+  });
+
   it("the agent's own IssueToken call (Connect JSON over node:http) gets a token, and words a refusal", async () => {
     const { issueToken } = await import("../agent/link/auth.ts");
     const base = `http://127.0.0.1:${c.hub.httpPort}`;

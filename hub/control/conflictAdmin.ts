@@ -10,6 +10,7 @@ import {
   type ConflictSchema, type QuarantinedSchema, type TablePolicySchema,
 } from "../../gen/branchsync/v1/admin_pb.ts";
 import { tenantSchema, tenantExists } from "../store/tenants.ts";
+import { ensureTenantCurrent } from "../store/migrate.ts";
 import { listPolicies, setPolicy, type TablePolicyRow } from "../store/policies.ts";
 import { listConflicts, getConflict, type ConflictRecord } from "../store/conflicts.ts";
 import { listQuarantine, request, rowsOf, type QuarantineRow, type QuarantineState } from "../store/quarantine.ts";
@@ -39,6 +40,9 @@ const secs = (d: Date | null | undefined) => (d ? BigInt(Math.floor(d.getTime() 
 async function schemaOf(pool: pg.Pool, tenantId: string): Promise<string> {
   const s = tenantSchema(tenantId);
   if (!(await tenantExists(pool, tenantId))) throw new StatusError(Status.NOT_FOUND, `tenant "${tenantId}" does not exist`);
+  // A replica on older code may have created it (rolling upgrade), and no
+  // branch may have said Hello here since.
+  await ensureTenantCurrent(pool, tenantId);
   return s;
 }
 
