@@ -23,6 +23,7 @@ import { fanout } from "./sections/fanout.ts";
 import { streams } from "./sections/streams.ts";
 import { ingest } from "./sections/ingest.ts";
 import { stall } from "./sections/stall.ts";
+import { backlog } from "./sections/backlog.ts";
 
 /** The code being measured: commit, plus "+dirty" when hub/agent/lib/cli have uncommitted changes. */
 function codeVersion(): string {
@@ -33,7 +34,7 @@ function codeVersion(): string {
   } catch { return "unknown"; }
 }
 
-const SECTION_FNS: Record<SectionName, (ctx: BenchContext) => Promise<SectionResult>> = { throughput, latency, fanout, streams, ingest, stall };
+const SECTION_FNS: Record<SectionName, (ctx: BenchContext) => Promise<SectionResult>> = { throughput, latency, fanout, streams, ingest, stall, backlog };
 
 async function main(): Promise<number> {
   let args;

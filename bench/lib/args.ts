@@ -1,7 +1,7 @@
 /** Command line of `npm run bench`: sections, seed, sizes (--quick and per-size overrides), extra env. */
 import type { Sizes } from "./context.ts";
 
-export const SECTIONS = ["throughput", "latency", "fanout", "streams", "ingest", "stall"] as const;
+export const SECTIONS = ["throughput", "latency", "fanout", "streams", "ingest", "stall", "backlog"] as const;
 export type SectionName = (typeof SECTIONS)[number];
 
 export const FULL: Sizes = {
@@ -11,6 +11,7 @@ export const FULL: Sizes = {
   streamLevels: [1_000, 10_000, 20_000], streamsPerConn: 100, streamBranches: 100, streamPings: 2_000,
   ingestBranches: 100, ingestTenants: [1, 100], ingestSeconds: 10, ingestTxnsPerBatch: 5, ingestChangesPerTxn: 100, ingestWindow: 2,
   stallRows: 100_000,
+  backlogTxns: [5_000, 20_000], backlogRows: 10,
 };
 
 export const QUICK: Sizes = {
@@ -20,6 +21,7 @@ export const QUICK: Sizes = {
   streamLevels: [200], streamBranches: 10, streamPings: 200,
   ingestBranches: 10, ingestTenants: [1], ingestSeconds: 3,
   stallRows: 2_000,
+  backlogTxns: [100, 200],
 };
 
 export interface Args {

@@ -43,6 +43,9 @@ export interface Sizes {
   ingestSeconds: number;
   ingestTxnsPerBatch: number;
   ingestChangesPerTxn: number;
+  /** Local transactions an offline branch commits, per run of the backlog section. */
+  backlogTxns: number[];
+  backlogRows: number;
   /** Batches a pusher keeps awaiting BatchAck (the agent's UPSTREAM_WINDOW). */
   ingestWindow: number;
   /** Rows the writer adds in the stall section's first phase; the second adds twice as many. */
