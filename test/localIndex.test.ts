@@ -98,3 +98,72 @@ describe("local versions kept across batches (a branch with a local backlog)", f
     assert.deepEqual(await skus([22]), ["22:again"]);
   });
 });
+
+describe("local versions: the queue renumbered by hand, and a stricter isolation default", function () {
+  this.timeout(60_000);
+  let db: TestDb;
+  let applier: Applier;
+
+  async function fresh(isolation?: string) {
+    db = await createDb("localidx2", ITEMS_DDL);
+    if (isolation) {
+      await db.pool.query(`ALTER DATABASE "${db.name}" SET default_transaction_isolation = '${isolation}'`);
+      await db.pool.end();
+      db.pool = new pg.Pool({ connectionString: db.url, max: 6 });
+      db.pool.on("error", () => undefined);
+    }
+    const c = await db.pool.connect();
+    try { await installCapture(c, [await introspect(c, "public.items")], "t", "b"); } finally { c.release(); }
+    applier = makeApplier(db.pool, [await introspect(db.pool as unknown as pg.ClientBase, "public.items")]);
+    await db.pool.query("BEGIN; SET LOCAL branchsync.applying = 'on'; INSERT INTO items SELECT g, 'base', 1, 1, NULL, now() FROM generate_series(1, 100) g; COMMIT");
+  }
+  afterEach(async () => { await db?.drop(); });
+  const sku = async (id: number) => (await db.pool.query("SELECT sku FROM items WHERE id = $1", [id])).rows[0]?.sku;
+  const localUpdate = (id: number) => db.pool.query("UPDATE items SET sku = 'local' WHERE id = $1", [id]);
+
+  it("reads everything again after RESTART IDENTITY, however many units were written since", async () => {
+    await fresh();
+    for (let i = 1; i <= 10; i++) await localUpdate(i);
+    await applier.apply(batch(1n, [9000], "in1")); // the index has seen ids up to 10
+    await db.pool.query("TRUNCATE _branchsync.changes, _branchsync.txns RESTART IDENTITY");
+    // More units than that before the next read: ids 1..20 again.
+    for (let i = 50; i < 70; i++) await localUpdate(i);
+    await applier.apply(batch(2n, [52, 69], "in2"));
+    assert.deepEqual([await sku(52), await sku(69)], ["local", "local"]);
+  });
+
+  it("catches a sequence set back by hand by the next read of every transaction", async () => {
+    await fresh();
+    for (let i = 1; i <= 10; i++) await localUpdate(i);
+    await applier.apply(batch(1n, [9000], "in1"));
+    await db.pool.query("DELETE FROM _branchsync.changes; DELETE FROM _branchsync.txns; SELECT setval('_branchsync.changes_id_seq', 1, false)");
+    for (let i = 50; i < 70; i++) await localUpdate(i);
+    // Within 64 reads one looks at every pending transaction and finds units it never saw.
+    for (let s = 2n; s < 70n; s++) await applier.apply(batch(s, [9000 + Number(s)], `in${s}`));
+    await applier.apply(batch(70n, [52], "in70"));
+    assert.equal(await sku(52), "local");
+  });
+
+  it("sees a writer that committed while it waited for the apply lock, under a repeatable-read default", async () => {
+    await fresh("repeatable read");
+    await localUpdate(5);
+    await applier.apply(batch(1n, [9000], "in1"));
+    const w1 = await db.pool.connect();
+    const w0 = await db.pool.connect();
+    try {
+      // w1 writes first (the lower unit id) and commits last; w0 commits before the apply starts.
+      await w1.query("BEGIN ISOLATION LEVEL READ COMMITTED; UPDATE items SET sku = 'w1' WHERE id = 1");
+      await w0.query("BEGIN ISOLATION LEVEL READ COMMITTED; UPDATE items SET sku = 'w0' WHERE id = 2; COMMIT");
+      const applying = applier.apply(batch(2n, [1, 2], "in2"));
+      await new Promise((r) => setTimeout(r, 300)); // the apply waits for w1's shared lock
+      await w1.query("COMMIT");
+      await applying;
+    } finally {
+      w1.release();
+      w0.release();
+    }
+    assert.deepEqual([await sku(1), await sku(2)], ["w1", "w0"], "both local changes are newer than the incoming rows");
+    await applier.apply(batch(3n, [1], "in3"));
+    assert.equal(await sku(1), "w1");
+  });
+});

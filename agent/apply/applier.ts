@@ -115,7 +115,10 @@ export function isDataError(e: unknown): boolean {
 
 const describe = (e: unknown) => ({ error: e instanceof Error ? e.message : String(e), sqlstate: String((e as { code?: unknown }).code ?? "") });
 
-const BEGIN_APPLY = "BEGIN; SET LOCAL branchsync.applying = 'on'";
+// Read committed whatever the database's default: which local changes are
+// pending is read after the apply lock, by statements that must see every
+// writer that committed while we waited for it (see localIndex.ts).
+const BEGIN_APPLY = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL branchsync.applying = 'on'";
 
 export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
   const sql = new Map<string, TableSql & { idx: number }>();

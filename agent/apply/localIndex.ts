@@ -23,9 +23,15 @@
  *    incoming rows (every transaction indexed under one of them) and the
  *    new ones; every FULL_EVERY reads, for all, which also forgets the
  *    deleted ones nothing asked about.
- *  - Unit ids that start again below the highest seen (the queue emptied by
- *    hand, RESTART IDENTITY) make it read everything again, and so does a
- *    pending transaction none of whose units it has seen.
+ *  - That needs read committed (each statement's snapshot taken after the
+ *    lock; the applier begins so) and ids handed out in order (the sequence
+ *    has CACHE 1, set at install).
+ *  - A queue emptied or renumbered by hand (TRUNCATE, RESTART IDENTITY, ALTER
+ *    SEQUENCE ... RESTART: new storage for the table or its sequence; setval
+ *    below the highest id seen) makes it read everything again, and so does
+ *    a pending transaction none of whose units it has seen, found by the
+ *    next read of all transactions (setval, then more units than the highest
+ *    id seen before this reads: the only case it catches late).
  */
 import { splitJsonArray } from "../../lib/jsonsplit.ts";
 
@@ -36,6 +42,8 @@ export const rowIdOf = (table: string, key: string) => `${table}\u0000${key}`;
 
 export interface UnitRow { id: string; txid: string; tbl: string; keys: string }
 export interface TxnRow { txid: string; seq: string | null }
+/** The sequence's last value, and the storage of the queue and of its sequence (new after TRUNCATE or RESTART). */
+export interface TopRow { id: string; storage: string }
 
 /** Reads between two that look at every pending transaction. */
 const FULL_EVERY = 64;
@@ -47,7 +55,7 @@ export interface LocalIndex {
    */
   statements(rows: Iterable<string>): [units: string, txns: string, top: string];
   /** The versions as of those reads, null when nothing is pending, or "again" when statements() must be run again (a full read). */
-  refresh(units: UnitRow[], txns: TxnRow[], top: { id: string }[]): LocalVersions | null | "again";
+  refresh(units: UnitRow[], txns: TxnRow[], top: TopRow[]): LocalVersions | null | "again";
 }
 
 export function makeLocalIndex(): LocalIndex {
@@ -62,6 +70,8 @@ export function makeLocalIndex(): LocalIndex {
   let asked: string[] = [];
   /** Pending transactions a full read found without units (none should be): not a reason to read everything again. */
   let unitless = new Set<string>();
+  /** The queue's storage as of the previous read (TopRow.storage). */
+  let storage = "";
   /** maxId when statements() was called: a full read from 0 is what there is. */
   let startMax = 0n;
 
@@ -130,13 +140,16 @@ export function makeLocalIndex(): LocalIndex {
            FROM _branchsync.txns t JOIN _branchsync.changes c ON c.txid = t.txid
           WHERE ${newer} AND c.id > ${maxId}`,
         `SELECT txid::text AS txid, seq::text AS seq FROM _branchsync.txns${which}`,
-        "SELECT last_value::text AS id FROM _branchsync.changes_id_seq",
+        `SELECT last_value::text AS id, pg_relation_filenode('_branchsync.changes') || '/' || pg_relation_filenode('_branchsync.changes_id_seq') AS storage
+           FROM _branchsync.changes_id_seq`,
       ];
     },
     refresh(units, txns, top) {
       const wasFull = full;
       full = false;
-      if (BigInt(top[0].id) < maxId) return restart();
+      const renumbered = storage !== top[0].storage || BigInt(top[0].id) < maxId;
+      storage = top[0].storage;
+      if (renumbered && startMax > 0n) return restart();
       const found = new Map(txns.map((t) => [t.txid, t.seq === null ? null : BigInt(t.seq)]));
       if (wasFull) {
         seqOf = found;

@@ -65,6 +65,12 @@ function functionSql(tables: OneTripDeps["tables"]): string {
     p_cursor bigint, p_hlc bigint, p_clean boolean, p_tbl int[], p_kind "char"[], p_rows json) RETURNS text LANGUAGE plpgsql AS $f$
   DECLARE ${TRIP_ROWS} json; i bigint; low text;
   BEGIN
+    -- Its local-change check must see writers that committed while it
+    -- waited for the lock; under a stricter default the careful path,
+    -- which begins read committed, does it.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+      RAISE EXCEPTION 'one trip needs read committed' USING ERRCODE = '${LOCAL_PENDING_SQLSTATE}';
+    END IF;
     PERFORM set_config('branchsync.applying', 'on', true);
     IF cardinality(p_own_txid) > 0 THEN
       UPDATE _branchsync.txns t SET seq = v.seq FROM unnest(p_own_txid, p_own_seq) AS v(txid, seq) WHERE t.txid = v.txid;

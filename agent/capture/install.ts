@@ -39,6 +39,9 @@ CREATE TABLE IF NOT EXISTS _branchsync.changes (
   keys json NOT NULL,
   rows json NOT NULL);
 CREATE INDEX IF NOT EXISTS changes_txid ON _branchsync.changes (txid, id);
+-- Ids in the order they are handed out, across sessions: the applier's index
+-- of local changes reads only ids above the highest it has seen.
+ALTER SEQUENCE _branchsync.changes_id_seq CACHE 1;
 -- One row per captured local transaction. last_id orders transactions so
 -- that one which depends on another (touched a row after it committed)
 -- always comes after it.
