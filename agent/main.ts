@@ -93,13 +93,11 @@ async function listenLocal(url: string, log: Logger) {
 
 export async function startAgent(cfg: AgentConfig, log: Logger = makeLogger("agent")): Promise<Agent> {
   log = log.child({ tenant: cfg.tenantId, branch: cfg.branchId });
-  const pool = new pg.Pool({ connectionString: cfg.localDatabaseUrl, max: 4 });
+  // Read committed whatever the database's default: the applier needs it
+  // (and asks for it); under a stricter default every batch would take the
+  // careful path. Options in the URL itself take precedence over this.
+  const pool = new pg.Pool({ connectionString: cfg.localDatabaseUrl, max: 4, options: "-c default_transaction_isolation=read\\ committed" });
   pool.on("error", (err) => log.warn({ err: err.message }, "idle branch database connection failed"));
-  // Apply and capture reasoning assumes read committed; a stricter database
-  // default would only send every batch the careful way.
-  pool.on("connect", (c) => {
-    c.query("SET default_transaction_isolation = 'read committed'").catch((err: Error) => log.warn({ err: err.message }, "could not set read committed"));
-  });
   const names = cfg.trackedTables.map((t) => (t.includes(".") ? t : `${cfg.databaseSchema}.${t}`));
   let tables: LocalTable[];
   let cursor: bigint;

@@ -113,6 +113,35 @@ describe("change capture (branch database level)", function () {
     await db.pool.query("DELETE FROM items WHERE id >= 200000; DELETE FROM _branchsync.changes; DELETE FROM _branchsync.txns");
   });
 
+  it("prints keys and rows the same whatever the writer's session settings (time zone, float digits, bytea output)", async () => {
+    await db.pool.query(`CREATE TABLE shifts (starts timestamptz, till bytea, PRIMARY KEY (starts, till), rate float8, len interval)`);
+    const c = await db.pool.connect();
+    try {
+      await installCapture(c, [await introspect(c, "public.shifts")], "t", "b");
+      const units = async () => (await c.query("SELECT keys::text AS k, rows::text AS r FROM _branchsync.changes WHERE tbl = 'public.shifts' ORDER BY id")).rows;
+      const write = async (settings: string, id: string) => {
+        await c.query(`BEGIN; ${settings}; INSERT INTO shifts VALUES ('2026-01-01 09:00:00+05:30', '\\x${id}', 0.1, '1 day 2 hours'); COMMIT`);
+      };
+      await write("SET LOCAL TimeZone = 'Asia/Kolkata'; SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'escape'; SET LOCAL IntervalStyle = 'iso_8601'", "01");
+      await c.query("DELETE FROM shifts");
+      await write("SET LOCAL TimeZone = 'America/New_York'", "01");
+      const [a, , b] = await units();
+      assert.ok(a && b, "insert, delete, insert captured");
+      assert.equal(a.k, b.k, "one row, one key, in every session");
+      assert.equal(a.r, b.r);
+      assert.match(a.k, /"2026-01-01T03:30:00\+00:00"/);
+      assert.match(a.k, /"\\\\x01"/);
+      assert.match(a.r, /"rate":0\.1,/);
+      assert.match(a.r, /"len":"1 day 02:00:00"/);
+      // The writer's own settings are as it left them.
+      assert.equal((await c.query("SHOW TimeZone")).rows[0].TimeZone, (await db.pool.query("SHOW TimeZone")).rows[0].TimeZone);
+    } finally {
+      await c.query("ROLLBACK").catch(() => undefined);
+      c.release();
+      await db.pool.query("DROP TABLE shifts CASCADE");
+    }
+  });
+
   it("vacuums the change-log queues once dead rows pile up, and reads only what is unsent", async () => {
     await install();
     // What a busy till leaves behind: many transactions captured, sequenced

@@ -239,6 +239,18 @@ function prevOf(t: LocalTable): string {
   return `CASE WHEN ${OLD}.${quoteIdent(t.primaryKey[0])} IS NULL THEN NULL ELSE '{' || ${body} || '}' END`;
 }
 
+/**
+ * Settings that change how values print as JSON, fixed for capture: a key is
+ * a row's identity on the hub and at every branch, compared as text, and a
+ * till in Kolkata printing a timestamptz key as 05:30+05:30 while the one in
+ * London prints 00:00+00:00 would make one row two (a local change missed,
+ * a conflict not seen). Row images and old values print the same way.
+ */
+const RENDERING: [string, string][] = [
+  ["TimeZone", "UTC"], ["IntervalStyle", "postgres"], ["extra_float_digits", "1"], ["bytea_output", "hex"], ["lc_monetary", "C"],
+];
+const RENDERING_SQL = RENDERING.map(([k, v]) => ` SET ${k} = '${v}'`).join("");
+
 function captureFunction(t: LocalTable, op: "ins" | "upd" | "del"): string {
   const keyOf = (alias: string) => keyExpr(t, alias);
   const name = t.name.replace(/'/g, "");
@@ -263,7 +275,7 @@ function captureFunction(t: LocalTable, op: "ins" | "upd" | "del"): string {
   // type without hashing leaves only the disabled plans, whose cost would
   // have every statement compiled (tens of ms), as it would no OLTP trigger.
   const planning = op === "upd" ? " SET enable_nestloop = off SET enable_mergejoin = off SET jit = off" : "";
-  return `CREATE OR REPLACE FUNCTION _branchsync.${fnName(t, op)}() RETURNS trigger LANGUAGE plpgsql${planning} AS $f$
+  return `CREATE OR REPLACE FUNCTION _branchsync.${fnName(t, op)}() RETURNS trigger LANGUAGE plpgsql${RENDERING_SQL}${planning} AS $f$
 DECLARE x xid8 := pg_current_xact_id(); m bigint; c int;
 BEGIN
   IF current_setting('branchsync.applying', true) = 'on' THEN RETURN NULL; END IF;
@@ -308,6 +320,7 @@ export class BindingError extends Error {}
  */
 async function queueExistingRows(db: pg.ClientBase, tables: LocalTable[]): Promise<number> {
   let total = 0;
+  for (const [k, v] of RENDERING) await db.query(`SET LOCAL ${k} = '${v}'`);
   for (const t of tables) {
     const q = `${quoteIdent(t.schema)}.${quoteIdent(t.table)}`;
     const source = `SELECT 1 AS bs_kind_, 'I'::"char" AS bs_op_, ${keyExpr(t, NEW)} AS bs_k_, ${rowOf(t, NEW)} AS bs_r_ FROM ${q} ${NEW}`;
