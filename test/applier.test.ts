@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
 import pg from "pg";
-import { createDb, type TestDb } from "./support/db.ts";
+import { createDb, watchQueries, type TestDb } from "./support/db.ts";
 import { ITEMS_DDL } from "./support/cluster.ts";
 import { introspect } from "../agent/capture/introspect.ts";
 import { installCapture } from "../agent/capture/install.ts";
@@ -30,13 +30,7 @@ describe("applier (branch database level)", function () {
 
   before(async () => {
     db = await createDb("applier", ITEMS_DDL);
-    const counted = new WeakSet<object>();
-    db.pool.on("acquire", (client) => {
-      if (counted.has(client)) return;
-      counted.add(client);
-      const query = client.query.bind(client) as (...a: unknown[]) => unknown;
-      (client as unknown as { query: (...a: unknown[]) => unknown }).query = (...a: unknown[]) => { queries++; return query(...a); };
-    });
+    watchQueries(db.pool, { sent: () => { queries++; } });
     const c = await db.pool.connect();
     try { await installCapture(c, [await introspect(c, "public.items")], "t", "b"); } finally { c.release(); }
     const tables = [await introspect(db.pool as unknown as pg.ClientBase, "public.items")];
@@ -96,11 +90,8 @@ describe("applier (branch database level)", function () {
       + " -c auto_explain.log_min_duration=0 -c auto_explain.log_nested_statements=on -c auto_explain.log_level=notice" });
     const plans: string[] = [];
     let trips = 0;
-    explained.on("connect", (client) => {
-      client.on("notice", (n) => plans.push(n.message ?? ""));
-      const query = client.query.bind(client) as (...a: unknown[]) => unknown;
-      (client as unknown as { query: (...a: unknown[]) => unknown }).query = (...a: unknown[]) => { trips++; return query(...a); };
-    });
+    explained.on("connect", (client) => client.on("notice", (n) => plans.push(n.message ?? "")));
+    watchQueries(explained, { sent: () => { trips++; } });
     const itemWrites = () => plans.splice(0).filter((p) => /Insert on items/.test(p))
       .map((p) => (/Conflict Resolution: UPDATE/.test(p) ? "upsert" : "insert"));
     try {

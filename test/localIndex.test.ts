@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
 import pg from "pg";
-import { createDb, type TestDb } from "./support/db.ts";
+import { createDb, watchQueries, type TestDb } from "./support/db.ts";
 import { ITEMS_DDL } from "./support/cluster.ts";
 import { introspect } from "../agent/capture/introspect.ts";
 import { installCapture } from "../agent/capture/install.ts";
@@ -32,17 +32,7 @@ describe("local versions kept across batches (a branch with a local backlog)", f
 
   before(async () => {
     db = await createDb("localidx", ITEMS_DDL);
-    const counted = new WeakSet<object>();
-    db.pool.on("acquire", (client) => {
-      if (counted.has(client)) return;
-      counted.add(client);
-      const query = client.query.bind(client) as (...a: unknown[]) => Promise<unknown>;
-      (client as unknown as { query: (...a: unknown[]) => unknown }).query = async (...a: unknown[]) => {
-        const res = await query(...a);
-        for (const r of (Array.isArray(res) ? res : [res]) as pg.QueryResult[]) rowsRead += r?.rows?.length ?? 0;
-        return res;
-      };
-    });
+    watchQueries(db.pool, { returned: (results) => { for (const r of results) rowsRead += r?.rows?.length ?? 0; } });
     const c = await db.pool.connect();
     try { await installCapture(c, [await introspect(c, "public.items")], "t", "b"); } finally { c.release(); }
     applier = makeApplier(db.pool, [await introspect(db.pool as unknown as pg.ClientBase, "public.items")]);

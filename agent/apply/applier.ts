@@ -122,7 +122,7 @@ const BEGIN_APPLY = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL branchsync.
 
 export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
   const sql = new Map<string, TableSql & { idx: number }>();
-  const index = makeLocalIndex();
+  let index = makeLocalIndex();
   tables.forEach((t, idx) => sql.set(t.name, { ...tableSql(t), idx }));
   let open: pg.PoolClient | null = null;
   let locked = false;
@@ -341,6 +341,10 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
         const opening = fresh ? BEGIN_APPLY : "SAVEPOINT bs_batch";
         if (fresh && !skipping && oneTrip.fits(batch)) {
           if (await oneTrip.run(c, batch)) {
+            // Foreign rows went in past the local-change guard: nothing the
+            // index holds can still supersede them, so its keys (a whole
+            // offline backlog, maybe) need not stay in memory.
+            if (batch.transactions.length > 0) index = makeLocalIndex();
             open = null;
             c.release();
             return { cursor: batch.cursorAfter, quarantined: [] };

@@ -46,3 +46,24 @@ export async function digest(pool: pg.Pool, table: string, key = "id"): Promise<
   const { rows } = await pool.query(`SELECT count(*) AS n, md5(coalesce(string_agg(t::text, '|' ORDER BY ${key}), '')) AS h FROM ${table} t`);
   return `${rows[0].n}:${rows[0].h}`;
 }
+
+/**
+ * Watches every query the clients of `pool` send from their first checkout
+ * on: `sent` as each goes out (round trips), `returned` with its results.
+ */
+export function watchQueries(pool: pg.Pool, w: { sent?: () => void; returned?: (results: pg.QueryResult[]) => void }): void {
+  const watched = new WeakSet<object>();
+  pool.on("acquire", (client) => {
+    if (watched.has(client)) return;
+    watched.add(client);
+    const query = client.query.bind(client) as (...a: unknown[]) => unknown;
+    (client as unknown as { query: (...a: unknown[]) => unknown }).query = (...a: unknown[]) => {
+      w.sent?.();
+      const r = query(...a);
+      if (w.returned && r instanceof Promise) {
+        r.then((res) => w.returned!((Array.isArray(res) ? res : [res]) as pg.QueryResult[]), () => undefined);
+      }
+      return r;
+    };
+  });
+}
