@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { createDb, type TestDb } from "./support/db.ts";
 import { ITEMS_DDL } from "./support/cluster.ts";
 import { introspect } from "../agent/capture/introspect.ts";
-import { installCapture } from "../agent/capture/install.ts";
+import { installCapture, UNIT_ROWS } from "../agent/capture/install.ts";
 import { readBatch } from "../agent/capture/reader.ts";
 import { makeClock } from "../agent/capture/clock.ts";
 import { Op } from "../gen/branchsync/v1/sync_pb.ts";
@@ -33,7 +33,7 @@ describe("change capture (branch database level)", function () {
     await install();
     const types = await db.pool.query(`SELECT string_agg(format_type(atttypid, NULL), ',' ORDER BY attname) AS t FROM pg_attribute
       WHERE attrelid = '_branchsync.changes'::regclass AND attname IN ('keys', 'rows', 'prevs')`);
-    assert.equal(types.rows[0].t, "json,json,json");
+    assert.equal(types.rows[0].t, "json,text,json");
     // A 100-row unit is kilobytes; the default pglz costs the writer three times what lz4 does.
     const lz4 = await db.pool.query(`SELECT string_agg(attcompression::text, ',' ORDER BY attname) AS c FROM pg_attribute
       WHERE attrelid = '_branchsync.changes'::regclass AND attname IN ('keys', 'rows', 'prevs')`);
@@ -68,6 +68,56 @@ describe("change capture (branch database level)", function () {
     assert.equal(plans.length, 1, "the capture statement's plan");
     assert.match(plans[0], /Hash (Right |Left )?(Anti )?Join/);
     assert.doesNotMatch(plans[0], /Nested Loop|Merge/);
+  });
+
+  it("writes a statement's rows as units of at most UNIT_ROWS, with each row's key, image and old values side by side", async () => {
+    // Small statements take one unsorted aggregate, large ones are numbered
+    // into units; both must keep the parallel arrays aligned.
+    await install();
+    await db.pool.query("DELETE FROM _branchsync.changes; DELETE FROM _branchsync.txns");
+    const base = 300_000;
+    const units = async () => (await db.pool.query(
+      `SELECT c.op, c.n, json_array_length(c.keys) AS nk, json_array_length(c.rows) AS nr, CASE WHEN c.prevs IS NULL THEN -1 ELSE json_array_length(c.prevs::json) END AS np,
+              (SELECT count(*) FROM json_array_elements(c.keys) WITH ORDINALITY k(v, i) JOIN json_array_elements(c.rows) WITH ORDINALITY r(v, i) USING (i)
+                WHERE k.v->>0 <> r.v->>'id')::int AS misaligned,
+              (SELECT count(*) FROM json_array_elements(c.rows) WITH ORDINALITY r(v, i) JOIN json_array_elements(c.prevs::json) WITH ORDINALITY p(v, i) USING (i)
+                WHERE p.v::text <> 'null' AND (p.v->'qty'->>0)::int <> (r.v->>'qty')::int - 1)::int AS bad_prev
+         FROM _branchsync.changes c ORDER BY c.id`)).rows;
+    const check = async (sql: string, want: { op: string; total: number; units: number; prevs?: boolean }[]) => {
+      await db.pool.query("DELETE FROM _branchsync.changes");
+      await db.pool.query(sql);
+      const got = await units();
+      for (const u of got) {
+        assert.ok(u.n >= 1 && u.n <= UNIT_ROWS, `${sql}: unit of ${u.n} rows`);
+        assert.equal(u.nk, u.n, sql);
+        assert.equal(u.nr, u.n, sql);
+        assert.equal(u.misaligned, 0, `${sql}: keys and rows out of step`);
+        assert.equal(u.bad_prev, 0, `${sql}: old values out of step`);
+      }
+      for (const w of want) {
+        const mine = got.filter((u) => u.op === w.op);
+        assert.equal(mine.reduce((s, u) => s + u.n, 0), w.total, `${sql}: ${w.op} rows`);
+        assert.equal(mine.length, w.units, `${sql}: ${w.op} units`);
+        for (const u of mine) assert.equal(u.np, w.prevs ? u.n : -1, `${sql}: ${w.op} old values`);
+      }
+      assert.equal(got.length, want.reduce((s, w) => s + w.units, 0), sql);
+    };
+    await check(`INSERT INTO items SELECT g, 's', g, 1, NULL, now() FROM generate_series(${base + 1}, ${base + 600}) g`, [{ op: "I", total: 600, units: 3 }]);
+    await check(`INSERT INTO items SELECT g, 's', g, 1, NULL, now() FROM generate_series(${base + 601}, ${base + 600 + UNIT_ROWS}) g`, [{ op: "I", total: UNIT_ROWS, units: 1 }]);
+    await check(`UPDATE items SET qty = qty + 1 WHERE id BETWEEN ${base + 1} AND ${base + 600}`, [{ op: "U", total: 600, units: 3, prevs: true }]);
+    await check(`UPDATE items SET qty = qty + 1 WHERE id BETWEEN ${base + 1} AND ${base + 40}`, [{ op: "U", total: 40, units: 1, prevs: true }]);
+    // Re-keyed rows: deletes of the old keys, new rows without old values.
+    await check(`UPDATE items SET id = id + 10000, qty = qty + 1 WHERE id BETWEEN ${base + 1} AND ${base + 300}`,
+      [{ op: "D", total: 300, units: 2 }, { op: "U", total: 300, units: 2, prevs: true }]);
+    await check(`UPDATE items SET id = id + 10000, qty = qty + 1 WHERE id BETWEEN ${base + 301} AND ${base + 305}`,
+      [{ op: "D", total: 5, units: 1 }, { op: "U", total: 5, units: 1, prevs: true }]);
+    await check(`DELETE FROM items WHERE id BETWEEN ${base + 10001} AND ${base + 10300}`, [{ op: "D", total: 300, units: 2 }]);
+    await check(`DELETE FROM items WHERE id = ${base + 10301}`, [{ op: "D", total: 1, units: 1 }]);
+    // Statements that touch nothing write nothing, and do not fail.
+    const txns = (await db.pool.query("SELECT count(*)::int AS n FROM _branchsync.txns")).rows[0].n;
+    await check(`UPDATE items SET qty = 0 WHERE id < 0; DELETE FROM items WHERE id < 0; INSERT INTO items SELECT 1, 's', 1, 1, NULL, now() WHERE false`, []);
+    assert.equal((await db.pool.query("SELECT count(*)::int AS n FROM _branchsync.txns")).rows[0].n, txns, "no transaction noted for nothing");
+    await db.pool.query(`DELETE FROM items WHERE id > ${base}; DELETE FROM _branchsync.changes; DELETE FROM _branchsync.txns`);
   });
 
   it("lists changed columns of a table wider than one SQL function call takes (100 arguments)", async () => {

@@ -63,15 +63,20 @@ CREATE INDEX IF NOT EXISTS txns_unsent ON _branchsync.txns (last_id) WHERE seq I
 -- neither moves during the transaction.
 ALTER TABLE _branchsync.txns ADD COLUMN IF NOT EXISTS base bigint NOT NULL DEFAULT 0;
 ALTER TABLE _branchsync.txns ADD COLUMN IF NOT EXISTS seen_hlc bigint NOT NULL DEFAULT 0;
--- Updates: the columns each row change changed, with old values ({"qty":[5]}).
-ALTER TABLE _branchsync.changes ADD COLUMN IF NOT EXISTS prevs json;
+-- Updates: the columns each row change changed, with old values ({"qty":[5]}),
+-- as a JSON array. text, not json: the trigger builds it by concatenation,
+-- valid by construction, and a json column would parse it all again.
+ALTER TABLE _branchsync.changes ADD COLUMN IF NOT EXISTS prevs text;
 -- Units are json, not jsonb: the writer's trigger then only concatenates
 -- text, and the agent reads it back without a jsonb-to-text conversion.
 -- Capture is what the writer pays for, so this is worth a third of it.
 DO $$ BEGIN
   IF (SELECT atttypid = 'jsonb'::regtype FROM pg_attribute WHERE attrelid = '_branchsync.changes'::regclass AND attname = 'rows') THEN
     ALTER TABLE _branchsync.changes ALTER COLUMN keys TYPE json USING keys::text::json,
-      ALTER COLUMN rows TYPE json USING rows::text::json, ALTER COLUMN prevs TYPE json USING prevs::text::json;
+      ALTER COLUMN rows TYPE json USING rows::text::json, ALTER COLUMN prevs TYPE text USING prevs::text;
+  END IF;
+  IF (SELECT atttypid <> 'text'::regtype FROM pg_attribute WHERE attrelid = '_branchsync.changes'::regclass AND attname = 'prevs') THEN
+    ALTER TABLE _branchsync.changes ALTER COLUMN prevs TYPE text USING prevs::text;
   END IF;
 END $$;
 CREATE TABLE IF NOT EXISTS _branchsync.state (
@@ -202,15 +207,36 @@ function rowOf(t: LocalTable, alias: string): string {
 const keyExpr = (t: LocalTable, alias: string) => `json_build_array(${t.primaryKey.map((k) => `${alias}.${quoteIdent(k)}`).join(", ")})`;
 
 /**
- * Groups a statement's row changes into units. `source` yields (kind, op,
- * k, r) rows; kind orders the groups (a re-keying update's deletes before
- * its new rows).
+ * One part of a statement's capture: rows of one op from `from`, with the
+ * key, row image and (updates) old values built from the row aliases.
  */
-function unitsOf(name: string, source: string, withPrev = false): string {
-  const prevs = withPrev ? `CASE WHEN bs_op_ = 'U' THEN ('[' || string_agg(coalesce(bs_p_, 'null'), ',' ORDER BY bs_o_) || ']')::json END` : "NULL::json";
-  return `SELECT x, '${name}', bs_op_, count(*), json_agg(bs_k_ ORDER BY bs_o_), json_agg(bs_r_ ORDER BY bs_o_), ${prevs}
-      FROM (SELECT row_number() OVER (ORDER BY bs_kind_) AS bs_o_, * FROM (${source}) bs_src_) bs_u_
-     GROUP BY bs_kind_, bs_op_, (bs_o_ - 1) / ${UNIT_ROWS} ORDER BY min(bs_o_)`;
+interface UnitSource { op: "I" | "U" | "D"; key: string; row: string; prev?: string; from: string; alias: string }
+
+/**
+ * The INSERT of a part's units: one unit when the statement changed at most
+ * UNIT_ROWS rows (`small`), else units of UNIT_ROWS rows numbered by
+ * row_number() over the unsorted input. Nothing is sorted: keys, rows and
+ * old values of one row go into their aggregates in the same step, so the
+ * arrays stay parallel whatever order the rows come in, and the order of
+ * one statement's rows carries no meaning (each key appears once). Sorting
+ * them (and building every JSON image before the sort) was a fifth of what
+ * capture cost the writer.
+ */
+function unitsOf(name: string, s: UnitSource, small: boolean, txid: string): string {
+  const head = `SELECT ${txid}, '${name}', '${s.op}'::"char", count(*)::int`;
+  const prevs = (p: string) => (s.prev ? `'[' || string_agg(coalesce(${p}, 'null'), ',') || ']'` : "NULL::text");
+  // json_agg of the row itself prints what to_json(row) would, without a copy.
+  const rows = s.row === `to_json(${s.alias}.*)` ? `json_agg(${s.alias})` : `json_agg(${s.row})`;
+  if (small) return `${head}, json_agg(${s.key}), ${rows}, ${prevs(s.prev ?? "")} FROM ${s.from} HAVING count(*) > 0`;
+  return `${head}, json_agg(bs_k_), json_agg(bs_r_), ${prevs("bs_p_")}
+      FROM (SELECT row_number() OVER () AS bs_n_, ${s.key} AS bs_k_, ${s.row} AS bs_r_${s.prev ? `, ${s.prev} AS bs_p_` : ""} FROM ${s.from}) bs_u_
+     GROUP BY (bs_n_ - 1) / ${UNIT_ROWS}`;
+}
+
+/** The statement writing a statement's units (parts in order: a re-keying update's deletes first). */
+function unitsInsert(name: string, parts: UnitSource[], small: boolean, txid = "x"): string {
+  const selects = parts.map((p) => `(${unitsOf(name, p, small, txid)})`).join("\n      UNION ALL ");
+  return `INSERT INTO _branchsync.changes(txid, tbl, op, n, keys, rows, prevs) ${selects}`;
 }
 
 // Types without an equality operator are compared as text.
@@ -252,21 +278,19 @@ const RENDERING: [string, string][] = [
 const RENDERING_SQL = RENDERING.map(([k, v]) => ` SET ${k} = '${v}'`).join("");
 
 function captureFunction(t: LocalTable, op: "ins" | "upd" | "del"): string {
-  const keyOf = (alias: string) => keyExpr(t, alias);
   const name = t.name.replace(/'/g, "");
-  let source: string;
+  let parts: UnitSource[];
   if (op === "ins") {
-    source = `SELECT 1 AS bs_kind_, 'I'::"char" AS bs_op_, ${keyOf(NEW)} AS bs_k_, ${rowOf(t, NEW)} AS bs_r_ FROM new_rows ${NEW}`;
+    parts = [{ op: "I", key: keyExpr(t, NEW), row: rowOf(t, NEW), from: `new_rows ${NEW}`, alias: NEW }];
   } else if (op === "del") {
-    source = `SELECT 1 AS bs_kind_, 'D'::"char" AS bs_op_, ${keyOf(OLD)} AS bs_k_, ${rowOf(t, OLD)} AS bs_r_ FROM old_rows ${OLD}`;
+    parts = [{ op: "D", key: keyExpr(t, OLD), row: rowOf(t, OLD), from: `old_rows ${OLD}`, alias: OLD }];
   } else {
     // A changed primary key is a delete of the old key plus the new row.
     const same = t.primaryKey.map((k) => `${NEW}.${quoteIdent(k)} = ${OLD}.${quoteIdent(k)}`).join(" AND ");
-    source = `SELECT 1 AS bs_kind_, 'D'::"char" AS bs_op_, ${keyOf(OLD)} AS bs_k_, ${rowOf(t, OLD)} AS bs_r_, NULL::text AS bs_p_ FROM old_rows ${OLD}
-                WHERE NOT EXISTS (SELECT 1 FROM new_rows ${NEW} WHERE ${same})
-              UNION ALL
-              SELECT 2, 'U'::"char", ${keyOf(NEW)}, ${rowOf(t, NEW)}, ${prevOf(t)}
-                FROM new_rows ${NEW} LEFT JOIN old_rows ${OLD} ON ${same}`;
+    parts = [
+      { op: "D", key: keyExpr(t, OLD), row: rowOf(t, OLD), from: `old_rows ${OLD} WHERE NOT EXISTS (SELECT 1 FROM new_rows ${NEW} WHERE ${same})`, alias: OLD },
+      { op: "U", key: keyExpr(t, NEW), row: rowOf(t, NEW), prev: prevOf(t), from: `new_rows ${NEW} LEFT JOIN old_rows ${OLD} ON ${same}`, alias: NEW },
+    ];
   }
   // An update pairs old and new rows by key. plpgsql keeps the plan made for
   // the session's first statements: after single-row updates that was a
@@ -275,12 +299,19 @@ function captureFunction(t: LocalTable, op: "ins" | "upd" | "del"): string {
   // type without hashing leaves only the disabled plans, whose cost would
   // have every statement compiled (tens of ms), as it would no OLTP trigger.
   const planning = op === "upd" ? " SET enable_nestloop = off SET enable_mergejoin = off SET jit = off" : "";
+  const write = (small: boolean) => `WITH ins AS (${unitsInsert(name, parts, small)} RETURNING id, n)
+    SELECT max(id), sum(n) INTO m, c FROM ins;`;
+  // An update has as many old rows as new ones, so each part of a small
+  // statement fits one unit.
   return `CREATE OR REPLACE FUNCTION _branchsync.${fnName(t, op)}() RETURNS trigger LANGUAGE plpgsql${RENDERING_SQL}${planning} AS $f$
 DECLARE x xid8 := pg_current_xact_id(); m bigint; c int;
 BEGIN
   IF current_setting('branchsync.applying', true) = 'on' THEN RETURN NULL; END IF;
-  WITH ins AS (INSERT INTO _branchsync.changes(txid, tbl, op, n, keys, rows, prevs) ${unitsOf(name, source, op === "upd")} RETURNING id, n)
-  SELECT max(id), sum(n) INTO m, c FROM ins;
+  IF (SELECT count(*) FROM ${op === "del" ? "old_rows" : "new_rows"}) <= ${UNIT_ROWS} THEN
+    ${write(true)}
+  ELSE
+    ${write(false)}
+  END IF;
   IF c > 0 THEN PERFORM _branchsync.note_txn(x, m, c); END IF;
   RETURN NULL;
 END $f$`;
@@ -323,11 +354,8 @@ async function queueExistingRows(db: pg.ClientBase, tables: LocalTable[]): Promi
   for (const [k, v] of RENDERING) await db.query(`SET LOCAL ${k} = '${v}'`);
   for (const t of tables) {
     const q = `${quoteIdent(t.schema)}.${quoteIdent(t.table)}`;
-    const source = `SELECT 1 AS bs_kind_, 'I'::"char" AS bs_op_, ${keyExpr(t, NEW)} AS bs_k_, ${rowOf(t, NEW)} AS bs_r_ FROM ${q} ${NEW}`;
-    const r = await db.query(
-      `WITH ins AS (INSERT INTO _branchsync.changes(txid, tbl, op, n, keys, rows, prevs)
-         ${unitsOf(t.name.replace(/'/g, ""), source).replace(/^SELECT x,/, "SELECT pg_current_xact_id(),")} RETURNING n)
-       SELECT coalesce(sum(n), 0)::int AS n FROM ins`);
+    const units = unitsInsert(t.name.replace(/'/g, ""), [{ op: "I", key: keyExpr(t, NEW), row: rowOf(t, NEW), from: `${q} ${NEW}`, alias: NEW }], false, "pg_current_xact_id()");
+    const r = await db.query(`WITH ins AS (${units} RETURNING n) SELECT coalesce(sum(n), 0)::int AS n FROM ins`);
     total += r.rows[0].n;
   }
   if (total > 0) {
