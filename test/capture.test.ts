@@ -34,6 +34,11 @@ describe("change capture (branch database level)", function () {
     const types = await db.pool.query(`SELECT string_agg(format_type(atttypid, NULL), ',' ORDER BY attname) AS t FROM pg_attribute
       WHERE attrelid = '_branchsync.changes'::regclass AND attname IN ('keys', 'rows', 'prevs')`);
     assert.equal(types.rows[0].t, "json,text,json");
+    // An install of session 6: old values as json.
+    await db.pool.query(`ALTER TABLE _branchsync.changes ALTER COLUMN prevs TYPE json USING prevs::json; UPDATE _branchsync.state SET capture_hash = 'old'`);
+    await install();
+    const prevType = await db.pool.query(`SELECT format_type(atttypid, NULL) AS t FROM pg_attribute WHERE attrelid = '_branchsync.changes'::regclass AND attname = 'prevs'`);
+    assert.equal(prevType.rows[0].t, "text");
     // A 100-row unit is kilobytes; the default pglz costs the writer three times what lz4 does.
     const lz4 = await db.pool.query(`SELECT string_agg(attcompression::text, ',' ORDER BY attname) AS c FROM pg_attribute
       WHERE attrelid = '_branchsync.changes'::regclass AND attname IN ('keys', 'rows', 'prevs')`);
