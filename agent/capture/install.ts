@@ -208,9 +208,16 @@ const keyExpr = (t: LocalTable, alias: string) => `json_build_array(${t.primaryK
 
 /**
  * One part of a statement's capture: rows of one op from `from`, with the
- * key, row image and (updates) old values built from the row aliases.
+ * key, the row image (per row, and aggregated over the part's rows) and,
+ * for updates, the old values, built from the row alias.
  */
-interface UnitSource { op: "I" | "U" | "D"; key: string; row: string; prev?: string; from: string; alias: string }
+interface UnitSource { op: "I" | "U" | "D"; key: string; row: string; rows: string; prev?: string; from: string }
+
+function part(t: LocalTable, op: UnitSource["op"], alias: string, from: string, prev?: string): UnitSource {
+  const json = t.columns.some((c) => isJson(c.type));
+  // json_agg of the row itself prints what to_json(row) would, without a copy.
+  return { op, key: keyExpr(t, alias), row: rowOf(t, alias), rows: json ? `json_agg(${rowOf(t, alias)})` : `json_agg(${alias}.*)`, prev, from };
+}
 
 /**
  * The INSERT of a part's units: one unit when the statement changed at most
@@ -225,9 +232,7 @@ interface UnitSource { op: "I" | "U" | "D"; key: string; row: string; prev?: str
 function unitsOf(name: string, s: UnitSource, small: boolean, txid: string): string {
   const head = `SELECT ${txid}, '${name}', '${s.op}'::"char", count(*)::int`;
   const prevs = (p: string) => (s.prev ? `'[' || string_agg(coalesce(${p}, 'null'), ',') || ']'` : "NULL::text");
-  // json_agg of the row itself prints what to_json(row) would, without a copy.
-  const rows = s.row === `to_json(${s.alias}.*)` ? `json_agg(${s.alias})` : `json_agg(${s.row})`;
-  if (small) return `${head}, json_agg(${s.key}), ${rows}, ${prevs(s.prev ?? "")} FROM ${s.from} HAVING count(*) > 0`;
+  if (small) return `${head}, json_agg(${s.key}), ${s.rows}, ${prevs(s.prev ?? "")} FROM ${s.from} HAVING count(*) > 0`;
   return `${head}, json_agg(bs_k_), json_agg(bs_r_), ${prevs("bs_p_")}
       FROM (SELECT row_number() OVER () AS bs_n_, ${s.key} AS bs_k_, ${s.row} AS bs_r_${s.prev ? `, ${s.prev} AS bs_p_` : ""} FROM ${s.from}) bs_u_
      GROUP BY (bs_n_ - 1) / ${UNIT_ROWS}`;
@@ -281,15 +286,15 @@ function captureFunction(t: LocalTable, op: "ins" | "upd" | "del"): string {
   const name = t.name.replace(/'/g, "");
   let parts: UnitSource[];
   if (op === "ins") {
-    parts = [{ op: "I", key: keyExpr(t, NEW), row: rowOf(t, NEW), from: `new_rows ${NEW}`, alias: NEW }];
+    parts = [part(t, "I", NEW, `new_rows ${NEW}`)];
   } else if (op === "del") {
-    parts = [{ op: "D", key: keyExpr(t, OLD), row: rowOf(t, OLD), from: `old_rows ${OLD}`, alias: OLD }];
+    parts = [part(t, "D", OLD, `old_rows ${OLD}`)];
   } else {
     // A changed primary key is a delete of the old key plus the new row.
     const same = t.primaryKey.map((k) => `${NEW}.${quoteIdent(k)} = ${OLD}.${quoteIdent(k)}`).join(" AND ");
     parts = [
-      { op: "D", key: keyExpr(t, OLD), row: rowOf(t, OLD), from: `old_rows ${OLD} WHERE NOT EXISTS (SELECT 1 FROM new_rows ${NEW} WHERE ${same})`, alias: OLD },
-      { op: "U", key: keyExpr(t, NEW), row: rowOf(t, NEW), prev: prevOf(t), from: `new_rows ${NEW} LEFT JOIN old_rows ${OLD} ON ${same}`, alias: NEW },
+      part(t, "D", OLD, `old_rows ${OLD} WHERE NOT EXISTS (SELECT 1 FROM new_rows ${NEW} WHERE ${same})`),
+      part(t, "U", NEW, `new_rows ${NEW} LEFT JOIN old_rows ${OLD} ON ${same}`, prevOf(t)),
     ];
   }
   // An update pairs old and new rows by key. plpgsql keeps the plan made for
@@ -301,12 +306,11 @@ function captureFunction(t: LocalTable, op: "ins" | "upd" | "del"): string {
   const planning = op === "upd" ? " SET enable_nestloop = off SET enable_mergejoin = off SET jit = off" : "";
   const write = (small: boolean) => `WITH ins AS (${unitsInsert(name, parts, small)} RETURNING id, n)
     SELECT max(id), sum(n) INTO m, c FROM ins;`;
-  // An update has as many old rows as new ones, so each part of a small
-  // statement fits one unit.
   return `CREATE OR REPLACE FUNCTION _branchsync.${fnName(t, op)}() RETURNS trigger LANGUAGE plpgsql${RENDERING_SQL}${planning} AS $f$
 DECLARE x xid8 := pg_current_xact_id(); m bigint; c int;
 BEGIN
   IF current_setting('branchsync.applying', true) = 'on' THEN RETURN NULL; END IF;
+  -- An update has as many old rows as new ones: each part of a small one fits a unit.
   IF (SELECT count(*) FROM ${op === "del" ? "old_rows" : "new_rows"}) <= ${UNIT_ROWS} THEN
     ${write(true)}
   ELSE
@@ -354,7 +358,7 @@ async function queueExistingRows(db: pg.ClientBase, tables: LocalTable[]): Promi
   for (const [k, v] of RENDERING) await db.query(`SET LOCAL ${k} = '${v}'`);
   for (const t of tables) {
     const q = `${quoteIdent(t.schema)}.${quoteIdent(t.table)}`;
-    const units = unitsInsert(t.name.replace(/'/g, ""), [{ op: "I", key: keyExpr(t, NEW), row: rowOf(t, NEW), from: `${q} ${NEW}`, alias: NEW }], false, "pg_current_xact_id()");
+    const units = unitsInsert(t.name.replace(/'/g, ""), [part(t, "I", NEW, `${q} ${NEW}`)], false, "pg_current_xact_id()");
     const r = await db.query(`WITH ins AS (${units} RETURNING n) SELECT coalesce(sum(n), 0)::int AS n FROM ins`);
     total += r.rows[0].n;
   }
