@@ -21,6 +21,11 @@ const SCRATCH_BYTES = 64 * 1024;
  */
 let scratch: Buffer | null = Buffer.allocUnsafe(SCRATCH_BYTES);
 
+/** Bytes of the varint of a non-negative length. */
+function varintSize(n: number): number {
+  return n < 0x80 ? 1 : n < 0x4000 ? 2 : n < 0x200000 ? 3 : n < 0x10000000 ? 4 : 5;
+}
+
 /** Growable byte writer; finish() once. */
 export class Writer {
   private buf: Buffer;
@@ -54,34 +59,65 @@ export class Writer {
 
   tag(field: number, wire: number) { this.varint((field << 3) | wire); }
 
+  /**
+   * A string field. Its UTF-8 length is at most 3 bytes per UTF-16 unit,
+   * which bounds the size of the length varint: the string is written
+   * straight after a reservation of that size (no separate byteLength pass
+   * over it) and moved back in the rare case it came out shorter.
+   */
   string(field: number, s: string) {
     if (s === "") return;
-    const len = Buffer.byteLength(s);
+    const max = s.length * 3;
+    if (max >= 1 << 21) {
+      const len = Buffer.byteLength(s);
+      this.tag(field, WIRE_LEN);
+      this.varint(len);
+      this.ensure(len);
+      this.pos += this.buf.write(s, this.pos, "utf8");
+      return;
+    }
     this.tag(field, WIRE_LEN);
-    this.varint(len);
-    this.ensure(len);
+    const guess = varintSize(max);
+    this.ensure(guess + max);
+    const at = this.pos;
+    this.pos = at + guess;
     this.pos += this.buf.write(s, this.pos, "utf8");
+    this.end(at, guess);
+  }
+
+  /** Pre-encoded bytes (a field with its tag). */
+  raw(b: Uint8Array) { this.ensure(b.length); this.buf.set(b, this.pos); this.pos += b.length; }
+
+  /** Opens a length-delimited field; end(at, guess) writes its length. Guess the length's varint size right and nothing moves. */
+  begin(field: number, guess: number): number {
+    this.tag(field, WIRE_LEN);
+    this.ensure(guess);
+    const at = this.pos;
+    this.pos += guess;
+    return at;
+  }
+
+  end(at: number, guess: number) {
+    const len = this.pos - at - guess;
+    const k = varintSize(len);
+    if (k !== guess) {
+      if (k > guess) this.ensure(k - guess);
+      this.buf.copyWithin(at + k, at + guess, this.pos);
+      this.pos += k - guess;
+    }
+    let v = len;
+    let i = at;
+    while (v > 0x7f) { this.buf[i++] = (v & 0x7f) | 0x80; v = Math.floor(v / 128); }
+    this.buf[i] = v;
   }
 
   bytes(b: Buffer) { this.ensure(b.length); b.copy(this.buf, this.pos); this.pos += b.length; }
 
   /** Writes a length-delimited field whose body `f` writes; patches the length afterwards. */
-  message(field: number, f: () => void) {
-    this.tag(field, WIRE_LEN);
-    // Reserve 5 bytes for the length (up to 2^35), then shift if shorter.
-    this.ensure(5);
-    const at = this.pos;
-    this.pos += 5;
+  message(field: number, f: () => void, guess = 3) {
+    const at = this.begin(field, guess);
     f();
-    const len = this.pos - at - 5;
-    const lenBytes: number[] = [];
-    let v = len;
-    while (v > 0x7f) { lenBytes.push((v & 0x7f) | 0x80); v = Math.floor(v / 128); }
-    lenBytes.push(v);
-    const shift = 5 - lenBytes.length;
-    if (shift > 0) this.buf.copy(this.buf, at + lenBytes.length, at + 5, this.pos);
-    for (let i = 0; i < lenBytes.length; i++) this.buf[at + i] = lenBytes[i];
-    this.pos -= shift;
+    this.end(at, guess);
   }
 
   finish(): Buffer {
@@ -102,31 +138,52 @@ export interface WireTxn {
   baseSeq: bigint; hlc: bigint;
 }
 
+/** Change.table fields (tag, length, name) already encoded: a batch names few tables many times. */
+const tableFields = new Map<string, Buffer>();
+
+function tableField(table: string): Buffer {
+  let b = tableFields.get(table);
+  if (!b) {
+    const w = new Writer();
+    w.string(1, table);
+    b = w.finish();
+    if (tableFields.size >= 1024) tableFields.clear();
+    tableFields.set(table, b);
+  }
+  return b;
+}
+
 /** AgentMessage{changes: ChangeBatch{batch_id, transactions}}. */
 export function encodeUpstreamBatch(batchId: bigint, txns: WireTxn[]): Buffer {
   const w = new Writer();
-  w.message(2, () => {
-    if (batchId) { w.tag(1, WIRE_VARINT); w.varint(batchId); }
-    for (const t of txns) {
-      w.message(2, () => {
-        if (t.originTxn) { w.tag(1, WIRE_VARINT); w.varint(t.originTxn); }
-        if (t.chunkIndex) { w.tag(4, WIRE_VARINT); w.varint(t.chunkIndex); }
-        if (t.lastChunk) { w.tag(5, WIRE_VARINT); w.varint(1); }
-        if (t.commitTimeUs) { w.tag(6, WIRE_VARINT); w.varint(t.commitTimeUs); }
-        for (const c of t.changes) {
-          w.message(7, () => {
-            w.string(1, c.table);
-            if (c.op) { w.tag(2, WIRE_VARINT); w.varint(c.op); }
-            w.string(3, c.key);
-            w.string(4, c.row);
-            w.string(5, c.prev);
-          });
-        }
-        if (t.baseSeq) { w.tag(8, WIRE_VARINT); w.varint(t.baseSeq); }
-        if (t.hlc) { w.tag(9, WIRE_VARINT); w.varint(t.hlc); }
-      });
+  const batch = w.begin(2, 3);
+  if (batchId) { w.tag(1, WIRE_VARINT); w.varint(batchId); }
+  for (const t of txns) {
+    const txn = w.begin(2, 3);
+    if (t.originTxn) { w.tag(1, WIRE_VARINT); w.varint(t.originTxn); }
+    if (t.chunkIndex) { w.tag(4, WIRE_VARINT); w.varint(t.chunkIndex); }
+    if (t.lastChunk) { w.tag(5, WIRE_VARINT); w.varint(1); }
+    if (t.commitTimeUs) { w.tag(6, WIRE_VARINT); w.varint(t.commitTimeUs); }
+    let table = "";
+    let tableBytes: Buffer | null = null;
+    for (const c of t.changes) {
+      // Rows are mostly 128 B to 16 KiB: a 2-byte length.
+      const change = w.begin(7, 2);
+      if (c.table !== "") {
+        if (c.table !== table) { table = c.table; tableBytes = tableField(table); }
+        w.raw(tableBytes!);
+      }
+      if (c.op) { w.tag(2, WIRE_VARINT); w.varint(c.op); }
+      w.string(3, c.key);
+      w.string(4, c.row);
+      w.string(5, c.prev);
+      w.end(change, 2);
     }
-  });
+    if (t.baseSeq) { w.tag(8, WIRE_VARINT); w.varint(t.baseSeq); }
+    if (t.hlc) { w.tag(9, WIRE_VARINT); w.varint(t.hlc); }
+    w.end(txn, 3);
+  }
+  w.end(batch, 3);
   return w.finish();
 }
 
@@ -189,16 +246,34 @@ export interface DecodedTxn extends WireTxn {
   raw: Buffer;
 }
 
-function decodeChange(buf: Buffer, start: number, end: number): WireChange {
+/** The previous change's table, so a batch of one table's rows decodes its name once. */
+interface TableMemo { start: number; end: number; name: string }
+
+function sameBytes(buf: Buffer, a: number, b: number, len: number): boolean {
+  for (let i = 0; i < len; i++) if (buf[a + i] !== buf[b + i]) return false;
+  return true;
+}
+
+function decodeChange(buf: Buffer, start: number, end: number, memo: TableMemo): WireChange {
   const r = new Reader(buf, start, end);
   const c: WireChange = { table: "", op: 0, key: "", row: "", prev: "" };
-  while (r.pos < r.end) {
+  while (r.pos < end) {
     const tag = r.small();
     const field = tag >>> 3;
     const wire = tag & 7;
     if (wire === WIRE_LEN && field >= 1 && field <= 5 && field !== 2) {
-      const [s, e] = r.lenDelimited();
-      const v = buf.toString("utf8", s, e);
+      const len = r.small();
+      const s = r.pos;
+      const e = s + len;
+      if (e > end) throw new Error("truncated field");
+      r.pos = e;
+      let v: string;
+      if (field === 1 && len === memo.end - memo.start && sameBytes(buf, s, memo.start, len)) {
+        v = memo.name;
+      } else {
+        v = buf.toString("utf8", s, e);
+        if (field === 1) { memo.start = s; memo.end = e; memo.name = v; }
+      }
       if (field === 1) c.table = v; else if (field === 3) c.key = v; else if (field === 4) c.row = v; else c.prev = v;
       // Decoding puts U+FFFD wherever bytes are not UTF-8; only then is
       // there something to check (the text may hold a real U+FFFD).
@@ -218,13 +293,14 @@ export function decodeTxn(buf: Buffer, start: number, end: number): DecodedTxn {
     originTxn: 0n, originBranch: "", seq: 0n, chunkIndex: 0, lastChunk: false, commitTimeUs: 0n, changes: [],
     baseSeq: 0n, hlc: 0n, raw: buf.subarray(start, end),
   };
+  const memo: TableMemo = { start: 0, end: -1, name: "" };
   while (r.pos < r.end) {
     const tag = r.small();
     const field = tag >>> 3;
     const wire = tag & 7;
     if (field === 7 && wire === WIRE_LEN) {
       const [s, e] = r.lenDelimited();
-      t.changes.push(decodeChange(buf, s, e));
+      t.changes.push(decodeChange(buf, s, e, memo));
     } else if (field === 1 && wire === WIRE_VARINT) t.originTxn = r.varint();
     else if (field === 2 && wire === WIRE_LEN) {
       const [s, e] = r.lenDelimited();

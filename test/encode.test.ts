@@ -48,6 +48,28 @@ describe("hand-built upstream messages", () => {
   });
 });
 
+describe("hand-built upstream messages, sizes at the edges", () => {
+  it("are byte for byte what protobuf-es writes, whatever the lengths of strings, changes and transactions", async () => {
+    const { encodeUpstreamBatch } = await import("../lib/protowire.ts");
+    const { AgentMessageSchema } = await import("../gen/branchsync/v1/sync_pb.ts");
+    // Each length class of a varint, for strings whose UTF-8 length is far
+    // from (ASCII) or at (3-byte characters) three bytes per UTF-16 unit,
+    // and changes and transactions straddling 128 B, 16 KiB and 2 MiB.
+    const sizes = [1, 40, 42, 43, 127, 128, 5461, 5462, 16383, 16384, 20000, 700_000];
+    const rows = sizes.flatMap((n) => ["a".repeat(n), "€".repeat(n), "😀".repeat(Math.ceil(n / 2))]);
+    const tables = ["public.aa", "public.bb", "public.aa", "", "public.aaa", "s.ü"];
+    const txns = [rows.slice(0, 3), rows.slice(3, 12), rows.slice(12)].map((rs, i) => create(TransactionSchema, {
+      originTxn: BigInt(i + 1), lastChunk: true, commitTimeUs: 1n, hlc: 2n,
+      changes: rs.map((row, k) => ({ table: tables[k % tables.length], op: Op.UPDATE, key: `[${"k".repeat(k * 7)}]`, row, prev: k % 2 ? row.slice(0, 60) : "" })),
+    }));
+    txns.push(create(TransactionSchema, { originTxn: 9n, changes: [{ table: "t", key: "[1]", row: "{}" }] }));
+    for (const batch of [txns, txns.slice(3), txns.slice(0, 1)]) {
+      const want = create(AgentMessageSchema, { payload: { case: "changes", value: { batchId: 5n, transactions: batch } } });
+      assert.ok(Buffer.from(toBinary(AgentMessageSchema, want)).equals(encodeUpstreamBatch(5n, batch)));
+    }
+  });
+});
+
 describe("hand-written decoding", () => {
   it("reads change batches exactly like protobuf-es, keeping each transaction's bytes", async () => {
     const { decodeChangesEnvelope, withOriginBranch } = await import("../lib/protowire.ts");
@@ -73,6 +95,21 @@ describe("hand-written decoding", () => {
     });
     // Other payloads are left to protobuf-es.
     assert.equal(decodeChangesEnvelope(Buffer.from(toBinary(AgentMessageSchema, create(AgentMessageSchema, { payload: { case: "ack", value: { cursor: 5n } } })))), null);
+  });
+
+  it("gives every change its own table when names repeat, alternate, share a length or are not UTF-8", async () => {
+    const { decodeChangesEnvelope, encodeUpstreamBatch } = await import("../lib/protowire.ts");
+    const tables = ["public.aa", "public.aa", "public.bb", "public.aa", "", "public.aaa", "public.aa", "public.cc", "public.cc"];
+    const bytes = encodeUpstreamBatch(1n, [{ originTxn: 1n, chunkIndex: 0, lastChunk: true, commitTimeUs: 1n, baseSeq: 0n, hlc: 1n,
+      changes: tables.map((table, k) => ({ table, op: Op.INSERT, key: `[${k}]`, row: "{}", prev: "" })) }]);
+    // The last table's bytes broken after an intact one of the same length and spelling.
+    const at = bytes.lastIndexOf(Buffer.from("public.cc"));
+    bytes[at + 7] = 0xff;
+    const got = decodeChangesEnvelope(bytes)!.transactions[0].changes;
+    assert.deepEqual(got.slice(0, 8).map((c) => c.table), tables.slice(0, 8));
+    assert.deepEqual(got.slice(0, 8).map((c) => c.notUtf8), Array(8).fill(undefined));
+    assert.equal(got[8].notUtf8, "table");
+    assert.equal(got[8].table, "public.\uFFFDc");
   });
 
   it("marks a string field whose bytes are not UTF-8, and only that", async () => {
