@@ -4,13 +4,16 @@
 # (±0.3 % between runs). Installs capture (agent/capture/install.ts) on
 # public.items in a scratch database of the local server, copies that schema
 # into a throwaway cluster, and runs N W1 statements (100 rows each) in a
-# single-user backend under callgrind, with the capture triggers on and off.
+# single-user backend under callgrind, with the capture triggers on and off,
+# for N and for 2N statements: the difference is the steady cost per row
+# (without it, the backend's start and loading plpgsql, about 10k and 7k
+# instructions per row at N = 20, counted as if rows cost them).
 #
 #   bash bench/capture-instructions.sh [N=50]      (root; needs valgrind: apt-get install valgrind)
 #
 # Prints instructions per row for inserts and updates. Compare two versions of
-# install.ts by running it on each; session 7's change measured 181M -> 126M
-# for insert capture of 5,000 rows this way.
+# install.ts by running it on each (session 7's change measured 181M -> 126M
+# for insert capture of 5,000 rows, before the script took differences).
 set -euo pipefail
 N=${1:-50}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -38,9 +41,9 @@ su postgres -c "$PGBIN/initdb -D $WORK/data -A trust" >/dev/null
 single() { su postgres -c "$PGBIN/postgres --single -D $WORK/data -j postgres" >"$WORK/out.log" 2>&1; ! grep -m3 ERROR "$WORK/out.log" >&2; }
 single < "$WORK/schema.sql"
 
-# statements KIND FIRST_ID: N W1 statements of 100 rows, "-j" form (a blank line ends each)
+# statements KIND FIRST_ID COUNT: COUNT W1 statements of 100 rows, "-j" form (a blank line ends each)
 statements() {
-  for ((a = $2; a < $2 + N * 100; a += 100)); do
+  for ((a = $2; a < $2 + $3 * 100; a += 100)); do
     if [ "$1" = insert ]; then
       echo "INSERT INTO public.items(id, sku, qty, price, note, updated_at) SELECT g, 'sku-' || g, (g % 1000)::int, ((g % 100000) / 100.0)::numeric(12,2), 'note ' || md5(g::text), clock_timestamp() FROM generate_series($a, $((a + 99))) g;"
     else
@@ -49,21 +52,26 @@ statements() {
     echo
   done
 }
-# instructions KIND FIRST_ID TRIGGERS(on|off): callgrind's total for the statements
+# instructions KIND FIRST_ID TRIGGERS(on|off) COUNT: callgrind's total for a backend that runs COUNT statements
 instructions() {
   printf 'ALTER TABLE public.items %s TRIGGER USER;\n\n' "$([ "$3" = on ] && echo ENABLE || echo DISABLE)" | single
-  [ "$1" = update ] && { statements insert "$2" | single; }
-  statements "$1" "$2" > "$WORK/run.sql"
+  [ "$1" = update ] && { statements insert "$2" "$4" | single; }
+  statements "$1" "$2" "$4" > "$WORK/run.sql"
   su postgres -c "valgrind --tool=callgrind --callgrind-out-file=$WORK/cg.out $PGBIN/postgres --single -D $WORK/data -j postgres" < "$WORK/run.sql" > "$WORK/out.log" 2>&1
   if grep -m3 ERROR "$WORK/out.log" >&2; then exit 1; fi
   awk '/^summary/ { print $2 }' "$WORK/cg.out"
 }
+# A backend's start, loading plpgsql and planning the trigger's statements
+# cost the same for N statements as for 2N: the difference of the two runs
+# is what N more statements cost, per row, as in a long-running session.
 rows=$((N * 100))
-printf '| statement (%d x 100 rows) | instructions without capture | with capture | capture per row |\n|---|---|---|---|\n' "$N"
+printf '| statement (100 rows each) | per row without capture | with capture | capture per row | (one backend, %d statements: without / with capture) |\n|---|---|---|---|---|\n' "$N"
 base=1000000
 for kind in insert update; do
-  off=$(instructions $kind $base off)
-  on=$(instructions $kind $((base + 1000000)) on)
-  base=$((base + 2000000))
-  printf '| %s | %s | %s | %s |\n' "$kind" "$off" "$on" "$(( (on - off) / rows ))"
+  off1=$(instructions $kind $base off "$N"); base=$((base + 1000000))
+  off2=$(instructions $kind $base off $((2 * N))); base=$((base + 1000000))
+  on1=$(instructions $kind $base on "$N"); base=$((base + 1000000))
+  on2=$(instructions $kind $base on $((2 * N))); base=$((base + 1000000))
+  off=$(( (off2 - off1) / rows )); on=$(( (on2 - on1) / rows ))
+  printf '| %s | %s | %s | %s | %s / %s |\n' "$kind" "$off" "$on" "$((on - off))" "$off1" "$on1"
 done
