@@ -67,7 +67,7 @@ export async function fanout(ctx: BenchContext): Promise<SectionResult> {
     // took 65-235 ms to the last branch against about 33 ms after it (a
     // start-up transient of 51 fresh agents and databases, not fan-out).
     const warm = PROBE_BASE + 1_000_000 + 1;
-    const warmProbes = Math.ceil((WARMUP_S * 1000) / 100);
+    const warmProbes = Math.min(Math.ceil((WARMUP_S * 1000) / 100), ctx.sizes.fanoutProbes);
     for (let k = 0; k < warmProbes; k++) {
       await a.pool.query(`INSERT INTO public.items(id, sku, qty, price, note, updated_at) VALUES ($1, 'warm-up', 0, 0, 'warm-up', clock_timestamp())`, [warm + k]);
       await sleep(100 * (0.5 + rng()));
@@ -132,7 +132,7 @@ export async function fanout(ctx: BenchContext): Promise<SectionResult> {
       rows: [[probes, f(L.p50), f(L.p95), f(L.p99), f(L.max), f(F.p50), f(F.p99), cpu.hub.toFixed(0), cpu.agents.toFixed(0),
         ((rss.hubKb ?? 0) / 1024).toFixed(0), ((rss.agentsKb ?? 0) / 1024).toFixed(0), res.ok ? "OK" : "INCOMPLETE"]],
       notes: [
-        `single-row inserts on the writer every 100 ms × U(0.5,1.5), after ${WARMUP_S} s of the same not counted; latency = arrival at the last (first) of the ${n} branches − send time on the writer.`,
+        `single-row inserts on the writer every 100 ms × U(0.5,1.5), after ${warmProbes} of the same not counted; latency = arrival at the last (first) of the ${n} branches − send time on the writer.`,
         `writer = \`branchsync agent\` process; the ${n} receiving agents run in one node process (bench/workers/agents.ts, startAgent); databases on ${server.describe}.`,
         commitTs ? "send time = writer's commit timestamp." : "send time = clock_timestamp() at the end of the probe transaction (deferred trigger; track_commit_timestamp off).",
       ],
