@@ -374,3 +374,91 @@ export function withOriginBranch(raw: Buffer, branch: string): Buffer {
   w.string(2, branch);
   return w.finish();
 }
+
+/**
+ * Acks, the other half of the traffic: one BatchAck per upstream batch and
+ * one Ack per applied downstream batch. Through protobuf-es, create() plus
+ * toBinary()/fromBinary() of these small messages cost the hub about as
+ * much as the rest of a small batch's handling.
+ */
+export interface WireOutcome { originTxn: bigint; chunkIndex: number; outcome: number; seq: bigint; error: string }
+
+/** HubMessage{batch_ack: BatchAck{batch_id, outcomes}}. */
+export function encodeBatchAck(batchId: bigint, outcomes: readonly WireOutcome[]): Buffer {
+  const w = new Writer();
+  const ack = w.begin(3, 2);
+  if (batchId) { w.tag(1, WIRE_VARINT); w.varint(batchId); }
+  for (const o of outcomes) {
+    const at = w.begin(2, 1);
+    if (o.originTxn) { w.tag(1, WIRE_VARINT); w.varint(o.originTxn); }
+    if (o.chunkIndex) { w.tag(2, WIRE_VARINT); w.varint(o.chunkIndex); }
+    if (o.outcome) { w.tag(3, WIRE_VARINT); w.varint(o.outcome); }
+    if (o.seq) { w.tag(4, WIRE_VARINT); w.varint(o.seq); }
+    w.string(5, o.error);
+    w.end(at, 1);
+  }
+  w.end(ack, 2);
+  return w.finish();
+}
+
+/** AgentMessage{ack: Ack{cursor}}. */
+export function encodeAck(cursor: bigint): Buffer {
+  const w = new Writer();
+  const at = w.begin(3, 1);
+  if (cursor) { w.tag(1, WIRE_VARINT); w.varint(cursor); }
+  w.end(at, 1);
+  return w.finish();
+}
+
+/**
+ * The body of the message's only field when that is `field`, length-delimited;
+ * null for anything else (other payloads, several fields), which the caller
+ * leaves to protobuf-es.
+ */
+function onlyField(buf: Buffer, field: number): Reader | null {
+  const r = new Reader(buf);
+  if (r.pos >= r.end || r.small() !== ((field << 3) | WIRE_LEN)) return null;
+  const [s, e] = r.lenDelimited();
+  return e === buf.length ? new Reader(buf, s, e) : null;
+}
+
+/** An AgentMessage that is exactly an Ack with known fields, or null. */
+export function decodeAckEnvelope(buf: Buffer): { cursor: bigint } | null {
+  const r = onlyField(buf, 3);
+  if (!r) return null;
+  const ack = { cursor: 0n };
+  while (r.pos < r.end) {
+    if (r.small() !== ((1 << 3) | WIRE_VARINT)) return null;
+    ack.cursor = BigInt.asUintN(64, r.varint());
+  }
+  return ack;
+}
+
+/** A HubMessage that is exactly a BatchAck with known fields, or null. */
+export function decodeBatchAckEnvelope(buf: Buffer): { batchId: bigint; outcomes: WireOutcome[] } | null {
+  const r = onlyField(buf, 3);
+  if (!r) return null;
+  const ack = { batchId: 0n, outcomes: [] as WireOutcome[] };
+  while (r.pos < r.end) {
+    const tag = r.small();
+    if (tag === ((1 << 3) | WIRE_VARINT)) { ack.batchId = BigInt.asUintN(64, r.varint()); continue; }
+    if (tag !== ((2 << 3) | WIRE_LEN)) return null;
+    const [s, e] = r.lenDelimited();
+    const or = new Reader(buf, s, e);
+    const o: WireOutcome = { originTxn: 0n, chunkIndex: 0, outcome: 0, seq: 0n, error: "" };
+    while (or.pos < or.end) {
+      const t = or.small();
+      if (t === ((1 << 3) | WIRE_VARINT)) o.originTxn = BigInt.asUintN(64, or.varint());
+      else if (t === ((2 << 3) | WIRE_VARINT)) o.chunkIndex = Number(BigInt.asUintN(32, or.varint()));
+      else if (t === ((3 << 3) | WIRE_VARINT)) o.outcome = Number(BigInt.asIntN(32, or.varint()));
+      else if (t === ((4 << 3) | WIRE_VARINT)) o.seq = BigInt.asUintN(64, or.varint());
+      else if (t === ((5 << 3) | WIRE_LEN)) {
+        const [ss, se] = or.lenDelimited();
+        if (!isUtf8(buf.subarray(ss, se))) return null;
+        o.error = buf.toString("utf8", ss, se);
+      } else return null;
+    }
+    ack.outcomes.push(o);
+  }
+  return ack;
+}

@@ -3,7 +3,7 @@
  * the hub's server and the agent's client use these definitions.
  */
 import * as grpc from "@grpc/grpc-js";
-import { decodeChangesEnvelope } from "./protowire.ts";
+import { decodeChangesEnvelope, decodeAckEnvelope, decodeBatchAckEnvelope } from "./protowire.ts";
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import {
   AgentMessageSchema, HubMessageSchema, type AgentMessage, type HubMessage,
@@ -16,19 +16,24 @@ export const MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
 
 export const encodeAgent = (m: AgentMessage) => Buffer.from(toBinary(AgentMessageSchema, m));
 /**
- * Change batches (nearly all traffic) take the hand-written decoder, which
- * also keeps each transaction's raw bytes; anything else goes through
- * protobuf-es. Both yield the same shape (the fast one without $typeName).
+ * Change batches and acks (nearly all traffic) take the hand-written
+ * decoders (lib/protowire.ts), which also keep each transaction's raw bytes;
+ * anything else goes through protobuf-es. Both yield the same shape (the
+ * fast one without $typeName).
  */
 export function decodeAgent(b: Buffer): AgentMessage {
   const batch = decodeChangesEnvelope(b);
   if (batch) return { payload: { case: "changes", value: batch } } as unknown as AgentMessage;
+  const ack = decodeAckEnvelope(b);
+  if (ack) return { payload: { case: "ack", value: ack } } as unknown as AgentMessage;
   return fromBinary(AgentMessageSchema, b);
 }
 export const encodeHub = (m: HubMessage) => Buffer.from(toBinary(HubMessageSchema, m));
 export function decodeHub(b: Buffer): HubMessage {
   const batch = decodeChangesEnvelope(b);
   if (batch) return { payload: { case: "changes", value: batch } } as unknown as HubMessage;
+  const ack = decodeBatchAckEnvelope(b);
+  if (ack) return { payload: { case: "batchAck", value: ack } } as unknown as HubMessage;
   return fromBinary(HubMessageSchema, b);
 }
 

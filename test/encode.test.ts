@@ -131,3 +131,54 @@ describe("hand-written decoding", () => {
     }
   });
 });
+
+describe("hand-written acks", () => {
+  const big = [0n, 1n, 127n, 128n, 2n ** 35n, 2n ** 64n - 1n];
+
+  it("BatchAck and Ack are byte for byte what protobuf-es writes", async () => {
+    const { encodeBatchAck, encodeAck } = await import("../lib/protowire.ts");
+    const { AgentMessageSchema, Outcome } = await import("../gen/branchsync/v1/sync_pb.ts");
+    const outcomes = big.map((v, i) => ({
+      originTxn: v, chunkIndex: [0, 1, 200, 2 ** 31][i % 4], outcome: [Outcome.ACCEPTED, Outcome.DUPLICATE, Outcome.STAGED, Outcome.REJECTED][i % 4],
+      seq: big[(i + 2) % big.length], error: i % 4 === 3 ? `transaction ${v}: é ${"x".repeat(i * 40)}` : "",
+    }));
+    // Outcome lists whose messages straddle the 1- and 2-byte lengths.
+    for (const list of [[], outcomes.slice(0, 1), outcomes, Array(40).fill(outcomes).flat()]) {
+      for (const batchId of [0n, 5n, 2n ** 64n - 1n]) {
+        const want = toBinary(HubMessageSchema, create(HubMessageSchema, { payload: { case: "batchAck", value: { batchId, outcomes: list } } }));
+        assert.ok(Buffer.from(want).equals(encodeBatchAck(batchId, list)), `batch ${batchId}, ${list.length} outcomes`);
+      }
+    }
+    for (const cursor of big) {
+      const want = toBinary(AgentMessageSchema, create(AgentMessageSchema, { payload: { case: "ack", value: { cursor } } }));
+      assert.ok(Buffer.from(want).equals(encodeAck(cursor)), `cursor ${cursor}`);
+    }
+  });
+
+  it("decode like protobuf-es, and leave anything but a plain ack to it", async () => {
+    const { decodeAgent, decodeHub } = await import("../lib/wire.ts");
+    const { AgentMessageSchema, Outcome } = await import("../gen/branchsync/v1/sync_pb.ts");
+    const outcomes = big.map((v, i) => ({ originTxn: v, chunkIndex: i, outcome: Outcome.ACCEPTED + (i % 4), seq: v, error: i % 2 ? `no ${i} ü` : "" }));
+    const hub = create(HubMessageSchema, { payload: { case: "batchAck", value: { batchId: 9n, outcomes } } });
+    const got = decodeHub(Buffer.from(toBinary(HubMessageSchema, hub)));
+    assert.equal(got.payload.case, "batchAck");
+    assert.deepEqual(got.payload.value, { batchId: 9n, outcomes });
+    for (const cursor of big) {
+      const m = decodeAgent(Buffer.from(toBinary(AgentMessageSchema, create(AgentMessageSchema, { payload: { case: "ack", value: { cursor } } }))));
+      assert.deepEqual(m.payload, { case: "ack", value: { cursor } });
+    }
+    // An unknown field inside, or a second payload field after the ack
+    // (the last one wins): protobuf-es decides, and its answer stands.
+    const ack = Buffer.from(toBinary(AgentMessageSchema, create(AgentMessageSchema, { payload: { case: "ack", value: { cursor: 7n } } })));
+    const withUnknown = Buffer.concat([Buffer.from([0x1a, ack[1] + 2]), ack.subarray(2), Buffer.from([0x50, 0x01])]);
+    assert.deepEqual(decodeAgent(withUnknown).payload.value, fromBinary(AgentMessageSchema, withUnknown).payload.value);
+    assert.ok("$typeName" in (decodeAgent(withUnknown).payload.value as object), "left to protobuf-es");
+    const ping = Buffer.from(toBinary(AgentMessageSchema, create(AgentMessageSchema, { payload: { case: "ping", value: { nonce: 3n } } })));
+    const twoFields = Buffer.concat([ack, ping]);
+    assert.equal(decodeAgent(twoFields).payload.case, "ping");
+    // Broken UTF-8 in an error: protobuf-es rejects it, so does the stream.
+    const bad = Buffer.from(toBinary(HubMessageSchema, create(HubMessageSchema, { payload: { case: "batchAck", value: { outcomes: [{ outcome: Outcome.REJECTED, error: "abc" }] } } })));
+    bad[bad.indexOf(Buffer.from("abc"))] = 0xff;
+    assert.throws(() => decodeHub(bad));
+  });
+});

@@ -12,7 +12,7 @@ import {
   type ConflictNotice, type QuarantineAction,
 } from "../../gen/branchsync/v1/sync_pb.ts";
 import { openSyncStream, type AgentCall } from "../../lib/wire.ts";
-import { encodeUpstreamBatch } from "../../lib/protowire.ts";
+import { encodeUpstreamBatch, encodeAck } from "../../lib/protowire.ts";
 import type { Logger } from "../../lib/log.ts";
 import type { LocalTable } from "../capture/introspect.ts";
 import { readBatch, setAside, type Chunking } from "../capture/reader.ts";
@@ -57,7 +57,7 @@ export async function runSession(env: SessionEnv, token: string, version: string
     call.on("end", () => resolve(undefined));
   });
   const abort = new AbortController();
-  const send = (m: AgentMessage) => { if (!abort.signal.aborted) call.write(m); };
+  const send = (m: AgentMessage | Buffer) => { if (!abort.signal.aborted) call.write(m); };
   const log = env.log;
   let established = false;
   let heartbeatMs = 15_000;
@@ -210,7 +210,7 @@ export async function runSession(env: SessionEnv, token: string, version: string
           for (const txid of reportedUncommitted) inFlight.delete(txid);
           reportedUncommitted = [];
           env.onCursor(cursor);
-          send(create(AgentMessageSchema, { payload: { case: "ack", value: { cursor } } }));
+          send(encodeAck(cursor));
         }
       }
     } catch (e) {

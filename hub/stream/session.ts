@@ -23,7 +23,7 @@ import { registerTables, type TableDef } from "../store/tables.ts";
 import { appendBatch, readHead, type AppendOutcome } from "../store/log.ts";
 import type { LogReader } from "./sharedReads.ts";
 import { checkTransaction, batchSize } from "./validate.ts";
-import { withOriginBranch, type DecodedTxn } from "../../lib/protowire.ts";
+import { withOriginBranch, encodeBatchAck, type DecodedTxn } from "../../lib/protowire.ts";
 import type { Feed } from "./feed.ts";
 import { MAX_MESSAGE_BYTES } from "../../lib/wire.ts";
 import { metrics } from "../metrics.ts";
@@ -115,7 +115,7 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
     io.close(err);
   }
 
-  const send = (m: HubMessage) => (closed ? Promise.resolve() : io.send(m));
+  const send = (m: HubMessage | Buffer) => (closed ? Promise.resolve() : io.send(m));
 
   async function onHello(h: Hello) {
     if (h.expectedTenantId && h.expectedTenantId !== identity.tenantId) {
@@ -212,15 +212,12 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
     }
     metrics.changesIn.inc(valid.reduce((s, v) => s + (v.t.lastChunk ? v.t.changes.length : 0), 0));
     metrics.batchesIn.inc();
-    await send(create(HubMessageSchema, { payload: { case: "batchAck", value: {
-      batchId: b.batchId,
-      outcomes: final.map((o, i) => ({
-        originTxn: b.transactions[i].originTxn, chunkIndex: b.transactions[i].chunkIndex,
-        outcome: o.kind === "accepted" ? Outcome.ACCEPTED : o.kind === "duplicate" ? Outcome.DUPLICATE : o.kind === "staged" ? Outcome.STAGED : Outcome.REJECTED,
-        seq: o.kind === "accepted" || o.kind === "duplicate" ? o.seq : 0n,
-        error: o.kind === "rejected" ? o.error : "",
-      })),
-    } } }));
+    await send(encodeBatchAck(b.batchId, final.map((o, i) => ({
+      originTxn: b.transactions[i].originTxn, chunkIndex: b.transactions[i].chunkIndex,
+      outcome: o.kind === "accepted" ? Outcome.ACCEPTED : o.kind === "duplicate" ? Outcome.DUPLICATE : o.kind === "staged" ? Outcome.STAGED : Outcome.REJECTED,
+      seq: o.kind === "accepted" || o.kind === "duplicate" ? o.seq : 0n,
+      error: o.kind === "rejected" ? o.error : "",
+    }))));
   }
 
   function handle(m: AgentMessage) {
