@@ -67,7 +67,7 @@ export async function fanout(ctx: BenchContext): Promise<SectionResult> {
     // took 65-235 ms to the last branch against about 33 ms after it (a
     // start-up transient of 51 fresh agents and databases, not fan-out).
     const warm = PROBE_BASE + 1_000_000 + 1;
-    const warmProbes = Math.min(Math.ceil((WARMUP_S * 1000) / 100), ctx.sizes.fanoutProbes);
+    const warmProbes = Math.min(Math.ceil((WARMUP_S * 1000) / 100), Math.floor(ctx.sizes.fanoutProbes / 4));
     for (let k = 0; k < warmProbes; k++) {
       await a.pool.query(`INSERT INTO public.items(id, sku, qty, price, note, updated_at) VALUES ($1, 'warm-up', 0, 0, 'warm-up', clock_timestamp())`, [warm + k]);
       await sleep(100 * (0.5 + rng()));
