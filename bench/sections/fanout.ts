@@ -72,7 +72,7 @@ export async function fanout(ctx: BenchContext): Promise<SectionResult> {
       await a.pool.query(`INSERT INTO public.items(id, sku, qty, price, note, updated_at) VALUES ($1, 'warm-up', 0, 0, 'warm-up', clock_timestamp())`, [warm + k]);
       await sleep(100 * (0.5 + rng()));
     }
-    await allHave(receivers, `SELECT EXISTS(SELECT 1 FROM public.items WHERE id=${warm + warmProbes - 1})`, 60_000);
+    if (warmProbes > 0) await allHave(receivers, `SELECT EXISTS(SELECT 1 FROM public.items WHERE id=${warm + warmProbes - 1})`, 60_000);
     await sleep(500);
     const cpu0 = { hub: hub.proc.cpuSeconds() ?? 0, agents: worker.cpuSeconds() ?? 0, writer: writer.cpuSeconds() ?? 0 };
     const t0 = Date.now();
