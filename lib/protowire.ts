@@ -59,6 +59,9 @@ export class Writer {
 
   tag(field: number, wire: number) { this.varint((field << 3) | wire); }
 
+  /** A varint field, left out when zero (proto3's default). */
+  uint(field: number, v: number | bigint) { if (v) { this.tag(field, WIRE_VARINT); this.varint(v); } }
+
   /**
    * A string field. Its UTF-8 length is at most 3 bytes per UTF-16 unit,
    * which bounds the size of the length varint: the string is written
@@ -157,13 +160,13 @@ function tableField(table: string): Buffer {
 export function encodeUpstreamBatch(batchId: bigint, txns: WireTxn[]): Buffer {
   const w = new Writer();
   const batch = w.begin(2, 3);
-  if (batchId) { w.tag(1, WIRE_VARINT); w.varint(batchId); }
+  w.uint(1, batchId);
   for (const t of txns) {
     const txn = w.begin(2, 3);
-    if (t.originTxn) { w.tag(1, WIRE_VARINT); w.varint(t.originTxn); }
-    if (t.chunkIndex) { w.tag(4, WIRE_VARINT); w.varint(t.chunkIndex); }
-    if (t.lastChunk) { w.tag(5, WIRE_VARINT); w.varint(1); }
-    if (t.commitTimeUs) { w.tag(6, WIRE_VARINT); w.varint(t.commitTimeUs); }
+    w.uint(1, t.originTxn);
+    w.uint(4, t.chunkIndex);
+    w.uint(5, t.lastChunk ? 1 : 0);
+    w.uint(6, t.commitTimeUs);
     let table = "";
     let tableBytes: Buffer | null = null;
     for (const c of t.changes) {
@@ -173,14 +176,14 @@ export function encodeUpstreamBatch(batchId: bigint, txns: WireTxn[]): Buffer {
         if (c.table !== table) { table = c.table; tableBytes = tableField(table); }
         w.raw(tableBytes!);
       }
-      if (c.op) { w.tag(2, WIRE_VARINT); w.varint(c.op); }
+      w.uint(2, c.op);
       w.string(3, c.key);
       w.string(4, c.row);
       w.string(5, c.prev);
       w.end(change, 2);
     }
-    if (t.baseSeq) { w.tag(8, WIRE_VARINT); w.varint(t.baseSeq); }
-    if (t.hlc) { w.tag(9, WIRE_VARINT); w.varint(t.hlc); }
+    w.uint(8, t.baseSeq);
+    w.uint(9, t.hlc);
     w.end(txn, 3);
   }
   w.end(batch, 3);
@@ -387,13 +390,13 @@ export interface WireOutcome { originTxn: bigint; chunkIndex: number; outcome: n
 export function encodeBatchAck(batchId: bigint, outcomes: readonly WireOutcome[]): Buffer {
   const w = new Writer();
   const ack = w.begin(3, 2);
-  if (batchId) { w.tag(1, WIRE_VARINT); w.varint(batchId); }
+  w.uint(1, batchId);
   for (const o of outcomes) {
     const at = w.begin(2, 1);
-    if (o.originTxn) { w.tag(1, WIRE_VARINT); w.varint(o.originTxn); }
-    if (o.chunkIndex) { w.tag(2, WIRE_VARINT); w.varint(o.chunkIndex); }
-    if (o.outcome) { w.tag(3, WIRE_VARINT); w.varint(o.outcome); }
-    if (o.seq) { w.tag(4, WIRE_VARINT); w.varint(o.seq); }
+    w.uint(1, o.originTxn);
+    w.uint(2, o.chunkIndex);
+    w.uint(3, o.outcome);
+    w.uint(4, o.seq);
     w.string(5, o.error);
     w.end(at, 1);
   }
@@ -405,7 +408,7 @@ export function encodeBatchAck(batchId: bigint, outcomes: readonly WireOutcome[]
 export function encodeAck(cursor: bigint): Buffer {
   const w = new Writer();
   const at = w.begin(3, 1);
-  if (cursor) { w.tag(1, WIRE_VARINT); w.varint(cursor); }
+  w.uint(1, cursor);
   w.end(at, 1);
   return w.finish();
 }
