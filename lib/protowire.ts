@@ -71,21 +71,10 @@ export class Writer {
   string(field: number, s: string) {
     if (s === "") return;
     const max = s.length * 3;
-    if (max >= 1 << 21) {
-      const len = Buffer.byteLength(s);
-      this.tag(field, WIRE_LEN);
-      this.varint(len);
-      this.ensure(len);
-      this.pos += this.buf.write(s, this.pos, "utf8");
-      return;
-    }
-    this.tag(field, WIRE_LEN);
-    const guess = varintSize(max);
-    this.ensure(guess + max);
-    const at = this.pos;
-    this.pos = at + guess;
+    const at = this.begin(field, varintSize(max));
+    this.ensure(max);
     this.pos += this.buf.write(s, this.pos, "utf8");
-    this.end(at, guess);
+    this.end(at, varintSize(max));
   }
 
   /** Pre-encoded bytes (a field with its tag). */
@@ -252,9 +241,11 @@ export interface DecodedTxn extends WireTxn {
 /** The previous change's table, so a batch of one table's rows decodes its name once. */
 interface TableMemo { start: number; end: number; name: string }
 
-function sameBytes(buf: Buffer, a: number, b: number, len: number): boolean {
-  for (let i = 0; i < len; i++) if (buf[a + i] !== buf[b + i]) return false;
-  return true;
+/** A Change.table value: the same bytes as the previous change's give the same string, decoded once. */
+function tableName(buf: Buffer, s: number, e: number, memo: TableMemo): string {
+  if (e - s === memo.end - memo.start && buf.compare(buf, memo.start, memo.end, s, e) === 0) return memo.name;
+  memo.start = s; memo.end = e; memo.name = buf.toString("utf8", s, e);
+  return memo.name;
 }
 
 function decodeChange(buf: Buffer, start: number, end: number, memo: TableMemo): WireChange {
@@ -265,18 +256,8 @@ function decodeChange(buf: Buffer, start: number, end: number, memo: TableMemo):
     const field = tag >>> 3;
     const wire = tag & 7;
     if (wire === WIRE_LEN && field >= 1 && field <= 5 && field !== 2) {
-      const len = r.small();
-      const s = r.pos;
-      const e = s + len;
-      if (e > end) throw new Error("truncated field");
-      r.pos = e;
-      let v: string;
-      if (field === 1 && len === memo.end - memo.start && sameBytes(buf, s, memo.start, len)) {
-        v = memo.name;
-      } else {
-        v = buf.toString("utf8", s, e);
-        if (field === 1) { memo.start = s; memo.end = e; memo.name = v; }
-      }
+      const [s, e] = r.lenDelimited();
+      const v = field === 1 ? tableName(buf, s, e, memo) : buf.toString("utf8", s, e);
       if (field === 1) c.table = v; else if (field === 3) c.key = v; else if (field === 4) c.row = v; else c.prev = v;
       // Decoding puts U+FFFD wherever bytes are not UTF-8; only then is
       // there something to check (the text may hold a real U+FFFD).
