@@ -3,7 +3,8 @@ import { createDb, type TestDb } from "./support/db.ts";
 import { ITEMS_DDL } from "./support/cluster.ts";
 import { introspect } from "../agent/capture/introspect.ts";
 import { installCapture, UNIT_ROWS } from "../agent/capture/install.ts";
-import { readBatch } from "../agent/capture/reader.ts";
+import { readBatch, unitRows } from "../agent/capture/reader.ts";
+import { splitJsonArray } from "../lib/jsonsplit.ts";
 import { makeClock } from "../agent/capture/clock.ts";
 import { Op } from "../gen/branchsync/v1/sync_pb.ts";
 import { startHousekeeping, DEAD_ROWS_THRESHOLD } from "../agent/capture/housekeeping.ts";
@@ -33,7 +34,7 @@ describe("change capture (branch database level)", function () {
     await install();
     const types = await db.pool.query(`SELECT string_agg(format_type(atttypid, NULL), ',' ORDER BY attname) AS t FROM pg_attribute
       WHERE attrelid = '_branchsync.changes'::regclass AND attname IN ('keys', 'rows', 'prevs')`);
-    assert.equal(types.rows[0].t, "json,text,json");
+    assert.equal(types.rows[0].t, "json,text,text");
     // An install of session 6: old values as json.
     await db.pool.query(`ALTER TABLE _branchsync.changes ALTER COLUMN prevs TYPE json USING prevs::json; UPDATE _branchsync.state SET capture_hash = 'old'`);
     await install();
@@ -81,13 +82,18 @@ describe("change capture (branch database level)", function () {
     await install();
     await db.pool.query("DELETE FROM _branchsync.changes; DELETE FROM _branchsync.txns");
     const base = 300_000;
+    // Row images as the agent puts them together from the unit's column arrays.
     const units = async () => (await db.pool.query(
-      `SELECT c.op, c.n, json_array_length(c.keys) AS nk, json_array_length(c.rows) AS nr, CASE WHEN c.prevs IS NULL THEN -1 ELSE json_array_length(c.prevs::json) END AS np,
-              (SELECT count(*) FROM json_array_elements(c.keys) WITH ORDINALITY k(v, i) JOIN json_array_elements(c.rows) WITH ORDINALITY r(v, i) USING (i)
-                WHERE k.v->>0 <> r.v->>'id')::int AS misaligned,
-              (SELECT count(*) FROM json_array_elements(c.rows) WITH ORDINALITY r(v, i) JOIN json_array_elements(c.prevs::json) WITH ORDINALITY p(v, i) USING (i)
-                WHERE p.v::text <> 'null' AND (p.v->'qty'->>0)::int <> (r.v->>'qty')::int - 1)::int AS bad_prev
-         FROM _branchsync.changes c ORDER BY c.id`)).rows;
+      "SELECT c.op, c.n, c.tbl, c.keys::text AS keys, c.rows, c.prevs, c.cols FROM _branchsync.changes c ORDER BY c.id")).rows.map((u) => {
+      const keys = splitJsonArray(u.keys).map((k) => JSON.parse(k));
+      const rows = unitRows(u, keys.length).map((r) => JSON.parse(r));
+      const prevs = u.prevs === null ? null : splitJsonArray(u.prevs).map((p) => JSON.parse(p));
+      return {
+        op: u.op, n: u.n, nk: keys.length, nr: rows.length, np: prevs ? prevs.length : -1, colwise: u.cols !== null,
+        misaligned: keys.filter((k, i) => k[0] !== rows[i].id).length,
+        bad_prev: prevs ? prevs.filter((p, i) => p !== null && p.qty[0] !== rows[i].qty - 1).length : 0,
+      };
+    });
     const check = async (sql: string, want: { op: string; total: number; units: number; prevs?: boolean }[]) => {
       await db.pool.query("DELETE FROM _branchsync.changes");
       await db.pool.query(sql);
@@ -96,6 +102,7 @@ describe("change capture (branch database level)", function () {
         assert.ok(u.n >= 1 && u.n <= UNIT_ROWS, `${sql}: unit of ${u.n} rows`);
         assert.equal(u.nk, u.n, sql);
         assert.equal(u.nr, u.n, sql);
+        assert.ok(u.colwise, `${sql}: rows as column arrays`);
         assert.equal(u.misaligned, 0, `${sql}: keys and rows out of step`);
         assert.equal(u.bad_prev, 0, `${sql}: old values out of step`);
       }
@@ -135,8 +142,55 @@ describe("change capture (branch database level)", function () {
       await wide.pool.query("UPDATE w SET c7 = c7 WHERE id = 1");
       const r = await readBatch(wide.pool, [], 100, null, makeClock(0));
       assert.deepEqual(r.transactions.map((t) => t.changes[0].prev), ["", '{"c5":[0],"c95":[0],"c119":[0]}', "{}"]);
+      // 121 column arrays: more than one concat_ws takes.
+      const now = await wide.pool.query("SELECT to_json(w.*)::text AS r FROM w");
+      assert.equal(r.transactions[2].changes[0].row, now.rows[0].r);
+
     } finally {
       await wide.drop();
+    }
+  });
+
+  it("puts row images together from column arrays byte for byte as to_json(row) prints them, for every kind of value, and reads units queued in the older row format", async () => {
+    const odd = await createDb("capcols", `CREATE TABLE oddcols (id int, s text, k2 text, PRIMARY KEY (id, k2),
+      n numeric, f float8, b boolean, ts timestamptz, d date, a int[], t text[], by bytea, j json, jb jsonb, u uuid, iv interval)`);
+    try {
+      const c = await odd.pool.connect();
+      try { await installCapture(c, [await introspect(c, "public.oddcols")], "t", "b"); } finally { c.release(); }
+      await odd.pool.query(`INSERT INTO oddcols VALUES
+        (1, 'quote " back \\ tab 	 nl 
+ ctl ' || chr(1), 'x', 1.50, 1e-7, true, '2026-01-01T00:00:00Z', '2026-02-03', '{1,NULL,3}', '{"a,b",NULL}',
+         '\\x00ff', '{"z": [1, 2], "a": null}', '{"z": [1, 2], "a": null}', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '1 day'),
+        (2, NULL, 'y', NULL, 'NaN', NULL, NULL, NULL, '{}', NULL, NULL, 'null', 'null', NULL, NULL),
+        (3, '😀', 'z', -0.0, '-Infinity', false, 'infinity', '-infinity', NULL, '{}', '', '[]', '{}', NULL, '-1 mon')`);
+      const r = await readBatch(odd.pool, [], 100, null, makeClock(0));
+      const rows = r.transactions[0].changes.map((ch) => ch.row);
+      // json/jsonb values travel as the string of their text; everything else exactly as to_json(row).
+      const want = await odd.pool.query(`SELECT (to_jsonb(w.*) - 'j' - 'jb')::text AS rest, j::text AS j, jb::text AS jb, to_json(w.*)::text AS whole
+        FROM oddcols w ORDER BY id`);
+      assert.equal(rows.length, 3);
+      const sorted = rows.map((x) => JSON.parse(x)).sort((x, y) => x.id - y.id);
+      for (let i = 0; i < 3; i++) {
+        const got = sorted[i];
+        assert.deepEqual({ ...got, j: undefined, jb: undefined }, { ...JSON.parse(want.rows[i].rest), j: undefined, jb: undefined });
+        assert.equal(got.j, want.rows[i].j);
+        assert.equal(got.jb, want.rows[i].jb);
+        const image = rows.find((x) => JSON.parse(x).id === i + 1)!;
+        const plain = (text: string) => text.replace(/,"j":.*,"jb":.*?,"u":/, ',"u":');
+        assert.equal(plain(image), plain(want.rows[i].whole), "the same bytes as to_json(row) outside the json columns");
+      }
+      // A unit written by an agent before column arrays: rows are row images, cols is NULL.
+      await odd.pool.query(`DELETE FROM _branchsync.changes; DELETE FROM _branchsync.txns;
+        BEGIN;
+        INSERT INTO _branchsync.changes(txid, tbl, op, n, keys, rows, prevs) VALUES
+          (pg_current_xact_id(), 'public.oddcols', 'I', 2, '[[7, "q"], [8, "r"]]', '[{"id":7,"k2":"q","n":1}, 
+ {"id":8,"k2":"r","n":null}]', NULL);
+        SELECT _branchsync.note_txn(pg_current_xact_id(), (SELECT max(id) FROM _branchsync.changes), 2);
+        COMMIT`);
+      const old = await readBatch(odd.pool, [], 100, null, makeClock(0));
+      assert.deepEqual(old.transactions[0].changes.map((ch) => [ch.key, ch.row]), [['[7, "q"]', '{"id":7,"k2":"q","n":1}'], ['[8, "r"]', '{"id":8,"k2":"r","n":null}']]);
+    } finally {
+      await odd.drop();
     }
   });
 
@@ -173,7 +227,8 @@ describe("change capture (branch database level)", function () {
     const c = await db.pool.connect();
     try {
       await installCapture(c, [await introspect(c, "public.shifts")], "t", "b");
-      const units = async () => (await c.query("SELECT keys::text AS k, rows::text AS r FROM _branchsync.changes WHERE tbl = 'public.shifts' ORDER BY id")).rows;
+      const units = async () => (await c.query("SELECT tbl, keys::text AS k, rows, cols FROM _branchsync.changes WHERE tbl = 'public.shifts' ORDER BY id")).rows
+        .map((u) => ({ k: u.k, r: unitRows(u, 1)[0] }));
       const write = async (settings: string, id: string) => {
         await c.query(`BEGIN; ${settings}; INSERT INTO shifts VALUES ('2026-01-01 09:00:00+05:30', '\\x${id}', 0.1, '1 day 2 hours'); COMMIT`);
       };

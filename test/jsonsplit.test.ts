@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import pg from "pg";
-import { splitJsonArray } from "../lib/jsonsplit.ts";
+import { splitJsonArray, splitJsonColumns } from "../lib/jsonsplit.ts";
 import { PG_BASE } from "./support/db.ts";
 
 describe("splitting jsonb array text into elements", () => {
@@ -14,12 +14,20 @@ describe("splitting jsonb array text into elements", () => {
         `[{"s": "line\\nbreak\\ttab", "n": 12345678901234567890.0123456789}]`, `["\\\\", "a\\\\\\"b", "\\\\\\\\"]`,
         `[ {"a":1} ,{"b":"x"}  ]`,
       ];
+      const wholes: string[] = [];
+      const parts: string[][] = [];
       for (const s of samples) {
         for (const type of ["jsonb", "json"]) {
           const r = await c.query(`SELECT $1::${type}::text AS whole, coalesce(array(SELECT e::text FROM ${type}_array_elements($1::${type}) e), '{}') AS parts`, [s]);
           assert.deepEqual(splitJsonArray(r.rows[0].whole), r.rows[0].parts, `${type}: ${s}`);
+          wholes.push(r.rows[0].whole);
+          parts.push(r.rows[0].parts);
         }
       }
+      // Capture units hold one such array per column, side by side (agent/capture/install.ts).
+      assert.deepEqual(splitJsonColumns(`[${wholes.join(",")}]`), parts);
+      assert.deepEqual(splitJsonColumns(`[ ${wholes.join(" ,\n ")} ]`), parts);
+      assert.deepEqual(splitJsonColumns(`[]`), []);
     } finally {
       await c.end();
     }
@@ -27,5 +35,6 @@ describe("splitting jsonb array text into elements", () => {
 
   it("refuses text that is not one JSON array", () => {
     for (const bad of [`{"a": 1}`, `[1, 2`, `[1,, 2]`, `[1] x`]) assert.throws(() => splitJsonArray(bad), bad);
+    for (const bad of [`[1]`, `[[1], 2]`, `[[1] [2]]`, `[{"a": 1}]`, `[[1],, [2]]`, `[[1]`, `[[1]] x`, `["a"]`]) assert.throws(() => splitJsonColumns(bad), bad);
   });
 });

@@ -78,7 +78,16 @@ DO $$ BEGIN
   IF (SELECT atttypid <> 'text'::regtype FROM pg_attribute WHERE attrelid = '_branchsync.changes'::regclass AND attname = 'prevs') THEN
     ALTER TABLE _branchsync.changes ALTER COLUMN prevs TYPE text USING prevs::text;
   END IF;
+  -- Rows as column arrays (cols below) are built by concatenation too.
+  IF (SELECT atttypid <> 'text'::regtype FROM pg_attribute WHERE attrelid = '_branchsync.changes'::regclass AND attname = 'rows') THEN
+    ALTER TABLE _branchsync.changes ALTER COLUMN rows TYPE text USING rows::text;
+  END IF;
 END $$;
+-- The column names of a unit whose rows are one JSON array per column
+-- ([[1, 2],["a", "b"]]), in that order; NULL for units written before,
+-- whose rows are a JSON array of row images. Units carry the names
+-- because a unit can outlive the table's shape it was captured with.
+ALTER TABLE _branchsync.changes ADD COLUMN IF NOT EXISTS cols text;
 CREATE TABLE IF NOT EXISTS _branchsync.state (
   one boolean PRIMARY KEY DEFAULT true CHECK (one),
   cursor bigint NOT NULL DEFAULT 0,
@@ -158,9 +167,10 @@ END $$;
 -- say: planned on a small queue, a branch back from days offline sorted its
 -- whole backlog and scanned every unit for each batch (9 ms per read at
 -- 10,000 transactions, growing with them; 1 ms this way).
-CREATE OR REPLACE FUNCTION _branchsync.read_batch(p_in_flight xid8[], p_max int)
+DROP FUNCTION IF EXISTS _branchsync.read_batch(xid8[], int);
+CREATE FUNCTION _branchsync.read_batch(p_in_flight xid8[], p_max int)
   RETURNS TABLE (txid text, n int, t bigint, base text, seen text, fits boolean, pending int,
-                 tbl text, op "char", keys text, rows text, prevs text)
+                 tbl text, op "char", keys text, rows text, prevs text, cols text)
   LANGUAGE plpgsql STABLE SET enable_seqscan = off SET enable_bitmapscan = off SET enable_hashjoin = off
     SET enable_mergejoin = off SET jit = off AS $$
 BEGIN
@@ -169,9 +179,9 @@ BEGIN
               WHERE x.seq IS NULL AND NOT (x.txid = ANY(p_in_flight)) ORDER BY x.last_id LIMIT 256),
        p AS (SELECT w.*, sum(w.n) OVER (ORDER BY w.last_id) AS running, row_number() OVER (ORDER BY w.last_id) AS rn FROM w)
   SELECT p.x::text, p.n, (extract(epoch FROM p.started_at) * 1000000)::bigint, p.base::text, p.seen_hlc::text,
-         p.running <= p_max, (SELECT count(*) FROM p)::int, c.tbl, c.op, c.keys::text, c.rows::text, c.prevs::text
+         p.running <= p_max, (SELECT count(*) FROM p)::int, c.tbl, c.op, c.keys::text, c.rows, c.prevs, c.cols
     FROM p LEFT JOIN LATERAL (
-           SELECT c.id, c.tbl, c.op, c.keys, c.rows, c.prevs FROM _branchsync.changes c WHERE c.txid = p.x AND p.running <= p_max) c ON true
+           SELECT c.id, c.tbl, c.op, c.keys, c.rows, c.prevs, c.cols FROM _branchsync.changes c WHERE c.txid = p.x AND p.running <= p_max) c ON true
    WHERE p.running <= p_max OR p.rn = 1
    ORDER BY p.rn, c.id;
 END $$;
@@ -186,37 +196,50 @@ function fnName(t: LocalTable, op: string): string {
   return quoteIdent(`cap_${op}_${createHash("md5").update(t.name).digest("hex").slice(0, 16)}`);
 }
 
-// Aliases no sane column is called: an alias that equals a column name makes
-// to_json(alias) serialise that column instead of the row.
+// Aliases no sane column is called, for the transition tables' rows.
 const NEW = "bs_new_row_";
 const OLD = "bs_old_row_";
 
 const isJson = (type: string) => type === "json" || type === "jsonb";
 
 /**
- * The row image, in column order. json/jsonb columns travel as strings
- * holding their text: inside the row a JSON null and an SQL NULL would
- * both become null.
+ * What a column contributes to its column array. json/jsonb columns travel
+ * as strings holding their text: inside the row a JSON null and an SQL NULL
+ * would both become null.
  */
-function rowOf(t: LocalTable, alias: string): string {
-  const json = t.columns.filter((c) => isJson(c.type));
-  if (json.length === 0) return `to_json(${alias}.*)`;
-  return `(to_jsonb(${alias}.*) || jsonb_build_object(${json.map((c) => `'${c.name}', ${alias}.${quoteIdent(c.name)}::text`).join(", ")}))::json`;
+function columnValues(t: LocalTable, ref: (name: string, i: number) => string): string[] {
+  return t.columns.map((c, i) => (isJson(c.type) ? `${ref(c.name, i)}::text` : ref(c.name, i)));
 }
+
+/**
+ * A unit's rows as one JSON array per column, in column order, as text:
+ * `[[1, 2],["a", "b"]]`. The agent puts each row's image back together
+ * (agent/capture/reader.ts). json_agg of one column looks its type up once;
+ * json_agg of whole rows (to_json of each) looked up every column's type
+ * for every row, a third of what capture cost the writer. concat_ws takes
+ * at most 100 arguments.
+ */
+function columnArrays(values: string[]): string {
+  const aggs = values.map((v) => `json_agg(${v})::text`);
+  const groups: string[] = [];
+  for (let i = 0; i < aggs.length; i += 90) groups.push(`concat_ws(',', ${aggs.slice(i, i + 90).join(", ")})`);
+  return `'[' || ${groups.length === 1 ? groups[0] : `concat_ws(',', ${groups.join(", ")})`} || ']'`;
+}
+
+/** The column names of a table's units (what `rows` holds the arrays of), as an SQL literal. */
+const columnNames = (t: LocalTable) => `'${JSON.stringify(t.columns.map((c) => c.name)).replace(/'/g, "''")}'`;
 
 const keyExpr = (t: LocalTable, alias: string) => `json_build_array(${t.primaryKey.map((k) => `${alias}.${quoteIdent(k)}`).join(", ")})`;
 
 /**
  * One part of a statement's capture: rows of one op from `from`, with the
- * key, the row image (per row, and aggregated over the part's rows) and,
- * for updates, the old values, built from the row alias.
+ * key, the column names and, for updates, the old values, built from the
+ * row alias.
  */
-interface UnitSource { op: "I" | "U" | "D"; key: string; row: string; rows: string; prev?: string; from: string }
+interface UnitSource { op: "I" | "U" | "D"; key: string; alias: string; table: LocalTable; prev?: string; from: string }
 
 function part(t: LocalTable, op: UnitSource["op"], alias: string, from: string, prev?: string): UnitSource {
-  const json = t.columns.some((c) => isJson(c.type));
-  // json_agg of the row itself prints what to_json(row) would, without a copy.
-  return { op, key: keyExpr(t, alias), row: rowOf(t, alias), rows: json ? `json_agg(${rowOf(t, alias)})` : `json_agg(${alias}.*)`, prev, from };
+  return { op, key: keyExpr(t, alias), alias, table: t, prev, from };
 }
 
 /**
@@ -232,16 +255,21 @@ function part(t: LocalTable, op: UnitSource["op"], alias: string, from: string, 
 function unitsOf(name: string, s: UnitSource, small: boolean, txid: string): string {
   const head = `SELECT ${txid}, '${name}', '${s.op}'::"char", count(*)::int`;
   const prevs = (p: string) => (s.prev ? `'[' || string_agg(coalesce(${p}, 'null'), ',') || ']'` : "NULL::text");
-  if (small) return `${head}, json_agg(${s.key}), ${s.rows}, ${prevs(s.prev ?? "")} FROM ${s.from} HAVING count(*) > 0`;
-  return `${head}, json_agg(bs_k_), json_agg(bs_r_), ${prevs("bs_p_")}
-      FROM (SELECT row_number() OVER () AS bs_n_, ${s.key} AS bs_k_, ${s.row} AS bs_r_${s.prev ? `, ${s.prev} AS bs_p_` : ""} FROM ${s.from}) bs_u_
+  const cols = columnNames(s.table);
+  if (small) {
+    const rows = columnArrays(columnValues(s.table, (c) => `${s.alias}.${quoteIdent(c)}`));
+    return `${head}, json_agg(${s.key}), ${rows}, ${prevs(s.prev ?? "")}, ${cols} FROM ${s.from} HAVING count(*) > 0`;
+  }
+  const inner = s.table.columns.map((c, i) => `${s.alias}.${quoteIdent(c.name)} AS bs_c${i}_`).join(", ");
+  return `${head}, json_agg(bs_k_), ${columnArrays(columnValues(s.table, (_, i) => `bs_c${i}_`))}, ${prevs("bs_p_")}, ${cols}
+      FROM (SELECT row_number() OVER () AS bs_n_, ${s.key} AS bs_k_, ${inner}${s.prev ? `, ${s.prev} AS bs_p_` : ""} FROM ${s.from}) bs_u_
      GROUP BY (bs_n_ - 1) / ${UNIT_ROWS}`;
 }
 
 /** The statement writing a statement's units (parts in order: a re-keying update's deletes first). */
 function unitsInsert(name: string, parts: UnitSource[], small: boolean, txid = "x"): string {
   const selects = parts.map((p) => `(${unitsOf(name, p, small, txid)})`).join("\n      UNION ALL ");
-  return `INSERT INTO _branchsync.changes(txid, tbl, op, n, keys, rows, prevs) ${selects}`;
+  return `INSERT INTO _branchsync.changes(txid, tbl, op, n, keys, rows, prevs, cols) ${selects}`;
 }
 
 // Types without an equality operator are compared as text.

@@ -7,7 +7,7 @@
 import type pg from "pg";
 import { Op } from "../../gen/branchsync/v1/sync_pb.ts";
 import type { WireChange, WireTxn } from "../../lib/protowire.ts";
-import { splitJsonArray } from "../../lib/jsonsplit.ts";
+import { splitJsonArray, splitJsonColumns } from "../../lib/jsonsplit.ts";
 import type { Clock } from "./clock.ts";
 
 const OPS: Record<string, Op> = { I: Op.INSERT, U: Op.UPDATE, D: Op.DELETE };
@@ -24,12 +24,44 @@ export interface ReadResult {
   more: boolean;
 }
 
-interface UnitRow { txid: string; tbl: string; op: string; keys: string; rows: string; prevs: string | null }
+interface UnitRow { txid: string; tbl: string; op: string; keys: string; rows: string; prevs: string | null; cols: string | null }
+
+/** Per column-name list: what goes before each value in a row image (`{"id":`, `,"sku":`). */
+const prefixesOf = new Map<string, string[]>();
+
+function prefixes(cols: string): string[] {
+  let p = prefixesOf.get(cols);
+  if (!p) {
+    const names = JSON.parse(cols) as unknown;
+    if (!Array.isArray(names) || names.length === 0 || !names.every((n) => typeof n === "string")) throw new Error(`capture unit column list is not a JSON array of names: ${cols.slice(0, 200)}`);
+    // JSON.stringify escapes a name as PostgreSQL's to_json does, so the image is the one to_json(row) prints.
+    p = names.map((n, i) => `${i === 0 ? "{" : ","}${JSON.stringify(n)}:`);
+    if (prefixesOf.size >= 256) prefixesOf.clear();
+    prefixesOf.set(cols, p);
+  }
+  return p;
+}
+
+/** A unit's row images: as stored (older units), or put together from its column arrays. */
+export function unitRows(u: Pick<UnitRow, "tbl" | "rows" | "cols">, n: number): string[] {
+  if (u.cols === null) return splitJsonArray(u.rows);
+  const p = prefixes(u.cols);
+  const columns = splitJsonColumns(u.rows);
+  if (columns.length !== p.length) throw new Error(`capture unit of ${u.tbl} has ${columns.length} column arrays for ${p.length} columns`);
+  for (const c of columns) if (c.length !== n) throw new Error(`capture unit of ${u.tbl} has a column of ${c.length} values for ${n} keys`);
+  const out: string[] = new Array(n);
+  for (let r = 0; r < n; r++) {
+    let img = "";
+    for (let c = 0; c < p.length; c++) img += p[c] + columns[c][r];
+    out[r] = img + "}";
+  }
+  return out;
+}
 
 /** A capture unit's row changes, in capture order (see lib/jsonsplit.ts). */
 function changesOf(u: UnitRow): WireChange[] {
   const keys = splitJsonArray(u.keys);
-  const rows = splitJsonArray(u.rows);
+  const rows = unitRows(u, keys.length);
   const prevs = u.prevs === null ? null : splitJsonArray(u.prevs);
   if (keys.length !== rows.length) throw new Error(`capture unit of ${u.tbl} has ${keys.length} keys but ${rows.length} rows`);
   const op = OPS[u.op];
@@ -41,7 +73,7 @@ function changesOf(u: UnitRow): WireChange[] {
   return out;
 }
 
-const UNITS = `SELECT c.txid::text AS txid, c.tbl, c.op, c.keys::text AS keys, c.rows::text AS rows, c.prevs::text AS prevs FROM _branchsync.changes c`;
+const UNITS = `SELECT c.txid::text AS txid, c.tbl, c.op, c.keys::text AS keys, c.rows, c.prevs, c.cols FROM _branchsync.changes c`;
 const TXN_COLS = `txid::text AS txid, n, (extract(epoch FROM started_at) * 1000000)::bigint AS t, base::text AS base, seen_hlc::text AS seen`;
 
 interface TxnRow { txid: string; n: number; t: string; base: string; seen: string }
@@ -110,11 +142,28 @@ async function readChunk(db: pg.Pool, c: Chunking, max: number, clock: Clock): P
   };
 }
 
-/** Moves a transaction the hub rejected aside, whole, with the reason. */
+/**
+ * Moves a transaction the hub rejected aside, whole, with the reason; its
+ * rows as row images, whichever way the units hold them, for an operator.
+ */
 export async function setAside(db: pg.Pool, txid: string, error: string): Promise<void> {
-  await db.query(
-    `WITH moved AS (DELETE FROM _branchsync.changes WHERE txid = $1::xid8 RETURNING txid, tbl, op, n, keys, rows),
-          t AS (DELETE FROM _branchsync.txns WHERE txid = $1::xid8)
-     INSERT INTO _branchsync.rejected(txid, tbl, op, n, keys, rows, error) SELECT txid, tbl, op, n, keys::jsonb, rows::jsonb, $2 FROM moved`,
-    [txid, error]);
+  const c = await db.connect();
+  try {
+    await c.query("BEGIN");
+    const { rows } = await c.query<UnitRow & { n: number; id: number }>(
+      `DELETE FROM _branchsync.changes WHERE txid = $1::xid8 RETURNING id::float8 AS id, tbl, op, n, keys::text AS keys, rows, cols`, [txid]);
+    rows.sort((a, b) => a.id - b.id);
+    await c.query(
+      `INSERT INTO _branchsync.rejected(txid, tbl, op, n, keys, rows, error)
+       SELECT $1::xid8, u.tbl, u.op, u.n, u.keys::jsonb, u.rows::jsonb, $2 FROM unnest($3::text[], $4::"char"[], $5::int[], $6::text[], $7::text[]) AS u(tbl, op, n, keys, rows)`,
+      [txid, error, rows.map((u) => u.tbl), rows.map((u) => u.op), rows.map((u) => u.n), rows.map((u) => u.keys),
+        rows.map((u) => `[${unitRows(u, splitJsonArray(u.keys).length).join(",")}]`)]);
+    await c.query("DELETE FROM _branchsync.txns WHERE txid = $1::xid8", [txid]);
+    await c.query("COMMIT");
+  } catch (e) {
+    await c.query("ROLLBACK").catch(() => undefined);
+    throw e;
+  } finally {
+    c.release();
+  }
 }
