@@ -3,7 +3,8 @@ import { createDb, type TestDb } from "./support/db.ts";
 import { ITEMS_DDL } from "./support/cluster.ts";
 import { introspect } from "../agent/capture/introspect.ts";
 import { installCapture, UNIT_ROWS } from "../agent/capture/install.ts";
-import { readBatch, unitRows } from "../agent/capture/reader.ts";
+import { readBatch } from "../agent/capture/reader.ts";
+import { unitKeys, unitRows } from "../agent/capture/units.ts";
 import { splitJsonArray } from "../lib/jsonsplit.ts";
 import { makeClock } from "../agent/capture/clock.ts";
 import { Op } from "../gen/branchsync/v1/sync_pb.ts";
@@ -34,7 +35,7 @@ describe("change capture (branch database level)", function () {
     await install();
     const types = await db.pool.query(`SELECT string_agg(format_type(atttypid, NULL), ',' ORDER BY attname) AS t FROM pg_attribute
       WHERE attrelid = '_branchsync.changes'::regclass AND attname IN ('keys', 'rows', 'prevs')`);
-    assert.equal(types.rows[0].t, "json,text,text");
+    assert.equal(types.rows[0].t, "text,text,text");
     // An install of session 6: old values as json.
     await db.pool.query(`ALTER TABLE _branchsync.changes ALTER COLUMN prevs TYPE json USING prevs::json; UPDATE _branchsync.state SET capture_hash = 'old'`);
     await install();
@@ -85,7 +86,7 @@ describe("change capture (branch database level)", function () {
     // Row images as the agent puts them together from the unit's column arrays.
     const units = async () => (await db.pool.query(
       "SELECT c.op, c.n, c.tbl, c.keys::text AS keys, c.rows, c.prevs, c.cols FROM _branchsync.changes c ORDER BY c.id")).rows.map((u) => {
-      const keys = splitJsonArray(u.keys).map((k) => JSON.parse(k));
+      const keys = unitKeys(u).map((k) => JSON.parse(k));
       const rows = unitRows(u, keys.length).map((r) => JSON.parse(r));
       const prevs = u.prevs === null ? null : splitJsonArray(u.prevs).map((p) => JSON.parse(p));
       return {
@@ -166,8 +167,10 @@ describe("change capture (branch database level)", function () {
       const r = await readBatch(odd.pool, [], 100, null, makeClock(0));
       const rows = r.transactions[0].changes.map((ch) => ch.row);
       // json/jsonb values travel as the string of their text; everything else exactly as to_json(row).
-      const want = await odd.pool.query(`SELECT (to_jsonb(w.*) - 'j' - 'jb')::text AS rest, j::text AS j, jb::text AS jb, to_json(w.*)::text AS whole
-        FROM oddcols w ORDER BY id`);
+      const want = await odd.pool.query(`SELECT (to_jsonb(w.*) - 'j' - 'jb')::text AS rest, j::text AS j, jb::text AS jb, to_json(w.*)::text AS whole,
+        json_build_array(id, k2)::text AS key FROM oddcols w ORDER BY id`);
+      // Keys byte for byte as json_build_array of the key columns: the hub and every branch compare them as text.
+      assert.deepEqual(r.transactions[0].changes.map((ch) => ch.key).sort(), want.rows.map((w) => w.key).sort());
       assert.equal(rows.length, 3);
       const sorted = rows.map((x) => JSON.parse(x)).sort((x, y) => x.id - y.id);
       for (let i = 0; i < 3; i++) {
@@ -227,8 +230,8 @@ describe("change capture (branch database level)", function () {
     const c = await db.pool.connect();
     try {
       await installCapture(c, [await introspect(c, "public.shifts")], "t", "b");
-      const units = async () => (await c.query("SELECT tbl, keys::text AS k, rows, cols FROM _branchsync.changes WHERE tbl = 'public.shifts' ORDER BY id")).rows
-        .map((u) => ({ k: u.k, r: unitRows(u, 1)[0] }));
+      const units = async () => (await c.query("SELECT tbl, keys, rows, cols FROM _branchsync.changes WHERE tbl = 'public.shifts' ORDER BY id")).rows
+        .map((u) => ({ k: unitKeys(u)[0], r: unitRows(u, 1)[0] }));
       const write = async (settings: string, id: string) => {
         await c.query(`BEGIN; ${settings}; INSERT INTO shifts VALUES ('2026-01-01 09:00:00+05:30', '\\x${id}', 0.1, '1 day 2 hours'); COMMIT`);
       };

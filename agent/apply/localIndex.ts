@@ -33,14 +33,14 @@
  *    next read of all transactions (setval, then more units than the highest
  *    id seen before this reads: the only case it catches late).
  */
-import { splitJsonArray } from "../../lib/jsonsplit.ts";
+import { unitKeys } from "../capture/units.ts";
 
 /** The newest local version of a row: its sequence number, null while unsequenced (newest of all), undefined when none is pending. */
 export interface LocalVersions { get(row: string): bigint | null | undefined }
 
 export const rowIdOf = (table: string, key: string) => `${table}\u0000${key}`;
 
-export interface UnitRow { id: string; txid: string; tbl: string; keys: string }
+export interface UnitRow { id: string; txid: string; tbl: string; keys: string; cols: string | null }
 export interface TxnRow { txid: string; seq: string | null }
 /** The sequence's last value, and the storage of the queue and of its sequence (new after TRUNCATE or RESTART). */
 export interface TopRow { id: string; storage: string }
@@ -91,7 +91,7 @@ export function makeLocalIndex(): LocalIndex {
     if (!seqOf.has(u.txid)) return;
     let rows = rowsOfTxn.get(u.txid);
     if (!rows) rowsOfTxn.set(u.txid, rows = []);
-    for (const key of splitJsonArray(u.keys)) {
+    for (const key of unitKeys(u)) {
       const row = rowIdOf(u.tbl, key);
       rows.push(row);
       let txns = txnsOfRow.get(row);
@@ -136,7 +136,7 @@ export function makeLocalIndex(): LocalIndex {
         which = ` t WHERE ${newer}${asked.length > 0 ? ` OR t.txid = ANY('{${asked.map((t) => BigInt(t)).join(",")}}'::xid8[])` : ""}`;
       }
       return [
-        `SELECT c.id::text AS id, c.txid::text AS txid, c.tbl, c.keys::text AS keys
+        `SELECT c.id::text AS id, c.txid::text AS txid, c.tbl, c.keys, c.cols
            FROM _branchsync.txns t JOIN _branchsync.changes c ON c.txid = t.txid
           WHERE ${newer} AND c.id > ${maxId}`,
         `SELECT txid::text AS txid, seq::text AS seq FROM _branchsync.txns${which}`,

@@ -27,17 +27,18 @@ export const UNIT_ROWS = 250;
 const BASE_DDL = `
 CREATE SCHEMA IF NOT EXISTS _branchsync;
 -- One row per "unit": up to ${UNIT_ROWS} row changes of one statement, of one
--- kind, as parallel JSON arrays of keys and row images. Writing one unit
--- instead of a hundred rows (each with index entries) is what keeps
--- capture cheap for the writer; the agent expands units when it reads.
+-- kind, as JSON arrays of keys and rows side by side (agent/capture/units.ts).
+-- Writing one unit instead of a hundred rows (each with index entries) is
+-- what keeps capture cheap for the writer; the agent expands units when it
+-- reads.
 CREATE TABLE IF NOT EXISTS _branchsync.changes (
   id bigserial NOT NULL,
   txid xid8 NOT NULL,
   tbl text NOT NULL,
   op "char" NOT NULL,
   n int NOT NULL,
-  keys json NOT NULL,
-  rows json NOT NULL);
+  keys text NOT NULL,
+  rows text NOT NULL);
 CREATE INDEX IF NOT EXISTS changes_txid ON _branchsync.changes (txid, id);
 -- Ids in the order they are handed out, across sessions: the applier's index
 -- of local changes reads only ids above the highest it has seen.
@@ -78,15 +79,16 @@ DO $$ BEGIN
   IF (SELECT atttypid <> 'text'::regtype FROM pg_attribute WHERE attrelid = '_branchsync.changes'::regclass AND attname = 'prevs') THEN
     ALTER TABLE _branchsync.changes ALTER COLUMN prevs TYPE text USING prevs::text;
   END IF;
-  -- Rows as column arrays (cols below) are built by concatenation too.
+  -- Keys and rows as column arrays (cols below) are built by concatenation too.
   IF (SELECT atttypid <> 'text'::regtype FROM pg_attribute WHERE attrelid = '_branchsync.changes'::regclass AND attname = 'rows') THEN
-    ALTER TABLE _branchsync.changes ALTER COLUMN rows TYPE text USING rows::text;
+    ALTER TABLE _branchsync.changes ALTER COLUMN rows TYPE text USING rows::text, ALTER COLUMN keys TYPE text USING keys::text;
   END IF;
 END $$;
--- The column names of a unit whose rows are one JSON array per column
--- ([[1, 2],["a", "b"]]), in that order; NULL for units written before,
--- whose rows are a JSON array of row images. Units carry the names
--- because a unit can outlive the table's shape it was captured with.
+-- The column names of a unit whose keys and rows are one JSON array per
+-- column ([[1, 2],["a", "b"]]), in that order; NULL for units written
+-- before, whose keys are a JSON array of keys and rows one of row images
+-- (agent/capture/units.ts). Units carry the names because a unit can
+-- outlive the table's shape it was captured with.
 ALTER TABLE _branchsync.changes ADD COLUMN IF NOT EXISTS cols text;
 CREATE TABLE IF NOT EXISTS _branchsync.state (
   one boolean PRIMARY KEY DEFAULT true CHECK (one),
@@ -179,7 +181,7 @@ BEGIN
               WHERE x.seq IS NULL AND NOT (x.txid = ANY(p_in_flight)) ORDER BY x.last_id LIMIT 256),
        p AS (SELECT w.*, sum(w.n) OVER (ORDER BY w.last_id) AS running, row_number() OVER (ORDER BY w.last_id) AS rn FROM w)
   SELECT p.x::text, p.n, (extract(epoch FROM p.started_at) * 1000000)::bigint, p.base::text, p.seen_hlc::text,
-         p.running <= p_max, (SELECT count(*) FROM p)::int, c.tbl, c.op, c.keys::text, c.rows, c.prevs, c.cols
+         p.running <= p_max, (SELECT count(*) FROM p)::int, c.tbl, c.op, c.keys, c.rows, c.prevs, c.cols
     FROM p LEFT JOIN LATERAL (
            SELECT c.id, c.tbl, c.op, c.keys, c.rows, c.prevs, c.cols FROM _branchsync.changes c WHERE c.txid = p.x AND p.running <= p_max) c ON true
    WHERE p.running <= p_max OR p.rn = 1
@@ -229,17 +231,16 @@ function columnArrays(values: string[]): string {
 /** The column names of a table's units (what `rows` holds the arrays of), as an SQL literal. */
 const columnNames = (t: LocalTable) => `'${JSON.stringify(t.columns.map((c) => c.name)).replace(/'/g, "''")}'`;
 
-const keyExpr = (t: LocalTable, alias: string) => `json_build_array(${t.primaryKey.map((k) => `${alias}.${quoteIdent(k)}`).join(", ")})`;
 
 /**
  * One part of a statement's capture: rows of one op from `from`, with the
  * key, the column names and, for updates, the old values, built from the
  * row alias.
  */
-interface UnitSource { op: "I" | "U" | "D"; key: string; alias: string; table: LocalTable; prev?: string; from: string }
+interface UnitSource { op: "I" | "U" | "D"; alias: string; table: LocalTable; prev?: string; from: string }
 
 function part(t: LocalTable, op: UnitSource["op"], alias: string, from: string, prev?: string): UnitSource {
-  return { op, key: keyExpr(t, alias), alias, table: t, prev, from };
+  return { op, alias, table: t, prev, from };
 }
 
 /**
@@ -253,16 +254,20 @@ function part(t: LocalTable, op: UnitSource["op"], alias: string, from: string, 
  * capture cost the writer.
  */
 function unitsOf(name: string, s: UnitSource, small: boolean, txid: string): string {
+  const t = s.table;
   const head = `SELECT ${txid}, '${name}', '${s.op}'::"char", count(*)::int`;
   const prevs = (p: string) => (s.prev ? `'[' || string_agg(coalesce(${p}, 'null'), ',') || ']'` : "NULL::text");
-  const cols = columnNames(s.table);
+  const cols = columnNames(t);
+  // Key columns as they are (a jsonb key is its JSON, as json_build_array prints it).
+  const keyIndex = t.primaryKey.map((k) => t.columns.findIndex((c) => c.name === k));
   if (small) {
-    const rows = columnArrays(columnValues(s.table, (c) => `${s.alias}.${quoteIdent(c)}`));
-    return `${head}, json_agg(${s.key}), ${rows}, ${prevs(s.prev ?? "")}, ${cols} FROM ${s.from} HAVING count(*) > 0`;
+    const ref = (c: string) => `${s.alias}.${quoteIdent(c)}`;
+    // json_agg of a key column is the same aggregate as the rows' one, computed once.
+    return `${head}, ${columnArrays(t.primaryKey.map(ref))}, ${columnArrays(columnValues(t, ref))}, ${prevs(s.prev ?? "")}, ${cols} FROM ${s.from} HAVING count(*) > 0`;
   }
-  const inner = s.table.columns.map((c, i) => `${s.alias}.${quoteIdent(c.name)} AS bs_c${i}_`).join(", ");
-  return `${head}, json_agg(bs_k_), ${columnArrays(columnValues(s.table, (_, i) => `bs_c${i}_`))}, ${prevs("bs_p_")}, ${cols}
-      FROM (SELECT row_number() OVER () AS bs_n_, ${s.key} AS bs_k_, ${inner}${s.prev ? `, ${s.prev} AS bs_p_` : ""} FROM ${s.from}) bs_u_
+  const inner = t.columns.map((c, i) => `${s.alias}.${quoteIdent(c.name)} AS bs_c${i}_`).join(", ");
+  return `${head}, ${columnArrays(keyIndex.map((i) => `bs_c${i}_`))}, ${columnArrays(columnValues(t, (_, i) => `bs_c${i}_`))}, ${prevs("bs_p_")}, ${cols}
+      FROM (SELECT row_number() OVER () AS bs_n_, ${inner}${s.prev ? `, ${s.prev} AS bs_p_` : ""} FROM ${s.from}) bs_u_
      GROUP BY (bs_n_ - 1) / ${UNIT_ROWS}`;
 }
 

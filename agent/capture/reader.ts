@@ -7,7 +7,8 @@
 import type pg from "pg";
 import { Op } from "../../gen/branchsync/v1/sync_pb.ts";
 import type { WireChange, WireTxn } from "../../lib/protowire.ts";
-import { splitJsonArray, splitJsonColumns } from "../../lib/jsonsplit.ts";
+import { splitJsonArray } from "../../lib/jsonsplit.ts";
+import { unitKeys, unitRows } from "./units.ts";
 import type { Clock } from "./clock.ts";
 
 const OPS: Record<string, Op> = { I: Op.INSERT, U: Op.UPDATE, D: Op.DELETE };
@@ -26,41 +27,9 @@ export interface ReadResult {
 
 interface UnitRow { txid: string; tbl: string; op: string; keys: string; rows: string; prevs: string | null; cols: string | null }
 
-/** Per column-name list: what goes before each value in a row image (`{"id":`, `,"sku":`). */
-const prefixesOf = new Map<string, string[]>();
-
-function prefixes(cols: string): string[] {
-  let p = prefixesOf.get(cols);
-  if (!p) {
-    const names = JSON.parse(cols) as unknown;
-    if (!Array.isArray(names) || names.length === 0 || !names.every((n) => typeof n === "string")) throw new Error(`capture unit column list is not a JSON array of names: ${cols.slice(0, 200)}`);
-    // JSON.stringify escapes a name as PostgreSQL's to_json does, so the image is the one to_json(row) prints.
-    p = names.map((n, i) => `${i === 0 ? "{" : ","}${JSON.stringify(n)}:`);
-    if (prefixesOf.size >= 256) prefixesOf.clear();
-    prefixesOf.set(cols, p);
-  }
-  return p;
-}
-
-/** A unit's row images: as stored (older units), or put together from its column arrays. */
-export function unitRows(u: Pick<UnitRow, "tbl" | "rows" | "cols">, n: number): string[] {
-  if (u.cols === null) return splitJsonArray(u.rows);
-  const p = prefixes(u.cols);
-  const columns = splitJsonColumns(u.rows);
-  if (columns.length !== p.length) throw new Error(`capture unit of ${u.tbl} has ${columns.length} column arrays for ${p.length} columns`);
-  for (const c of columns) if (c.length !== n) throw new Error(`capture unit of ${u.tbl} has a column of ${c.length} values for ${n} keys`);
-  const out: string[] = new Array(n);
-  for (let r = 0; r < n; r++) {
-    let img = "";
-    for (let c = 0; c < p.length; c++) img += p[c] + columns[c][r];
-    out[r] = img + "}";
-  }
-  return out;
-}
-
 /** A capture unit's row changes, in capture order (see lib/jsonsplit.ts). */
 function changesOf(u: UnitRow): WireChange[] {
-  const keys = splitJsonArray(u.keys);
+  const keys = unitKeys(u);
   const rows = unitRows(u, keys.length);
   const prevs = u.prevs === null ? null : splitJsonArray(u.prevs);
   if (keys.length !== rows.length) throw new Error(`capture unit of ${u.tbl} has ${keys.length} keys but ${rows.length} rows`);
@@ -73,7 +42,7 @@ function changesOf(u: UnitRow): WireChange[] {
   return out;
 }
 
-const UNITS = `SELECT c.txid::text AS txid, c.tbl, c.op, c.keys::text AS keys, c.rows, c.prevs, c.cols FROM _branchsync.changes c`;
+const UNITS = `SELECT c.txid::text AS txid, c.tbl, c.op, c.keys, c.rows, c.prevs, c.cols FROM _branchsync.changes c`;
 const TXN_COLS = `txid::text AS txid, n, (extract(epoch FROM started_at) * 1000000)::bigint AS t, base::text AS base, seen_hlc::text AS seen`;
 
 interface TxnRow { txid: string; n: number; t: string; base: string; seen: string }
@@ -151,13 +120,14 @@ export async function setAside(db: pg.Pool, txid: string, error: string): Promis
   try {
     await c.query("BEGIN");
     const { rows } = await c.query<UnitRow & { n: number; id: number }>(
-      `DELETE FROM _branchsync.changes WHERE txid = $1::xid8 RETURNING id::float8 AS id, tbl, op, n, keys::text AS keys, rows, cols`, [txid]);
+      `DELETE FROM _branchsync.changes WHERE txid = $1::xid8 RETURNING id::float8 AS id, tbl, op, n, keys, rows, cols`, [txid]);
     rows.sort((a, b) => a.id - b.id);
+    const keys = rows.map((u) => unitKeys(u));
     await c.query(
       `INSERT INTO _branchsync.rejected(txid, tbl, op, n, keys, rows, error)
        SELECT $1::xid8, u.tbl, u.op, u.n, u.keys::jsonb, u.rows::jsonb, $2 FROM unnest($3::text[], $4::"char"[], $5::int[], $6::text[], $7::text[]) AS u(tbl, op, n, keys, rows)`,
-      [txid, error, rows.map((u) => u.tbl), rows.map((u) => u.op), rows.map((u) => u.n), rows.map((u) => u.keys),
-        rows.map((u) => `[${unitRows(u, splitJsonArray(u.keys).length).join(",")}]`)]);
+      [txid, error, rows.map((u) => u.tbl), rows.map((u) => u.op), rows.map((u) => u.n),
+        keys.map((k) => `[${k.join(",")}]`), rows.map((u, i) => `[${unitRows(u, keys[i].length).join(",")}]`)]);
     await c.query("DELETE FROM _branchsync.txns WHERE txid = $1::xid8", [txid]);
     await c.query("COMMIT");
   } catch (e) {
