@@ -5,7 +5,7 @@ export const SECTIONS = ["throughput", "latency", "fanout", "streams", "ingest",
 export type SectionName = (typeof SECTIONS)[number];
 
 export const FULL: Sizes = {
-  baseRows: 100_000, inserts: 100_000, updates: 20_000, deletes: 10_000, batch: 100, warmupRows: 2_000,
+  baseRows: 100_000, inserts: 100_000, updates: 20_000, deletes: 10_000, batch: 100, warmupRows: 20_000,
   latencySeconds: 30, latencyRate: 500, latencyIntervalMs: 20,
   fanoutBranches: 50, fanoutProbes: 200,
   streamLevels: [1_000, 10_000, 20_000], streamsPerConn: 100, streamBranches: 100, streamPings: 2_000,
