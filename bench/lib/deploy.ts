@@ -65,14 +65,14 @@ export function agentEnv(hub: HubProc, a: AgentSpec): Record<string, string> {
 }
 
 /** Spawns `branchsync agent`; resolves once capture is installed (the agent then dials the hub). */
-export async function startAgentProc(ctx: BenchContext, hub: HubProc, name: string, a: AgentSpec): Promise<Proc> {
-  const proc = spawnAgentProc(ctx, hub, name, a);
+export async function startAgentProc(ctx: BenchContext, hub: HubProc, name: string, a: AgentSpec, nodeArgs: string[] = []): Promise<Proc> {
+  const proc = spawnAgentProc(ctx, hub, name, a, nodeArgs);
   await proc.waitForLine(/branchsync agent running/, 60_000);
   return proc;
 }
 
-export function spawnAgentProc(ctx: BenchContext, hub: HubProc, name: string, a: AgentSpec): Proc {
+export function spawnAgentProc(ctx: BenchContext, hub: HubProc, name: string, a: AgentSpec, nodeArgs: string[] = []): Proc {
   return spawnNode(name, [CLI, "agent"], {
-    logDir: ctx.logDir, cpuProfDir: ctx.cpuProfDir, env: { ...agentEnv(hub, a), ...ctx.agentEnv },
+    logDir: ctx.logDir, cpuProfDir: ctx.cpuProfDir, nodeArgs, env: { ...agentEnv(hub, a), ...ctx.agentEnv },
   });
 }

@@ -23,6 +23,8 @@ import { DEFAULT_LIMITS } from "../../hub/stream/session.ts";
 import type { LogStats, PhaseResult, ReceiverStats } from "./stallcheck.ts";
 
 export const RSS_SAMPLE_MS = 200;
+/** Agent A's largest semi-space (MiB), for its RSS to show buffering rather than V8's young-generation sizing. */
+export const AGENT_SEMI_SPACE_MIB = 4;
 /** Nothing left to upload: every captured transaction has its hub sequence number. */
 const UPLOADED = "SELECT NOT EXISTS (SELECT 1 FROM _branchsync.txns WHERE seq IS NULL)";
 
@@ -62,7 +64,12 @@ export async function runStall(ctx: BenchContext, o: RunOptions): Promise<RunRes
     await hubDb.connect();
     await writer.connect();
     if (o.receivers) io = await startReceivers(ctx, o.name, hub.grpcPort, tenant, (b) => createBranch(hub, tenant, b).then((k) => issueToken(hub, k)));
-    agentA = await startAgentProc(ctx, hub, `${o.name}_agent_a`, { tenantId: tenant, branchId: "a", apiKey: await createBranch(hub, tenant, "a"), dbUrl: a.url, tables: "public.items" });
+    // A's young generation pinned small: V8 grows it with the allocation
+    // rate, up to 16 MiB per semi-space, and that step (bounded, whatever
+    // the backlog) read as A's memory growing with it. Buffering would grow
+    // the old generation and external memory, which stay measured.
+    agentA = await startAgentProc(ctx, hub, `${o.name}_agent_a`, { tenantId: tenant, branchId: "a", apiKey: await createBranch(hub, tenant, "a"), dbUrl: a.url, tables: "public.items" },
+      [`--max-semi-space-size=${AGENT_SEMI_SPACE_MIB}`]);
     const logStats = async (): Promise<LogStats> => {
       const { rows: [r] } = await hubDb.query(`SELECT coalesce(sum(n_changes), 0)::bigint AS changes, coalesce(sum(octet_length(body)), 0)::bigint AS payload,
         pg_total_relation_size('${schema}.log') AS disk FROM ${schema}.log`);
