@@ -3,7 +3,7 @@ import { createDb, type TestDb } from "./support/db.ts";
 import { ITEMS_DDL } from "./support/cluster.ts";
 import { introspect } from "../agent/capture/introspect.ts";
 import { installCapture, UNIT_ROWS } from "../agent/capture/install.ts";
-import { readBatch } from "../agent/capture/reader.ts";
+import { readBatch, setAside } from "../agent/capture/reader.ts";
 import { unitKeys, unitRows } from "../agent/capture/units.ts";
 import { splitJsonArray } from "../lib/jsonsplit.ts";
 import { makeClock } from "../agent/capture/clock.ts";
@@ -253,6 +253,32 @@ describe("change capture (branch database level)", function () {
       c.release();
       await db.pool.query("DROP TABLE shifts CASCADE");
     }
+  });
+
+  it("sets a rejected transaction aside whole, with its keys and row images as the hub saw them", async () => {
+    await install();
+    await db.pool.query("DELETE FROM _branchsync.changes; DELETE FROM _branchsync.txns; DELETE FROM _branchsync.rejected");
+    await db.pool.query(`BEGIN; INSERT INTO items SELECT g, 's' || g, g, 1.25, NULL, '2026-01-01T00:00:00Z' FROM generate_series(400001, 400300) g;
+      DELETE FROM items WHERE id = 400001; COMMIT`);
+    const sent = await readBatch(db.pool, [], 1000, null, makeClock(0));
+    assert.equal(sent.transactions.length, 1);
+    const t = sent.transactions[0];
+    await setAside(db.pool, t.originTxn.toString(), "refused for the test");
+    const { rows } = await db.pool.query("SELECT op, n, keys::text AS keys, rows::text AS rows, error FROM _branchsync.rejected WHERE txid = $1::xid8 ORDER BY op DESC, n DESC",
+      [t.originTxn.toString()]);
+    // Two insert units (250 + 50 rows) and the delete.
+    assert.deepEqual(rows.map((r) => [r.op, r.n, r.error]), [["I", 250, "refused for the test"], ["I", 50, "refused for the test"], ["D", 1, "refused for the test"]]);
+    // rejected holds jsonb (keys sorted): compare values, not key order.
+    const canon = (v: unknown) => JSON.stringify(v, v && typeof v === "object" && !Array.isArray(v) ? Object.keys(v).sort() : undefined);
+    const byOp = (op: string, f: (r: { keys: string; rows: string }) => string) => rows.filter((r) => r.op === op).flatMap((r) => JSON.parse(f(r))).map(canon).sort();
+    const sentAs = (op: Op, f: (ch: { key: string; row: string }) => string) => t.changes.filter((ch) => ch.op === op).map((ch) => canon(JSON.parse(f(ch)))).sort();
+    assert.deepEqual(byOp("I", (r) => r.keys), sentAs(Op.INSERT, (ch) => ch.key));
+    assert.deepEqual(byOp("I", (r) => r.rows), sentAs(Op.INSERT, (ch) => ch.row));
+    assert.deepEqual(byOp("D", (r) => r.rows), sentAs(Op.DELETE, (ch) => ch.row));
+    assert.equal(byOp("I", (r) => r.rows).length, 300);
+    const left = await db.pool.query("SELECT (SELECT count(*) FROM _branchsync.changes)::int AS c, (SELECT count(*) FROM _branchsync.txns)::int AS t");
+    assert.deepEqual(left.rows[0], { c: 0, t: 0 });
+    await db.pool.query("DELETE FROM items WHERE id > 400000");
   });
 
   it("vacuums the change-log queues once dead rows pile up, and reads only what is unsent", async () => {
