@@ -154,16 +154,16 @@ describe("change capture (branch database level)", function () {
 
   it("puts row images together from column arrays byte for byte as to_json(row) prints them, for every kind of value, and reads units queued in the older row format", async () => {
     const odd = await createDb("capcols", `CREATE TABLE oddcols (id int, s text, k2 text, PRIMARY KEY (id, k2),
-      n numeric, f float8, b boolean, ts timestamptz, d date, a int[], t text[], by bytea, j json, jb jsonb, u uuid, iv interval)`);
+      n numeric, f float8, b boolean, ts timestamptz, d date, a int[], t text[], by bytea, j json, jb jsonb, u uuid, iv interval, q bigint)`);
     try {
       const c = await odd.pool.connect();
       try { await installCapture(c, [await introspect(c, "public.oddcols")], "t", "b"); } finally { c.release(); }
       await odd.pool.query(`INSERT INTO oddcols VALUES
         (1, 'quote " back \\ tab 	 nl 
  ctl ' || chr(1), 'x', 1.50, 1e-7, true, '2026-01-01T00:00:00Z', '2026-02-03', '{1,NULL,3}', '{"a,b",NULL}',
-         '\\x00ff', '{"z": [1, 2], "a": null}', '{"z": [1, 2], "a": null}', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '1 day'),
-        (2, NULL, 'y', NULL, 'NaN', NULL, NULL, NULL, '{}', NULL, NULL, 'null', 'null', NULL, NULL),
-        (3, '😀', 'z', -0.0, '-Infinity', false, 'infinity', '-infinity', NULL, '{}', '', '[]', '{}', NULL, '-1 mon')`);
+         '\\x00ff', '{"z": [1, 2], "a": null}', '{"z": [1, 2], "a": null}', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '1 day', 9007199254740993),
+        (2, NULL, 'y', NULL, 'NaN', NULL, NULL, NULL, '{}', NULL, NULL, 'null', 'null', NULL, NULL, NULL),
+        (3, '😀', 'z', -0.0, '-Infinity', false, 'infinity', '-infinity', NULL, '{}', '', '[]', '{}', NULL, '-1 mon', -5)`);
       const r = await readBatch(odd.pool, [], 100, null, makeClock(0));
       const rows = r.transactions[0].changes.map((ch) => ch.row);
       // json/jsonb values travel as the string of their text; everything else exactly as to_json(row).
@@ -182,6 +182,15 @@ describe("change capture (branch database level)", function () {
         const plain = (text: string) => text.replace(/,"j":.*,"jb":.*?,"u":/, ',"u":');
         assert.equal(plain(image), plain(want.rows[i].whole), "the same bytes as to_json(row) outside the json columns");
       }
+      // Old values of changed columns, as to_json printed each (json columns as the string of their text).
+      const before = (await odd.pool.query(`SELECT id, to_json(s)::text AS s, to_json(b)::text AS b, to_json(ts)::text AS ts, to_json(a)::text AS a,
+        to_json(j::text)::text AS j, to_json(q)::text AS q FROM oddcols WHERE id IN (1, 2) ORDER BY id`)).rows;
+      await odd.pool.query(`UPDATE oddcols SET s = NULL, n = n, b = NOT b, a = '{9}', j = '{"b": 1}', ts = now(), q = q + 1 WHERE id IN (1, 2)`);
+      const u = await readBatch(odd.pool, [r.transactions[0].originTxn.toString()], 100, null, makeClock(0));
+      const prevOf = (id: number) => u.transactions[0].changes.find((ch) => JSON.parse(ch.row).id === id)!.prev;
+      assert.equal(prevOf(1), `{"s":[${before[0].s}],"b":[${before[0].b}],"ts":[${before[0].ts}],"a":[${before[0].a}],"j":[${before[0].j}],"q":[${before[0].q}]}`);
+      assert.equal(before[0].q, "9007199254740993");
+      assert.equal(prevOf(2), `{"ts":[null],"a":[${before[1].a}],"j":[${before[1].j}]}`, "NULL to NULL is no change");
       // A unit written by an agent before column arrays: rows are row images, cols is NULL.
       await odd.pool.query(`DELETE FROM _branchsync.changes; DELETE FROM _branchsync.txns;
         BEGIN;

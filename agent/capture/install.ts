@@ -277,6 +277,9 @@ function unitsInsert(name: string, parts: UnitSource[], small: boolean, txid = "
   return `INSERT INTO _branchsync.changes(txid, tbl, op, n, keys, rows, prevs, cols) ${selects}`;
 }
 
+/** Types whose text output is exactly what to_json prints for them. */
+const PRINTS_AS_JSON = /^(smallint|integer|bigint|boolean)$/;
+
 // Types without an equality operator are compared as text.
 const NO_EQUALITY = /^(json|xml|point|line|lseg|box|path|polygon|circle)(\[\])?$/;
 
@@ -294,7 +297,10 @@ function prevOf(t: LocalTable): string {
     const n = `${NEW}.${quoteIdent(c.name)}`;
     const o = `${OLD}.${quoteIdent(c.name)}`;
     const differs = NO_EQUALITY.test(c.type) ? `${n}::text IS DISTINCT FROM ${o}::text` : `${n} IS DISTINCT FROM ${o}`;
-    return `CASE WHEN ${differs} THEN '${JSON.stringify(c.name)}:[' || coalesce(to_json(${isJson(c.type) ? `${o}::text` : o})::text, 'null') || ']' END`;
+    // Integers and booleans print as their JSON already; to_json would look
+    // their type up again for every value.
+    const value = PRINTS_AS_JSON.test(c.type) ? `${o}::text` : `to_json(${isJson(c.type) ? `${o}::text` : o})::text`;
+    return `CASE WHEN ${differs} THEN '${JSON.stringify(c.name)}:[' || coalesce(${value}, 'null') || ']' END`;
   };
   // concat_ws skips NULLs (unchanged columns) and takes at most 100 arguments.
   const groups: string[] = [];
