@@ -216,7 +216,7 @@ function columnValues(t: LocalTable, ref: (name: string, i: number) => string): 
 /**
  * A unit's rows as one JSON array per column, in column order, as text:
  * `[[1, 2],["a", "b"]]`. The agent puts each row's image back together
- * (agent/capture/reader.ts). json_agg of one column looks its type up once;
+ * (agent/capture/units.ts). json_agg of one column looks its type up once;
  * json_agg of whole rows (to_json of each) looked up every column's type
  * for every row, a third of what capture cost the writer. concat_ws takes
  * at most 100 arguments.
@@ -230,7 +230,6 @@ function columnArrays(values: string[]): string {
 
 /** The column names of a table's units (what `rows` holds the arrays of), as an SQL literal. */
 const columnNames = (t: LocalTable) => `'${JSON.stringify(t.columns.map((c) => c.name)).replace(/'/g, "''")}'`;
-
 
 /**
  * One part of a statement's capture: rows of one op from `from`, with the
@@ -258,13 +257,14 @@ function unitsOf(name: string, s: UnitSource, small: boolean, txid: string): str
   const head = `SELECT ${txid}, '${name}', '${s.op}'::"char", count(*)::int`;
   const prevs = (p: string) => (s.prev ? `'[' || string_agg(coalesce(${p}, 'null'), ',') || ']'` : "NULL::text");
   const cols = columnNames(t);
-  // Key columns as they are (a jsonb key is its JSON, as json_build_array prints it).
-  const keyIndex = t.primaryKey.map((k) => t.columns.findIndex((c) => c.name === k));
+  // Key columns go in as they are (a jsonb key as its JSON, which is what
+  // json_build_array prints); for other types their json_agg is the rows'
+  // one, computed once.
   if (small) {
     const ref = (c: string) => `${s.alias}.${quoteIdent(c)}`;
-    // json_agg of a key column is the same aggregate as the rows' one, computed once.
     return `${head}, ${columnArrays(t.primaryKey.map(ref))}, ${columnArrays(columnValues(t, ref))}, ${prevs(s.prev ?? "")}, ${cols} FROM ${s.from} HAVING count(*) > 0`;
   }
+  const keyIndex = t.primaryKey.map((k) => t.columns.findIndex((c) => c.name === k));
   const inner = t.columns.map((c, i) => `${s.alias}.${quoteIdent(c.name)} AS bs_c${i}_`).join(", ");
   return `${head}, ${columnArrays(keyIndex.map((i) => `bs_c${i}_`))}, ${columnArrays(columnValues(t, (_, i) => `bs_c${i}_`))}, ${prevs("bs_p_")}, ${cols}
       FROM (SELECT row_number() OVER () AS bs_n_, ${inner}${s.prev ? `, ${s.prev} AS bs_p_` : ""} FROM ${s.from}) bs_u_
