@@ -91,7 +91,7 @@ describe("the tenant log (store level)", function () {
     assert.deepEqual(outcomes, [{ kind: "accepted", seq: 1n }]);
     assert.equal((await pool.query("SELECT count(*)::int AS n FROM tenant_old.row_state")).rows[0].n, 1);
     const ff = await pool.query("SELECT reloptions FROM pg_class WHERE oid = 'tenant_old.row_state'::regclass");
-    assert.deepEqual(ff.rows[0].reloptions, ["fillfactor=85"]);
+    assert.deepEqual(ff.rows[0].reloptions, ["fillfactor=50"]);
     const idx = await pool.query("SELECT indexdef FROM pg_indexes WHERE schemaname = 'tenant_old' AND tablename = 'log' AND indexdef LIKE '%origin_txn%'");
     assert.deepEqual(idx.rows.map((r) => r.indexdef.replace(/.*USING btree /, "")), ["(origin_txn, origin_branch, part)"]);
     const lz4 = await pool.query(`SELECT attrelid::regclass::text AS t, attcompression AS c FROM pg_attribute
@@ -240,6 +240,29 @@ describe("the tenant log (store level)", function () {
     } finally {
       c.release(true);
     }
+  });
+
+  it("updates the versions of rows written together in place: an append updating every row of their pages adds no index entry", async () => {
+    await createTenant(pool, "hot", "hot");
+    const H = tenantSchema("hot");
+    const n = 3000;
+    const txn = (originTxn: bigint, op: Op, baseSeq: bigint) => {
+      const changes = Array.from({ length: n }, (_, i) => ({ table: "public.items", op, key: `[${1_000_000_001 + i}]`, row: `{"id": ${1_000_000_001 + i}}`, prev: "" }));
+      const body = toBinary(TransactionSchema, create(TransactionSchema, { originTxn, lastChunk: true, changes }));
+      return { originTxn, chunkIndex: 0, lastChunk: true, nChanges: n, body, changes, baseSeq, hlc: originTxn };
+    };
+    const size = async () => (await pool.query(`SELECT pg_relation_size('${H}.row_state_pkey')::int AS idx,
+      (SELECT count(*)::int FROM ${H}.row_state WHERE op = 'U') AS updated`)).rows[0];
+    await appendBatch(pool, H, "a", [txn(1n, Op.INSERT, 0n)], new Map());
+    const before = await size();
+    // Another branch's updates: the upsert path, with the row-version check.
+    const { outcomes } = await appendBatch(pool, H, "b", [txn(2n, Op.UPDATE, 1n)], new Map());
+    assert.deepEqual(outcomes, [{ kind: "accepted", seq: 2n }]);
+    const after = await size();
+    assert.equal(after.updated, n, "every version updated");
+    // A version moved to another page would have added its key to the index
+    // again (at fillfactor 85: 16 -> 31 pages here).
+    assert.equal(after.idx, before.idx, `key index grew from ${before.idx} to ${after.idx} bytes`);
   });
 
   it("looks row versions up by key in a connection that first did so when row_state was small", async () => {

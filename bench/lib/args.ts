@@ -93,5 +93,9 @@ export function parseArgs(argv: string[]): Args {
     (a.sizes as unknown as Record<string, number | number[]>)[k] = Array.isArray(FULL[k]) ? nums : nums[0];
     a.repro.push(`--${kebab(k)}`, v);
   }
+  // The updates and deletes of W1 touch the rows its inserts wrote; more of
+  // them would wait for rows that never change until the section times out.
+  const { inserts, updates, deletes } = a.sizes;
+  if (updates > inserts || deletes > inserts) throw new Error(`--updates (${updates}) and --deletes (${deletes}) may not exceed --inserts (${inserts})`);
   return a;
 }
