@@ -1,5 +1,6 @@
 import { bool, int, list, pattern, str, url } from "../lib/config.ts";
 import { TENANT_ID, BRANCH_ID } from "../lib/ident.ts";
+import { heapGrowingPercent } from "../lib/heap.ts";
 
 export const agentSpec = {
   hubUrl: url("hub data plane (SyncStream), e.g. http://127.0.0.1:50051 or https://sync.example.com", "HUB_URL", "hub-url", ["http:", "https:"]),
@@ -18,4 +19,5 @@ export const agentSpec = {
   initialUpload: bool("on the first start against this database, send its existing rows to the other branches", "INITIAL_UPLOAD", "initial-upload", false),
   pollMs: int("fallback poll of the local change log when no NOTIFY arrives", "POLL_MS", "poll-ms", 1000, 10, 60_000),
   clockSkewMs: int("correction added to this branch's clock when stamping HLCs (for a clock that cannot be fixed; tests use it to fake a skewed branch)", "CLOCK_SKEW_MS", "clock-skew-ms", 0, -86_400_000, 86_400_000),
+  heapGrowingPercent,
 };

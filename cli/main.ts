@@ -6,6 +6,7 @@
 import { ConfigError, parseConfig, splitArgs, helpText } from "../lib/config.ts";
 import { hubSpec } from "../hub/config.ts";
 import { agentSpec } from "../agent/config.ts";
+import { applyHeapGrowth } from "../lib/heap.ts";
 import { SchemaError } from "../agent/capture/introspect.ts";
 import { BindingError } from "../agent/capture/install.ts";
 import { ADMIN_USAGE } from "./usage.ts";
@@ -41,6 +42,7 @@ async function main(argv: string[]): Promise<void> {
     case "hub": {
       if (flags.has("help")) { console.log(helpText("branchsync hub", hubSpec)); return; }
       const cfg = parseConfig(hubSpec, flags, process.env);
+      applyHeapGrowth(cfg.heapGrowingPercent);
       if (!cfg.adminToken) {
         const { token, file } = ensureAdminTokenFile();
         cfg.adminToken = token;
@@ -56,6 +58,7 @@ async function main(argv: string[]): Promise<void> {
     case "agent": {
       if (flags.has("help")) { console.log(helpText("branchsync agent", agentSpec)); return; }
       const cfg = parseConfig(agentSpec, flags, process.env);
+      applyHeapGrowth(cfg.heapGrowingPercent);
       const { startAgent } = await import("../agent/main.ts");
       const agent = await startAgent(cfg);
       console.log(`branchsync agent running for ${cfg.tenantId}/${cfg.branchId}, tables ${cfg.trackedTables.join(", ")}`);

@@ -1,4 +1,5 @@
 import { int, str, url } from "../lib/config.ts";
+import { heapGrowingPercent } from "../lib/heap.ts";
 
 export const hubSpec = {
   databaseUrl: url("hub PostgreSQL", "DATABASE_URL", "database-url", ["postgres:", "postgresql:"], "postgresql://postgres@127.0.0.1:5432/branchsync"),
@@ -13,4 +14,5 @@ export const hubSpec = {
   pollMs: int("fallback poll of the tenant log when no wake-up arrives (Redis down)", "LOG_POLL_MS", "log-poll-ms", 1000, 10, 60_000),
   maxClockSkewMs: int("how far ahead of the hub's clock a branch's HLC may be; further ahead is refused until its clock is fixed", "MAX_CLOCK_SKEW_MS", "max-clock-skew-ms", 60_000, 0, 86_400_000),
   poolSize: int("PostgreSQL connections per replica", "PG_POOL_SIZE", "pg-pool-size", 20, 2, 500),
+  heapGrowingPercent,
 };

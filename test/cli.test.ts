@@ -49,6 +49,7 @@ describe("the branchsync CLI", function () {
       [["hub"], { GRPC_PORT: "70000" }, /GRPC_PORT must be between 0 and 65535/],
       [["hub", "--grpc-port", "abc"], {}, /--grpc-port must be an integer/],
       [["hub", "--no-such-flag", "1"], {}, /unknown flag --no-such-flag/],
+      [["hub", "--heap-growing-percent", "5000"], {}, /--heap-growing-percent must be between 0 and 1000/],
       [["frobnicate"], {}, /unknown command/],
     ];
     for (const [args, env, re] of cases) {

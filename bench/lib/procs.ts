@@ -69,7 +69,7 @@ export function readCpuSeconds(pid: number): number | null {
 export function spawnNode(name: string, args: string[], o: ProcOptions): Proc {
   fs.mkdirSync(o.logDir, { recursive: true });
   const log = fs.createWriteStream(path.join(o.logDir, `${name}.log`), { flags: "a" });
-  const nodeArgs = [...(o.nodeArgs ?? []), ...(process.env.BENCH_NODE_ARGS ? process.env.BENCH_NODE_ARGS.split(" ") : [])];
+  const nodeArgs = [...(o.nodeArgs ?? []), ...(process.env.BENCH_NODE_ARGS ? process.env.BENCH_NODE_ARGS.split(" ").filter(Boolean) : [])];
   if (o.cpuProfDir) {
     const dir = path.join(o.cpuProfDir, name);
     fs.mkdirSync(dir, { recursive: true });
