@@ -21,9 +21,17 @@ export const heapGrowingPercent = int(
 /**
  * Sets it for this process. V8 reads it whenever a full GC sets the next
  * limit, so it holds from the first one on; 0 gives V8 its own choice back.
+ * A runtime that refuses flags after start costs GC time, not correctness:
+ * the process runs on with V8's own growth and says so.
  */
-export function applyHeapGrowth(percent: number, set: (flags: string) => void = v8.setFlagsFromString): string {
+export function applyHeapGrowth(percent: number, set: (flags: string) => void = v8.setFlagsFromString,
+  warn: (msg: string) => void = (m) => console.warn(m)): string | null {
   const flag = `--heap-growing-percent=${percent}`;
-  set(flag);
-  return flag;
+  try {
+    set(flag);
+    return flag;
+  } catch (e) {
+    warn(`could not set V8 ${flag} (${(e as Error).message}); running with V8's own heap growth`);
+    return null;
+  }
 }

@@ -20,4 +20,11 @@ describe("V8 heap growth of hub and agent processes", () => {
     applyHeapGrowth(0, (f) => set.push(f));
     assert.deepEqual(set, ["--heap-growing-percent=300", "--heap-growing-percent=0"]);
   });
+
+  it("runs on with V8's own growth, saying so, where the runtime refuses the flag", () => {
+    const warned: string[] = [];
+    const applied = applyHeapGrowth(300, () => { throw new Error("flags are frozen"); }, (m) => warned.push(m));
+    assert.equal(applied, null);
+    assert.deepEqual(warned, ["could not set V8 --heap-growing-percent=300 (flags are frozen); running with V8's own heap growth"]);
+  });
 });
