@@ -10,7 +10,7 @@
 import type { BenchContext, SectionResult } from "../lib/context.ts";
 import type { RssSpan } from "../lib/rss.ts";
 import { DEFAULT_LIMITS } from "../../hub/stream/session.ts";
-import { runStall, RSS_SAMPLE_MS, AGENT_SEMI_SPACE_MIB, HUB_HEAP_GROWING_PERCENT, type RunResult } from "./stallrun.ts";
+import { runStall, RSS_SAMPLE_MS, AGENT_SEMI_SPACE_MIB, HUB_HEAP_GROWING_PERCENT, HUB_SEMI_SPACE_MIB, type RunResult } from "./stallrun.ts";
 import { stallChecks, type Bounds, type PhaseResult, type ReceiverStats } from "./stallcheck.ts";
 
 const BOUNDS: Omit<Bounds, "assertMemory"> = { window: DEFAULT_LIMITS.downstreamWindow, growthMiB: 64, payloadFraction: 0.5, stepMiB: 16 };
@@ -68,7 +68,7 @@ export async function stall(ctx: BenchContext): Promise<SectionResult> {
       `"stalled" stops reading after Welcome (grpc-js stops taking messages off the HTTP/2 stream, so flow control holds the hub back); "buffered" = messages grpc-js held for it unread. "no-ack" reads and counts. Both keep a backlog of every row written.`,
       `each phase ends when A's agent has uploaded everything, plus ${settleMs / 1000} s; RSS (VmRSS) sampled every ${RSS_SAMPLE_MS} ms; hub log = pg_total_relation_size of the tenant's log (payload = sum of stored transaction bytes).`,
       `agent A runs with --max-semi-space-size=${AGENT_SEMI_SPACE_MIB}: V8 otherwise grows its young generation with the allocation rate (up to 16 MiB per semi-space), a bounded step that read as growth with the backlog (17-21 MiB in phase 2 at 200k or 400k rows alike; 2 MiB pinned).`,
-      `both hubs run with HEAP_GROWING_PERCENT=${HUB_HEAP_GROWING_PERCENT} (V8's own old-generation growth, as when these checks were calibrated; the hub's default of 300 lets garbage float up to four times the live heap, which moves the RSS peaks further with where a full GC falls).`,
+      `both hubs run with HEAP_GROWING_PERCENT=${HUB_HEAP_GROWING_PERCENT} (V8's own old-generation growth; the default 300 lets garbage float up to four times the live heap) and --max-semi-space-size=${HUB_SEMI_SPACE_MIB}: the peaks of identical runs moved between 39 and 66 MiB with V8's heap sizing and where a full GC fell, which read as buffering in about one run in three.`,
       `the hub allows ${BOUNDS.window} unacknowledged batches per session (hub/stream/session.ts DEFAULT_LIMITS.downstreamWindow); the stall's memory cost = hub peak RSS growth in the stall run minus the control's.`,
       ...checks.map((c) => (c.asserted ? `${c.ok ? "OK  " : "FAIL"} ${c.what}` : `info (--quick writes too little to tell buffering from churn: not asserted, would ${c.ok ? "pass" : "fail"}) ${c.what}`)),
     ],
