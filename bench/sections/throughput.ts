@@ -24,7 +24,11 @@ function statements(kind: Phase, lo: number, hi: number, batch: number): string[
 }
 
 const cpu = pairCpu;
-const cpuCells = (c: ReturnType<typeof cpuDelta>) => [c.hub, c.agentA, c.agentB, c.hubPg, c.aPg, c.bPg].map((x) => x.toFixed(2));
+/** The six processes' CPU seconds, then their sum per row in µs (what two codes compare by: rows/s swings with the machine). */
+const cpuCells = (c: ReturnType<typeof cpuDelta>, rows: number) => {
+  const parts = [c.hub, c.agentA, c.agentB, c.hubPg, c.aPg, c.bPg];
+  return [...parts.map((x) => x.toFixed(2)), ((parts.reduce((a, b) => a + b, 0) / rows) * 1e6).toFixed(1)];
+};
 
 export async function throughput(ctx: BenchContext): Promise<SectionResult> {
   const s = ctx.sizes;
@@ -41,6 +45,7 @@ export async function throughput(ctx: BenchContext): Promise<SectionResult> {
     `W1: ${s.batch}-row transactions from one client on A (same SQL as anchors lib.sh); e2e = first commit on A → last change visible on B (B polled every 5 ms); catch-up = after A's last commit.`,
     "digests (count + md5 over rows in id order) of each phase's id range compared on A and B.",
     "PG CPU s = CPU time of the PostgreSQL backends connected to that database over the phase (from /proc); A's includes the writer's own backend with its capture triggers. Less noisy than rows/s on a shared machine: compare these between runs.",
+    "all six CPU µs/row = the six columns before it per row written. The machine's speed moves it too: to compare two codes, alternate their runs, or divide by agent A's CPU, whose work they rarely change (session 10: hub 1.66× → 1.15× agent A's).",
   ];
   const phases: Record<string, unknown>[] = [];
   const settle = async () => {
@@ -82,7 +87,7 @@ export async function throughput(ctx: BenchContext): Promise<SectionResult> {
       const p = { kind, rows: n, e2eS: e2e, rowsPerS: n / e2e, aSideS: (t1 - t0) / 1000, catchupS: (t2 - t1) / 1000,
         cpuS: cpuDelta(c0, c1), changesPerBatch: perBatch, digestA: da, digestB: db, check };
       phases.push(p);
-      rows.push([`W1 ${kind}`, n, e2e.toFixed(3), Math.round(n / e2e), p.aSideS.toFixed(3), p.catchupS.toFixed(3), ...cpuCells(p.cpuS), check]);
+      rows.push([`W1 ${kind}`, n, e2e.toFixed(3), Math.round(n / e2e), p.aSideS.toFixed(3), p.catchupS.toFixed(3), ...cpuCells(p.cpuS, n), check]);
       ctx.log(`  W1 ${kind}: ${n} rows in ${e2e.toFixed(2)} s = ${Math.round(n / e2e)} rows/s (catch-up ${p.catchupS.toFixed(2)} s, ${perBatch.toFixed(0)} changes per upstream batch) ${check}`);
     }
 
@@ -121,7 +126,7 @@ export async function throughput(ctx: BenchContext): Promise<SectionResult> {
         cpuS: cpuDelta(c0, c1), digestA: da, digestB: db, check };
       phases.push(p);
       rows.push([`drain insert`, n, e.toFixed(3), Math.round(n / e), `${p.aWroteS.toFixed(3)} (A wrote)`,
-        `${Math.max(0, (t2 - t1st) / 1000).toFixed(3)} (1st→last)`, ...cpuCells(p.cpuS), check]);
+        `${Math.max(0, (t2 - t1st) / 1000).toFixed(3)} (1st→last)`, ...cpuCells(p.cpuS, n), check]);
       ctx.log(`  drain: ${n} rows in ${e.toFixed(2)} s = ${Math.round(n / e)} rows/s (agent up after ${p.agentStartS.toFixed(2)} s, first row at ${p.firstRowS.toFixed(2)} s) ${check}`);
       notes.push(
         `drain: B's agent stopped, ${n} inserts written on A and uploaded to the hub (A's agent done ${p.aUploadDoneS.toFixed(2)} s after A's first commit), then B's agent process started:`,
@@ -144,14 +149,14 @@ export async function throughput(ctx: BenchContext): Promise<SectionResult> {
     if (!res.ok) throw new Error("skipped after the failure above");
     ctx.log("  capture cost for the writer: W1 inserts without and with capture triggers, nothing else running");
     capture = await captureCost(ctx);
-    rows.push([`A only, no capture`, capture.rows, capture.plainS.toFixed(3), Math.round(capture.plainRowsPerS), capture.plainS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-"]);
-    rows.push([`A only, capture on`, capture.rows, capture.capturedS.toFixed(3), Math.round(capture.capturedRowsPerS), capture.capturedS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-"]);
+    rows.push([`A only, no capture`, capture.rows, capture.plainS.toFixed(3), Math.round(capture.plainRowsPerS), capture.plainS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-", "-"]);
+    rows.push([`A only, capture on`, capture.rows, capture.capturedS.toFixed(3), Math.round(capture.capturedRowsPerS), capture.capturedS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-", "-"]);
     const u = capture.updates;
-    rows.push([`A only, upd, no capture`, u.rows, u.plainS.toFixed(3), Math.round(u.plainRowsPerS), u.plainS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-"]);
-    rows.push([`A only, upd, capture on`, u.rows, u.capturedS.toFixed(3), Math.round(u.capturedRowsPerS), u.capturedS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-"]);
+    rows.push([`A only, upd, no capture`, u.rows, u.plainS.toFixed(3), Math.round(u.plainRowsPerS), u.plainS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-", "-"]);
+    rows.push([`A only, upd, capture on`, u.rows, u.capturedS.toFixed(3), Math.round(u.capturedRowsPerS), u.capturedS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-", "-"]);
     const b = capture.bulkAfterSingles;
-    rows.push([`A only, 1 bulk upd, no capture`, b.rows, b.plainS.toFixed(3), Math.round(b.plainRowsPerS), b.plainS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-"]);
-    rows.push([`A only, 1 bulk upd, capture on`, b.rows, b.capturedS.toFixed(3), Math.round(b.capturedRowsPerS), b.capturedS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-"]);
+    rows.push([`A only, 1 bulk upd, no capture`, b.rows, b.plainS.toFixed(3), Math.round(b.plainRowsPerS), b.plainS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-", "-"]);
+    rows.push([`A only, 1 bulk upd, capture on`, b.rows, b.capturedS.toFixed(3), Math.round(b.capturedRowsPerS), b.capturedS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-", "-"]);
     notes.push(`"A only" rows: the W1 inserts, then updates, into a scratch database with no agent/hub running, without and with the capture triggers (agent/capture/install.ts): capture makes the writer ${capture.ratio.toFixed(2)}× slower for inserts, ${u.ratio.toFixed(2)}× for updates.`);
     notes.push(`"1 bulk upd": one UPDATE of ${b.rows} rows in a new session after six single-row updates (the plan a trigger keeps is made for those): capture makes it ${b.ratio.toFixed(2)}× slower.`);
   } catch (e) {
@@ -161,7 +166,7 @@ export async function throughput(ctx: BenchContext): Promise<SectionResult> {
     res.tables.push({
       title: "throughput A → B (hub + 2 agent processes)",
       header: ["workload", "rows", "e2e s", "rows/s", "A-side s", "catch-up s", "hub CPU s", "agent A CPU s", "agent B CPU s",
-        "hub PG CPU s", "A PG CPU s (writer too)", "B PG CPU s", "check"],
+        "hub PG CPU s", "A PG CPU s (writer too)", "B PG CPU s", "all six CPU µs/row", "check"],
       rows, notes,
     });
   }
