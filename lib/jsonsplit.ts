@@ -36,20 +36,23 @@ function splitAt(text: string, level: 1 | 2): string[][] {
   let end = -1;
   /** Level 2: a comma between lists is allowed only right after a list. */
   let afterList = false;
+  /** A comma was the last thing at element level (or between lists): an element must follow. */
+  let dangling = false;
   for (let i = 0; i < text.length; i++) {
     const c = text.charCodeAt(i);
     if (c === QUOTE) {
       if (depth < level) throw new Error("not a JSON array");
-      if (depth === level && start < 0) start = i;
+      if (depth === level && start < 0) { start = i; dangling = false; }
       i = closingQuote(text, i);
       end = i + 1;
     } else if (c === OPEN_ARR || c === OPEN_OBJ) {
       if (depth < level && c !== OPEN_ARR) throw new Error("not a JSON array");
       if (depth === level - 1 && afterList) throw new Error("no comma between JSON arrays");
-      if (depth === level && start < 0) start = i;
+      if (depth === level && start < 0) { start = i; dangling = false; }
       depth++;
-      if (depth === level) { out = []; start = -1; afterList = false; }
+      if (depth === level) { out = []; start = -1; afterList = false; dangling = false; }
     } else if (c === CLOSE_ARR || c === CLOSE_OBJ) {
+      if (dangling && depth <= level) throw new Error("trailing comma in JSON array");
       depth--;
       if (depth === level) end = i + 1;
       else if (depth === level - 1) {
@@ -67,14 +70,16 @@ function splitAt(text: string, level: 1 | 2): string[][] {
         if (start < 0) throw new Error("empty JSON array element");
         out.push(text.slice(start, end));
         start = -1;
+        dangling = true;
       } else if (!isSpace(c)) {
-        if (start < 0) start = i;
+        if (start < 0) { start = i; dangling = false; }
         end = i + 1;
       }
     } else if (depth > level) {
       // Inside an element: its own brackets and strings are tracked above.
     } else if (depth === 1 && c === COMMA && afterList) {
       afterList = false;
+      dangling = true;
     } else if (!isSpace(c)) {
       throw new Error("not a JSON array");
     }

@@ -34,7 +34,7 @@ describe("splitting jsonb array text into elements", () => {
   });
 
   it("refuses text that is not one JSON array", () => {
-    for (const bad of [`{"a": 1}`, `[1, 2`, `[1,, 2]`, `[1] x`]) assert.throws(() => splitJsonArray(bad), bad);
-    for (const bad of [`[1]`, `[[1], 2]`, `[[1] [2]]`, `[{"a": 1}]`, `[[1],, [2]]`, `[[1]`, `[[1]] x`, `["a"]`]) assert.throws(() => splitJsonColumns(bad), bad);
+    for (const bad of [`{"a": 1}`, `[1, 2`, `[1,, 2]`, `[1] x`, `[1,]`, `[1, ]`, `[,]`]) assert.throws(() => splitJsonArray(bad), bad);
+    for (const bad of [`[1]`, `[[1], 2]`, `[[1] [2]]`, `[{"a": 1}]`, `[[1],, [2]]`, `[[1]`, `[[1]] x`, `["a"]`, `[[1],]`, `[[1, ]]`, `[[1], [2,]]`]) assert.throws(() => splitJsonColumns(bad), bad);
   });
 });
