@@ -119,9 +119,8 @@ export async function setAside(db: pg.Pool, txid: string, error: string): Promis
   const c = await db.connect();
   try {
     await c.query("BEGIN");
-    const { rows } = await c.query<UnitRow & { n: number; id: number }>(
-      `DELETE FROM _branchsync.changes WHERE txid = $1::xid8 RETURNING id::float8 AS id, tbl, op, n, keys, rows, cols`, [txid]);
-    rows.sort((a, b) => a.id - b.id);
+    const { rows } = await c.query<UnitRow & { n: number }>(
+      `DELETE FROM _branchsync.changes WHERE txid = $1::xid8 RETURNING tbl, op, n, keys, rows, cols`, [txid]);
     const keys = rows.map((u) => unitKeys(u));
     await c.query(
       `INSERT INTO _branchsync.rejected(txid, tbl, op, n, keys, rows, error)
