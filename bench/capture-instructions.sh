@@ -9,13 +9,19 @@
 # (without it, the backend's start and loading plpgsql, about 10k and 7k
 # instructions per row at N = 20, counted as if rows cost them).
 #
-#   bash bench/capture-instructions.sh [N=50]      (root; needs valgrind: apt-get install valgrind)
+#   bash bench/capture-instructions.sh [N=50] [ROWS=100]   (root; needs valgrind: apt-get install valgrind)
+#
+# ROWS is the rows per statement (each statement is its own transaction in a
+# single-user backend): 100 is W1's, 1 a till's single-row sale, where the
+# per-statement and per-transaction costs of capture dominate.
 #
 # Prints instructions per row for inserts and updates. Compare two versions of
 # install.ts by running it on each (session 7's change measured 181M -> 126M
 # for insert capture of 5,000 rows, before the script took differences).
 set -euo pipefail
 N=${1:-50}
+R=${2:-100}
+[[ $N =~ ^[1-9][0-9]*$ && $R =~ ^[1-9][0-9]*$ ]] || { echo "usage: capture-instructions.sh [N statements] [ROWS per statement]" >&2; exit 2; }
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | tail -1)
 URL=${BENCH_PG_URL:-postgresql://postgres@127.0.0.1:5432}
@@ -41,13 +47,13 @@ su postgres -c "$PGBIN/initdb -D $WORK/data -A trust" >/dev/null
 single() { su postgres -c "$PGBIN/postgres --single -D $WORK/data -j postgres" >"$WORK/out.log" 2>&1; ! grep -m3 ERROR "$WORK/out.log" >&2; }
 single < "$WORK/schema.sql"
 
-# statements KIND FIRST_ID COUNT: COUNT W1 statements of 100 rows, "-j" form (a blank line ends each)
+# statements KIND FIRST_ID COUNT: COUNT W1 statements of R rows, "-j" form (a blank line ends each)
 statements() {
-  for ((a = $2; a < $2 + $3 * 100; a += 100)); do
+  for ((a = $2; a < $2 + $3 * R; a += R)); do
     if [ "$1" = insert ]; then
-      echo "INSERT INTO public.items(id, sku, qty, price, note, updated_at) SELECT g, 'sku-' || g, (g % 1000)::int, ((g % 100000) / 100.0)::numeric(12,2), 'note ' || md5(g::text), clock_timestamp() FROM generate_series($a, $((a + 99))) g;"
+      echo "INSERT INTO public.items(id, sku, qty, price, note, updated_at) SELECT g, 'sku-' || g, (g % 1000)::int, ((g % 100000) / 100.0)::numeric(12,2), 'note ' || md5(g::text), clock_timestamp() FROM generate_series($a, $((a + R - 1))) g;"
     else
-      echo "UPDATE public.items SET qty = qty + 1, price = price + 0.01, updated_at = clock_timestamp() WHERE id BETWEEN $a AND $((a + 99));"
+      echo "UPDATE public.items SET qty = qty + 1, price = price + 0.01, updated_at = clock_timestamp() WHERE id BETWEEN $a AND $((a + R - 1));"
     fi
     echo
   done
@@ -64,8 +70,8 @@ instructions() {
 # A backend's start, loading plpgsql and planning the trigger's statements
 # cost the same for N statements as for 2N: the difference of the two runs
 # is what N more statements cost, per row, as in a long-running session.
-rows=$((N * 100))
-printf '| statement (100 rows each) | per row without capture | with capture | capture per row | (one backend, %d statements: without / with capture) |\n|---|---|---|---|---|\n' "$N"
+rows=$((N * R))
+printf '| statement (%d rows each) | per row without capture | with capture | capture per row | (one backend, %d statements: without / with capture) |\n|---|---|---|---|---|\n' "$R" "$N"
 base=1000000
 for kind in insert update; do
   off1=$(instructions $kind $base off "$N"); base=$((base + 1000000))

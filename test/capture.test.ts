@@ -72,9 +72,12 @@ describe("change capture (branch database level)", function () {
     } finally {
       c.release(true);
     }
-    assert.equal(plans.length, 1, "the capture statement's plan");
-    assert.match(plans[0], /Hash (Right |Left )?(Anti )?Join/);
-    assert.doesNotMatch(plans[0], /Nested Loop|Merge/);
+    // The statement's size (with how many keys changed) and its units.
+    assert.equal(plans.length, 2, `the capture statements' plans: ${plans.join("\n---\n")}`);
+    for (const p of plans) {
+      assert.match(p, /Hash (Right |Left )?(Anti )?Join/);
+      assert.doesNotMatch(p, /Nested Loop|Merge/);
+    }
   });
 
   it("writes a statement's rows as units of at most UNIT_ROWS, with each row's key, image and old values side by side", async () => {
@@ -203,6 +206,61 @@ describe("change capture (branch database level)", function () {
       assert.deepEqual(old.transactions[0].changes.map((ch) => [ch.key, ch.row]), [['[7, "q"]', '{"id":7,"k2":"q","n":1}'], ['[8, "r"]', '{"id":8,"k2":"r","n":null}']]);
     } finally {
       await odd.drop();
+    }
+  });
+
+  it("writes a single-row statement's unit (no aggregates) byte for byte as a larger statement's, for every kind of value, re-keyed rows too", async () => {
+    const one = await createDb("capone", `CREATE TABLE oddcols (id int, s text, k2 text, PRIMARY KEY (id, k2),
+      n numeric, f float8, b boolean, ts timestamptz, d date, a int[], t text[], by bytea, j json, jb jsonb, u uuid, iv interval, q bigint)`);
+    try {
+      const c = await one.pool.connect();
+      try { await installCapture(c, [await introspect(c, "public.oddcols")], "t", "b"); } finally { c.release(); }
+      const values = `(1, 'quote " back \\ tab 	 nl 
+ ctl ' || chr(1), 'x', 1.50, 1e-7, true, '2026-01-01T00:00:00Z', '2026-02-03', '{1,NULL,3}', '{"a,b",NULL}',
+         '\\x00ff', '{"z": [1, 2], "a": null}', '{"z": [1, 2], "a": null}', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '1 day', 9007199254740993),
+        (2, NULL, 'y', NULL, 'NaN', NULL, NULL, NULL, '{}', NULL, NULL, 'null', 'null', NULL, NULL, NULL),
+        (3, '😀', 'z', -0.0, '-Infinity', false, 'infinity', '-infinity', NULL, '{}', '', '[]', '{}', NULL, '-1 mon', -5)`;
+      /** Every captured change since the last call, in queue order: [op, key, row, prev]. */
+      const drain = async () => {
+        const r = await readBatch(one.pool, [], 1000, null, makeClock(0));
+        await one.pool.query("DELETE FROM _branchsync.changes; DELETE FROM _branchsync.txns");
+        return r.transactions.flatMap((t) => t.changes.map((ch) => [ch.op, ch.key, ch.row, ch.prev]));
+      };
+      // An untracked copy to insert from, whole or a row at a time.
+      await one.pool.query(`CREATE TABLE src (LIKE oddcols); INSERT INTO src VALUES ${values}; INSERT INTO oddcols SELECT * FROM src`);
+      const many = await drain();
+      assert.equal(many.length, 3);
+      const byKey = (rows: unknown[][]) => [...rows].sort((x, y) => String(x[1]).localeCompare(String(y[1])));
+      // The same rows, one statement each: inserts, no-op updates (old values {}), deletes.
+      await one.pool.query("DELETE FROM oddcols");
+      await drain();
+      for (const id of [1, 2, 3]) await one.pool.query(`INSERT INTO oddcols SELECT * FROM src WHERE id = ${id}`);
+      assert.deepEqual(byKey(await drain()), byKey(many));
+      for (const id of [1, 2, 3]) await one.pool.query(`UPDATE oddcols SET s = s, q = q WHERE id = ${id}`);
+      assert.deepEqual(byKey(await drain()), byKey(many.map(([, key, row]) => [Op.UPDATE, key, row, "{}"])));
+      await one.pool.query("UPDATE oddcols SET s = s");
+      assert.deepEqual(byKey(await drain()), byKey(many.map(([, key, row]) => [Op.UPDATE, key, row, "{}"])));
+      // Old values of a single-row update, as the three-row statement writes them.
+      await one.pool.query("UPDATE oddcols SET s = 'new', jb = '[1]', q = q + 1");
+      const changedMany = byKey(await drain());
+      await one.pool.query("UPDATE oddcols o SET s = src.s, jb = src.jb, q = src.q FROM src WHERE src.id = o.id");
+      await drain();
+      for (const id of [1, 2, 3]) await one.pool.query(`UPDATE oddcols SET s = 'new', jb = '[1]', q = q + 1 WHERE id = ${id}`);
+      assert.deepEqual(byKey(await drain()), changedMany);
+      // A single-row update that changes the key: the old key's delete first, then the row without old values.
+      const before = (await one.pool.query("SELECT json_build_array(id, k2)::text AS k FROM oddcols WHERE id = 2")).rows[0].k;
+      await one.pool.query("UPDATE oddcols SET id = 20, q = 7 WHERE id = 2");
+      const after = (await one.pool.query("SELECT json_build_array(id, k2)::text AS k, to_json(w.*)::text AS r FROM oddcols w WHERE id = 20")).rows[0];
+      const rekeyed = await drain();
+      assert.deepEqual(rekeyed.map(([op, key, , prev]) => [op, key, prev]), [[Op.DELETE, before, ""], [Op.UPDATE, after.k, ""]]);
+      assert.equal((rekeyed[1][2] as string).replace(/,"j":.*,"jb":.*?,"u":/, ',"u":'), after.r.replace(/,"j":.*,"jb":.*?,"u":/, ',"u":'));
+      // Several single-row statements of one transaction: one transaction, all its rows, counted once each.
+      await one.pool.query("BEGIN; UPDATE oddcols SET q = 1 WHERE id = 1; DELETE FROM oddcols WHERE id = 3; UPDATE oddcols SET q = 2 WHERE id = 1; COMMIT");
+      const txns = (await one.pool.query("SELECT n FROM _branchsync.txns")).rows;
+      assert.deepEqual(txns, [{ n: 3 }]);
+      assert.deepEqual((await drain()).map(([op]) => op), [Op.UPDATE, Op.DELETE, Op.UPDATE]);
+    } finally {
+      await one.drop();
     }
   });
 

@@ -221,8 +221,8 @@ function columnValues(t: LocalTable, ref: (name: string, i: number) => string): 
  * for every row, a third of what capture cost the writer. concat_ws takes
  * at most 100 arguments.
  */
-function columnArrays(values: string[]): string {
-  const aggs = values.map((v) => `json_agg(${v})::text`);
+function columnArrays(values: string[], array: (v: string) => string = (v) => `json_agg(${v})::text`): string {
+  const aggs = values.map(array);
   const groups: string[] = [];
   for (let i = 0; i < aggs.length; i += 90) groups.push(`concat_ws(',', ${aggs.slice(i, i + 90).join(", ")})`);
   return `'[' || ${groups.length === 1 ? groups[0] : `concat_ws(',', ${groups.join(", ")})`} || ']'`;
@@ -236,6 +236,9 @@ const columnNames = (t: LocalTable) => `'${JSON.stringify(t.columns.map((c) => c
  * key, the column names and, for updates, the old values, built from the
  * row alias.
  */
+/** A statement's rows: exactly one, at most UNIT_ROWS (one unit), or more. */
+type UnitSize = "one" | "small" | "large";
+
 interface UnitSource { op: "I" | "U" | "D"; alias: string; table: LocalTable; prev?: string; from: string }
 
 function part(t: LocalTable, op: UnitSource["op"], alias: string, from: string, prev?: string): UnitSource {
@@ -252,15 +255,27 @@ function part(t: LocalTable, op: UnitSource["op"], alias: string, from: string, 
  * them (and building every JSON image before the sort) was a fifth of what
  * capture cost the writer.
  */
-function unitsOf(name: string, s: UnitSource, small: boolean, txid: string): string {
+function unitsOf(name: string, s: UnitSource, size: UnitSize, txid: string): string {
   const t = s.table;
   const head = `SELECT ${txid}, '${name}', '${s.op}'::"char", count(*)::int`;
   const prevs = (p: string) => (s.prev ? `'[' || string_agg(coalesce(${p}, 'null'), ',') || ']'` : "NULL::text");
   const cols = columnNames(t);
+  if (size === "one") {
+    // The same text without aggregates, whose set-up was most of what
+    // capturing a single-row statement cost: json_agg of one value is `[`,
+    // its to_json, `]`.
+    const ref = (c: string) => `${s.alias}.${quoteIdent(c)}`;
+    const one = (v: string) => `'[' || coalesce(${v}, 'null') || ']'`;
+    const json = (c: LocalTable["columns"][number], v: string) => (PRINTS_AS_JSON.test(c.type) ? `${v}::text` : `to_json(${v})::text`);
+    const keyCols = t.primaryKey.map((k) => t.columns.find((c) => c.name === k)!);
+    const keys = columnArrays(keyCols.map((c) => json(c, ref(c.name))), one);
+    const rows = columnArrays(t.columns.map((c) => json(c, isJson(c.type) ? `${ref(c.name)}::text` : ref(c.name))), one);
+    return `SELECT ${txid}, '${name}', '${s.op}'::"char", 1, ${keys}, ${rows}, ${s.prev ? `'[' || coalesce(${s.prev}, 'null') || ']'` : "NULL::text"}, ${cols} FROM ${s.from}`;
+  }
   // Key columns go in as they are (a jsonb key as its JSON, which is what
   // json_build_array prints); for other types their json_agg is the rows'
   // one, computed once.
-  if (small) {
+  if (size === "small") {
     const ref = (c: string) => `${s.alias}.${quoteIdent(c)}`;
     return `${head}, ${columnArrays(t.primaryKey.map(ref))}, ${columnArrays(columnValues(t, ref))}, ${prevs(s.prev ?? "")}, ${cols} FROM ${s.from} HAVING count(*) > 0`;
   }
@@ -272,8 +287,8 @@ function unitsOf(name: string, s: UnitSource, small: boolean, txid: string): str
 }
 
 /** The statement writing a statement's units (parts in order: a re-keying update's deletes first). */
-function unitsInsert(name: string, parts: UnitSource[], small: boolean, txid = "x"): string {
-  const selects = parts.map((p) => `(${unitsOf(name, p, small, txid)})`).join("\n      UNION ALL ");
+function unitsInsert(name: string, parts: UnitSource[], size: UnitSize, txid = "x"): string {
+  const selects = parts.map((p) => `(${unitsOf(name, p, size, txid)})`).join("\n      UNION ALL ");
   return `INSERT INTO _branchsync.changes(txid, tbl, op, n, keys, rows, prevs, cols) ${selects}`;
 }
 
@@ -323,19 +338,19 @@ const RENDERING_SQL = RENDERING.map(([k, v]) => ` SET ${k} = '${v}'`).join("");
 
 function captureFunction(t: LocalTable, op: "ins" | "upd" | "del"): string {
   const name = t.name.replace(/'/g, "");
-  let parts: UnitSource[];
-  if (op === "ins") {
-    parts = [part(t, "I", NEW, `new_rows ${NEW}`)];
-  } else if (op === "del") {
-    parts = [part(t, "D", OLD, `old_rows ${OLD}`)];
-  } else {
-    // A changed primary key is a delete of the old key plus the new row.
-    const same = t.primaryKey.map((k) => `${NEW}.${quoteIdent(k)} = ${OLD}.${quoteIdent(k)}`).join(" AND ");
-    parts = [
-      part(t, "D", OLD, `old_rows ${OLD} WHERE NOT EXISTS (SELECT 1 FROM new_rows ${NEW} WHERE ${same})`),
-      part(t, "U", NEW, `new_rows ${NEW} LEFT JOIN old_rows ${OLD} ON ${same}`, prevOf(t)),
-    ];
-  }
+  // A changed primary key is a delete of the old key plus the new row.
+  const same = t.primaryKey.map((k) => `${NEW}.${quoteIdent(k)} = ${OLD}.${quoteIdent(k)}`).join(" AND ");
+  const parts: Record<"plain" | "rekeyed", UnitSource[]> = op === "ins"
+    ? { plain: [part(t, "I", NEW, `new_rows ${NEW}`)], rekeyed: [] }
+    : op === "del"
+      ? { plain: [part(t, "D", OLD, `old_rows ${OLD}`)], rekeyed: [] }
+      : {
+        plain: [part(t, "U", NEW, `new_rows ${NEW} LEFT JOIN old_rows ${OLD} ON ${same}`, prevOf(t))],
+        rekeyed: [
+          part(t, "D", OLD, `old_rows ${OLD} WHERE NOT EXISTS (SELECT 1 FROM new_rows ${NEW} WHERE ${same})`),
+          part(t, "U", NEW, `new_rows ${NEW} LEFT JOIN old_rows ${OLD} ON ${same}`, prevOf(t)),
+        ],
+      };
   // An update pairs old and new rows by key. plpgsql keeps the plan made for
   // the session's first statements: after single-row updates that was a
   // nested loop, and a 10,000-row update then took 18.5 s instead of 0.2 s.
@@ -343,19 +358,40 @@ function captureFunction(t: LocalTable, op: "ins" | "upd" | "del"): string {
   // type without hashing leaves only the disabled plans, whose cost would
   // have every statement compiled (tens of ms), as it would no OLTP trigger.
   const planning = op === "upd" ? " SET enable_nestloop = off SET enable_mergejoin = off SET jit = off" : "";
-  const write = (small: boolean) => `WITH ins AS (${unitsInsert(name, parts, small)} RETURNING id, n)
-    SELECT max(id), sum(n) INTO m, c FROM ins;`;
+  const write = (ps: UnitSource[], size: UnitSize) => `WITH ins AS (${unitsInsert(name, ps, size)} RETURNING id, n)
+      SELECT max(id), sum(n) INTO m, c FROM ins;`;
+  // The statement's size, and for an update how many new rows have no old
+  // row with their key: a key changed, rare, and only then does the
+  // statement also look for old keys that are gone (a third of what
+  // capturing a single-row update cost).
+  const size = op === "upd"
+    ? `SELECT count(*), count(*) - count(${OLD}.${quoteIdent(t.primaryKey[0])}) INTO k, r FROM new_rows ${NEW} LEFT JOIN old_rows ${OLD} ON ${same}`
+    : `SELECT count(*), 0 INTO k, r FROM ${op === "del" ? "old_rows" : "new_rows"}`;
+  const writes = (size: UnitSize) => (op === "upd"
+    ? `IF r = 0 THEN\n      ${write(parts.plain, size)}\n    ELSE\n      ${write(parts.rekeyed, size === "one" ? "small" : size)}\n    END IF;`
+    : write(parts.plain, size));
   return `CREATE OR REPLACE FUNCTION _branchsync.${fnName(t, op)}() RETURNS trigger LANGUAGE plpgsql${RENDERING_SQL}${planning} AS $f$
-DECLARE x xid8 := pg_current_xact_id(); m bigint; c int;
+DECLARE x xid8 := pg_current_xact_id(); m bigint; c int; k bigint; r bigint;
 BEGIN
   IF current_setting('branchsync.applying', true) = 'on' THEN RETURN NULL; END IF;
+  ${size};
   -- An update has as many old rows as new ones: each part of a small one fits a unit.
-  IF (SELECT count(*) FROM ${op === "del" ? "old_rows" : "new_rows"}) <= ${UNIT_ROWS} THEN
-    ${write(true)}
+  IF k = 1 THEN
+    ${writes("one")}
+  ELSIF k <= ${UNIT_ROWS} THEN
+    ${writes("small")}
   ELSE
-    ${write(false)}
+    ${writes("large")}
   END IF;
-  IF c > 0 THEN PERFORM _branchsync.note_txn(x, m, c); END IF;
+  IF c > 0 THEN
+    -- The transaction's row in txns, added to by its later statements.
+    -- Inline, not a call of note_txn, and one read of state instead of two
+    -- subqueries: that was a sixth of what capturing a single-row update cost.
+    INSERT INTO _branchsync.txns(txid, last_id, n, base, seen_hlc)
+      SELECT x, m, c, coalesce(s.cursor, 0), coalesce(s.hlc, 0) FROM (VALUES (1)) v LEFT JOIN _branchsync.state s ON true
+      ON CONFLICT (txid) DO UPDATE SET last_id = greatest(_branchsync.txns.last_id, excluded.last_id), n = _branchsync.txns.n + excluded.n;
+    PERFORM pg_notify('${NOTIFY_CHANNEL}', '');
+  END IF;
   RETURN NULL;
 END $f$`;
 }
@@ -397,7 +433,7 @@ async function queueExistingRows(db: pg.ClientBase, tables: LocalTable[]): Promi
   for (const [k, v] of RENDERING) await db.query(`SET LOCAL ${k} = '${v}'`);
   for (const t of tables) {
     const q = `${quoteIdent(t.schema)}.${quoteIdent(t.table)}`;
-    const units = unitsInsert(t.name.replace(/'/g, ""), [part(t, "I", NEW, `${q} ${NEW}`)], false, "pg_current_xact_id()");
+    const units = unitsInsert(t.name.replace(/'/g, ""), [part(t, "I", NEW, `${q} ${NEW}`)], "large", "pg_current_xact_id()");
     const r = await db.query(`WITH ins AS (${units} RETURNING n) SELECT coalesce(sum(n), 0)::int AS n FROM ins`);
     total += r.rows[0].n;
   }
