@@ -340,11 +340,13 @@ function captureFunction(t: LocalTable, op: "ins" | "upd" | "del"): string {
   const name = t.name.replace(/'/g, "");
   // A changed primary key is a delete of the old key plus the new row.
   const same = t.primaryKey.map((k) => `${NEW}.${quoteIdent(k)} = ${OLD}.${quoteIdent(k)}`).join(" AND ");
-  const parts: Record<"plain" | "rekeyed", UnitSource[]> = op === "ins"
-    ? { plain: [part(t, "I", NEW, `new_rows ${NEW}`)], rekeyed: [] }
+  const parts: Record<"one" | "plain" | "rekeyed", UnitSource[]> = op === "ins"
+    ? { one: [part(t, "I", NEW, `new_rows ${NEW}`)], plain: [part(t, "I", NEW, `new_rows ${NEW}`)], rekeyed: [] }
     : op === "del"
-      ? { plain: [part(t, "D", OLD, `old_rows ${OLD}`)], rekeyed: [] }
+      ? { one: [part(t, "D", OLD, `old_rows ${OLD}`)], plain: [part(t, "D", OLD, `old_rows ${OLD}`)], rekeyed: [] }
       : {
+        // One row each side: no join to set up, and nothing when the key changed.
+        one: [part(t, "U", NEW, `new_rows ${NEW}, old_rows ${OLD} WHERE (${same}) IS TRUE`, prevOf(t))],
         plain: [part(t, "U", NEW, `new_rows ${NEW} LEFT JOIN old_rows ${OLD} ON ${same}`, prevOf(t))],
         rekeyed: [
           part(t, "D", OLD, `old_rows ${OLD} WHERE NOT EXISTS (SELECT 1 FROM new_rows ${NEW} WHERE ${same})`),
@@ -360,24 +362,25 @@ function captureFunction(t: LocalTable, op: "ins" | "upd" | "del"): string {
   const planning = op === "upd" ? " SET enable_nestloop = off SET enable_mergejoin = off SET jit = off" : "";
   const write = (ps: UnitSource[], size: UnitSize) => `WITH ins AS (${unitsInsert(name, ps, size)} RETURNING id, n)
       SELECT max(id), sum(n) INTO m, c FROM ins;`;
-  // The statement's size, and for an update how many new rows have no old
-  // row with their key: a key changed, rare, and only then does the
-  // statement also look for old keys that are gone (a third of what
-  // capturing a single-row update cost).
-  const size = op === "upd"
-    ? `SELECT count(*), count(*) - count(${OLD}.${quoteIdent(t.primaryKey[0])}) INTO k, r FROM new_rows ${NEW} LEFT JOIN old_rows ${OLD} ON ${same}`
-    : `SELECT count(*), 0 INTO k, r FROM ${op === "del" ? "old_rows" : "new_rows"}`;
+  // An update's new rows without an old row of their key: a key changed,
+  // which is rare, and only then does the statement also look for old keys
+  // that are gone (a third of what capturing a single-row update cost).
+  const rekeyed = `SELECT count(*) - count(${OLD}.${quoteIdent(t.primaryKey[0])}) INTO r FROM new_rows ${NEW} LEFT JOIN old_rows ${OLD} ON ${same};`;
   const writes = (size: UnitSize) => (op === "upd"
-    ? `IF r = 0 THEN\n      ${write(parts.plain, size)}\n    ELSE\n      ${write(parts.rekeyed, size === "one" ? "small" : size)}\n    END IF;`
+    ? `${rekeyed}\n    IF r = 0 THEN\n      ${write(parts.plain, size)}\n    ELSE\n      ${write(parts.rekeyed, size)}\n    END IF;`
     : write(parts.plain, size));
+  // A single-row update whose key changed writes nothing the short way.
+  const one = op === "upd" ? `${write(parts.one, "one")}\n    IF c IS NULL THEN ${write(parts.rekeyed, "small")} END IF;` : write(parts.one, "one");
   return `CREATE OR REPLACE FUNCTION _branchsync.${fnName(t, op)}() RETURNS trigger LANGUAGE plpgsql${RENDERING_SQL}${planning} AS $f$
 DECLARE x xid8 := pg_current_xact_id(); m bigint; c int; k bigint; r bigint;
 BEGIN
   IF current_setting('branchsync.applying', true) = 'on' THEN RETURN NULL; END IF;
-  ${size};
+  SELECT count(*) INTO k FROM ${op === "del" ? "old_rows" : "new_rows"};
   -- An update has as many old rows as new ones: each part of a small one fits a unit.
-  IF k = 1 THEN
-    ${writes("one")}
+  IF k = 0 THEN
+    RETURN NULL;
+  ELSIF k = 1 THEN
+    ${one}
   ELSIF k <= ${UNIT_ROWS} THEN
     ${writes("small")}
   ELSE
