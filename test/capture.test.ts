@@ -371,10 +371,18 @@ describe("change capture (branch database level)", function () {
     const end = Date.now() + 5000;
     while ((await dead()) <= DEAD_ROWS_THRESHOLD && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
     assert.ok((await dead()) > DEAD_ROWS_THRESHOLD, "the statistics show the dead rows");
+    const pages = async () => (await db.pool.query("SELECT pg_relation_size('_branchsync.txns')::int AS b")).rows[0].b;
+    const filled = await pages();
     const hk = startHousekeeping(db.pool, quiet, 60_000);
     try {
       assert.ok((await hk.runOnce()).includes("_branchsync.txns"));
       assert.ok((await dead()) < DEAD_ROWS_THRESHOLD, "vacuumed");
+      // Emptied but not cut short: truncating takes a lock every capturing writer waits for.
+      assert.ok(filled > 0 && (await pages()) === filled, `txns kept its ${filled} bytes of pages`);
+      const opts = await db.pool.query(`SELECT c.relname, c.reloptions::text AS o FROM pg_class c
+        WHERE c.oid IN ('_branchsync.changes'::regclass, '_branchsync.txns'::regclass,
+                        (SELECT reltoastrelid FROM pg_class WHERE oid = '_branchsync.changes'::regclass)) ORDER BY c.relname LIKE 'pg_toast%', c.relname`);
+      assert.deepEqual(opts.rows.map((r) => r.o), ["{vacuum_truncate=false}", "{vacuum_truncate=false}", "{vacuum_truncate=false}"]);
       assert.deepEqual(await hk.runOnce(), [], "nothing left to do");
     } finally {
       await hk.stop();
