@@ -18,6 +18,20 @@ describe("change capture (branch database level)", function () {
   before(async () => { db = await createDb("capture", ITEMS_DDL); });
   after(async () => { await db?.drop(); });
 
+  /** Every kind of value a row can hold, and a key of two columns. */
+  const ODD_ROWS = `(1, 'quote " back \\ tab 	 nl 
+ ctl ' || chr(1), 'x', 1.50, 1e-7, true, '2026-01-01T00:00:00Z', '2026-02-03', '{1,NULL,3}', '{"a,b",NULL}',
+         '\\x00ff', '{"z": [1, 2], "a": null}', '{"z": [1, 2], "a": null}', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '1 day', 9007199254740993),
+        (2, NULL, 'y', NULL, 'NaN', NULL, NULL, NULL, '{}', NULL, NULL, 'null', 'null', NULL, NULL, NULL),
+        (3, '😀', 'z', -0.0, '-Infinity', false, 'infinity', '-infinity', NULL, '{}', '', '[]', '{}', NULL, '-1 mon', -5)`;
+  async function oddColsDb(label: string): Promise<TestDb> {
+    const odd = await createDb(label, `CREATE TABLE oddcols (id int, s text, k2 text, PRIMARY KEY (id, k2),
+      n numeric, f float8, b boolean, ts timestamptz, d date, a int[], t text[], by bytea, j json, jb jsonb, u uuid, iv interval, q bigint)`);
+    const c = await odd.pool.connect();
+    try { await installCapture(c, [await introspect(c, "public.oddcols")], "t", "b"); } finally { c.release(); }
+    return odd;
+  }
+
   async function install() {
     const c = await db.pool.connect();
     try { return await installCapture(c, [await introspect(c, "public.items")], "t", "b"); } finally { c.release(); }
@@ -156,17 +170,9 @@ describe("change capture (branch database level)", function () {
   });
 
   it("puts row images together from column arrays byte for byte as to_json(row) prints them, for every kind of value, and reads units queued in the older row format", async () => {
-    const odd = await createDb("capcols", `CREATE TABLE oddcols (id int, s text, k2 text, PRIMARY KEY (id, k2),
-      n numeric, f float8, b boolean, ts timestamptz, d date, a int[], t text[], by bytea, j json, jb jsonb, u uuid, iv interval, q bigint)`);
+    const odd = await oddColsDb("capcols");
     try {
-      const c = await odd.pool.connect();
-      try { await installCapture(c, [await introspect(c, "public.oddcols")], "t", "b"); } finally { c.release(); }
-      await odd.pool.query(`INSERT INTO oddcols VALUES
-        (1, 'quote " back \\ tab 	 nl 
- ctl ' || chr(1), 'x', 1.50, 1e-7, true, '2026-01-01T00:00:00Z', '2026-02-03', '{1,NULL,3}', '{"a,b",NULL}',
-         '\\x00ff', '{"z": [1, 2], "a": null}', '{"z": [1, 2], "a": null}', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '1 day', 9007199254740993),
-        (2, NULL, 'y', NULL, 'NaN', NULL, NULL, NULL, '{}', NULL, NULL, 'null', 'null', NULL, NULL, NULL),
-        (3, '😀', 'z', -0.0, '-Infinity', false, 'infinity', '-infinity', NULL, '{}', '', '[]', '{}', NULL, '-1 mon', -5)`);
+      await odd.pool.query(`INSERT INTO oddcols VALUES ${ODD_ROWS}`);
       const r = await readBatch(odd.pool, [], 100, null, makeClock(0));
       const rows = r.transactions[0].changes.map((ch) => ch.row);
       // json/jsonb values travel as the string of their text; everything else exactly as to_json(row).
@@ -210,16 +216,8 @@ describe("change capture (branch database level)", function () {
   });
 
   it("writes a single-row statement's unit (no aggregates) byte for byte as a larger statement's, for every kind of value, re-keyed rows too", async () => {
-    const one = await createDb("capone", `CREATE TABLE oddcols (id int, s text, k2 text, PRIMARY KEY (id, k2),
-      n numeric, f float8, b boolean, ts timestamptz, d date, a int[], t text[], by bytea, j json, jb jsonb, u uuid, iv interval, q bigint)`);
+    const one = await oddColsDb("capone");
     try {
-      const c = await one.pool.connect();
-      try { await installCapture(c, [await introspect(c, "public.oddcols")], "t", "b"); } finally { c.release(); }
-      const values = `(1, 'quote " back \\ tab 	 nl 
- ctl ' || chr(1), 'x', 1.50, 1e-7, true, '2026-01-01T00:00:00Z', '2026-02-03', '{1,NULL,3}', '{"a,b",NULL}',
-         '\\x00ff', '{"z": [1, 2], "a": null}', '{"z": [1, 2], "a": null}', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '1 day', 9007199254740993),
-        (2, NULL, 'y', NULL, 'NaN', NULL, NULL, NULL, '{}', NULL, NULL, 'null', 'null', NULL, NULL, NULL),
-        (3, '😀', 'z', -0.0, '-Infinity', false, 'infinity', '-infinity', NULL, '{}', '', '[]', '{}', NULL, '-1 mon', -5)`;
       /** Every captured change since the last call, in queue order: [op, key, row, prev]. */
       const drain = async () => {
         const r = await readBatch(one.pool, [], 1000, null, makeClock(0));
@@ -227,7 +225,7 @@ describe("change capture (branch database level)", function () {
         return r.transactions.flatMap((t) => t.changes.map((ch) => [ch.op, ch.key, ch.row, ch.prev]));
       };
       // An untracked copy to insert from, whole or a row at a time.
-      await one.pool.query(`CREATE TABLE src (LIKE oddcols); INSERT INTO src VALUES ${values}; INSERT INTO oddcols SELECT * FROM src`);
+      await one.pool.query(`CREATE TABLE src (LIKE oddcols); INSERT INTO src VALUES ${ODD_ROWS}; INSERT INTO oddcols SELECT * FROM src`);
       const many = await drain();
       assert.equal(many.length, 3);
       const byKey = (rows: unknown[][]) => [...rows].sort((x, y) => String(x[1]).localeCompare(String(y[1])));
