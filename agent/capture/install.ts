@@ -238,14 +238,14 @@ function columnArrays(values: string[], array: (v: string) => string = (v) => `j
 /** The column names of a table's units (what `rows` holds the arrays of), as an SQL literal. */
 const columnNames = (t: LocalTable) => `'${JSON.stringify(t.columns.map((c) => c.name)).replace(/'/g, "''")}'`;
 
+/** A statement's rows: exactly one, at most UNIT_ROWS (one unit), or more. */
+type UnitSize = "one" | "small" | "large";
+
 /**
  * One part of a statement's capture: rows of one op from `from`, with the
  * key, the column names and, for updates, the old values, built from the
  * row alias.
  */
-/** A statement's rows: exactly one, at most UNIT_ROWS (one unit), or more. */
-type UnitSize = "one" | "small" | "large";
-
 interface UnitSource { op: "I" | "U" | "D"; alias: string; table: LocalTable; prev?: string; from: string }
 
 function part(t: LocalTable, op: UnitSource["op"], alias: string, from: string, prev?: string): UnitSource {
@@ -347,10 +347,11 @@ function captureFunction(t: LocalTable, op: "ins" | "upd" | "del"): string {
   const name = t.name.replace(/'/g, "");
   // A changed primary key is a delete of the old key plus the new row.
   const same = t.primaryKey.map((k) => `${NEW}.${quoteIdent(k)} = ${OLD}.${quoteIdent(k)}`).join(" AND ");
+  const whole = (ps: UnitSource[]) => ({ one: ps, plain: ps, rekeyed: [] });
   const parts: Record<"one" | "plain" | "rekeyed", UnitSource[]> = op === "ins"
-    ? { one: [part(t, "I", NEW, `new_rows ${NEW}`)], plain: [part(t, "I", NEW, `new_rows ${NEW}`)], rekeyed: [] }
+    ? whole([part(t, "I", NEW, `new_rows ${NEW}`)])
     : op === "del"
-      ? { one: [part(t, "D", OLD, `old_rows ${OLD}`)], plain: [part(t, "D", OLD, `old_rows ${OLD}`)], rekeyed: [] }
+      ? whole([part(t, "D", OLD, `old_rows ${OLD}`)])
       : {
         // One row each side: no join to set up, and nothing when the key changed.
         one: [part(t, "U", NEW, `new_rows ${NEW}, old_rows ${OLD} WHERE (${same}) IS TRUE`, prevOf(t))],
@@ -371,7 +372,8 @@ function captureFunction(t: LocalTable, op: "ins" | "upd" | "del"): string {
       SELECT max(id), sum(n) INTO m, c FROM ins;`;
   // An update's new rows without an old row of their key: a key changed,
   // which is rare, and only then does the statement also look for old keys
-  // that are gone (a third of what capturing a single-row update cost).
+  // that are gone (that half cost 103k of the 597k instructions capturing a
+  // single-row update took, bench/capture-instructions.sh 200 1).
   const rekeyed = `SELECT count(*) - count(${OLD}.${quoteIdent(t.primaryKey[0])}) INTO r FROM new_rows ${NEW} LEFT JOIN old_rows ${OLD} ON ${same};`;
   const writes = (size: UnitSize) => (op === "upd"
     ? `${rekeyed}\n    IF r = 0 THEN\n      ${write(parts.plain, size)}\n    ELSE\n      ${write(parts.rekeyed, size)}\n    END IF;`
@@ -394,9 +396,9 @@ BEGIN
     ${writes("large")}
   END IF;
   IF c > 0 THEN
-    -- The transaction's row in txns, added to by its later statements.
-    -- Inline, not a call of note_txn, and one read of state instead of two
-    -- subqueries: that was a sixth of what capturing a single-row update cost.
+    -- The transaction's row in txns, added to by its later statements:
+    -- inline, not a nested call of note_txn, and one read of state instead
+    -- of two subqueries (29k of those 597k instructions).
     INSERT INTO _branchsync.txns(txid, last_id, n, base, seen_hlc)
       SELECT x, m, c, coalesce(s.cursor, 0), coalesce(s.hlc, 0) FROM (VALUES (1)) v LEFT JOIN _branchsync.state s ON true
       ON CONFLICT (txid) DO UPDATE SET last_id = greatest(_branchsync.txns.last_id, excluded.last_id), n = _branchsync.txns.n + excluded.n;
