@@ -267,23 +267,21 @@ function unitsOf(name: string, s: UnitSource, size: UnitSize, txid: string): str
   const head = `SELECT ${txid}, '${name}', '${s.op}'::"char", count(*)::int`;
   const prevs = (p: string) => (s.prev ? `'[' || string_agg(coalesce(${p}, 'null'), ',') || ']'` : "NULL::text");
   const cols = columnNames(t);
+  const ref = (c: string) => `${s.alias}.${quoteIdent(c)}`;
   if (size === "one") {
     // The same text without aggregates, whose set-up was most of what
     // capturing a single-row statement cost: json_agg of one value is `[`,
     // its to_json, `]`.
-    const ref = (c: string) => `${s.alias}.${quoteIdent(c)}`;
     const one = (v: string) => `'[' || coalesce(${v}, 'null') || ']'`;
-    const json = (c: LocalTable["columns"][number], v: string) => (PRINTS_AS_JSON.test(c.type) ? `${v}::text` : `to_json(${v})::text`);
-    const keyCols = t.primaryKey.map((k) => t.columns.find((c) => c.name === k)!);
-    const keys = columnArrays(keyCols.map((c) => json(c, ref(c.name))), one);
-    const rows = columnArrays(t.columns.map((c) => json(c, isJson(c.type) ? `${ref(c.name)}::text` : ref(c.name))), one);
+    const json = (type: string, v: string) => (PRINTS_AS_JSON.test(type) ? `${v}::text` : `to_json(${v})::text`);
+    const keys = columnArrays(t.primaryKey.map((k) => json(t.columns.find((c) => c.name === k)!.type, ref(k))), one);
+    const rows = columnArrays(columnValues(t, ref).map((v, i) => json(t.columns[i].type, v)), one);
     return `SELECT ${txid}, '${name}', '${s.op}'::"char", 1, ${keys}, ${rows}, ${s.prev ? `'[' || coalesce(${s.prev}, 'null') || ']'` : "NULL::text"}, ${cols} FROM ${s.from}`;
   }
   // Key columns go in as they are (a jsonb key as its JSON, which is what
   // json_build_array prints); for other types their json_agg is the rows'
   // one, computed once.
   if (size === "small") {
-    const ref = (c: string) => `${s.alias}.${quoteIdent(c)}`;
     return `${head}, ${columnArrays(t.primaryKey.map(ref))}, ${columnArrays(columnValues(t, ref))}, ${prevs(s.prev ?? "")}, ${cols} FROM ${s.from} HAVING count(*) > 0`;
   }
   const keyIndex = t.primaryKey.map((k) => t.columns.findIndex((c) => c.name === k));
