@@ -33,10 +33,23 @@ export const int = (help: string, env: string, flag: string, def: number | undef
   },
 });
 
+/**
+ * libpq's URIs may name a user and no host, `postgresql://app@/db?host=/run/postgresql`
+ * (the host, a Unix socket directory, comes as a parameter), which WHATWG
+ * URLs refuse; node-postgres reads them as libpq does. The stand-in host
+ * is only for this check: the URL passes on unchanged.
+ */
+function parseUrl(raw: string): URL | null {
+  for (const candidate of [raw, raw.replace(/^(postgres(?:ql)?:\/\/[^/?#@]*@)(?=[/?])/i, "$1localhost")]) {
+    try { return new URL(candidate); } catch { /* try the next reading */ }
+  }
+  return null;
+}
+
 export const url = (help: string, env: string, flag: string, protocols: string[], def?: string): Option<string> => ({
   env, flag, help, default: def, parse: (raw, name) => {
-    let u: URL;
-    try { u = new URL(raw); } catch { throw new ConfigError(`${name} is not a URL: "${redact(raw)}"`); }
+    const u = parseUrl(raw);
+    if (!u) throw new ConfigError(`${name} is not a URL: "${redact(raw)}"`);
     if (!protocols.includes(u.protocol)) {
       throw new ConfigError(`${name} must use ${protocols.join(" or ")}, got "${u.protocol}"`);
     }

@@ -2,7 +2,14 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import path from "node:path";
 import { ITEMS_DDL, startCluster, type Cluster } from "./support/cluster.ts";
-import { createDb, waitFor } from "./support/db.ts";
+import { createDb, PG_BASE, waitFor } from "./support/db.ts";
+import pg from "pg";
+
+async function withDb<T>(name: string, f: (c: pg.Client) => Promise<T>): Promise<T> {
+  const c = new pg.Client({ connectionString: `${PG_BASE}/${name}` });
+  await c.connect();
+  try { return await f(c); } finally { await c.end(); }
+}
 
 const BIN = path.resolve(import.meta.dirname, "../bin/branchsync.mjs");
 
@@ -51,12 +58,29 @@ describe("the branchsync CLI", function () {
       [["hub", "--no-such-flag", "1"], {}, /unknown flag --no-such-flag/],
       [["hub", "--heap-growing-percent", "5000"], {}, /--heap-growing-percent must be between 0 and 1000/],
       [["frobnicate"], {}, /unknown command/],
+      [["migrate"], { DATABASE_URL: "postgresql://u@[::1/x" }, /DATABASE_URL is not a URL/],
     ];
     for (const [args, env, re] of cases) {
       const r = run(args, env);
       assert.equal(r.code, 2, `${args.join(" ")} ${JSON.stringify(env)}: exit ${r.code}, stderr ${r.err}`);
       assert.match(r.err, re);
       assert.equal(r.err.trim().split("\n").length, 1, `one line expected, got: ${r.err}`);
+    }
+  });
+
+  it("takes a libpq URL with a user and no host (a Unix socket given as ?host=): migrate runs through it", async () => {
+    const base = new URL(PG_BASE);
+    const dir = await withDb("postgres", async (c) => (await c.query("SHOW unix_socket_directories")).rows[0].unix_socket_directories.split(",")[0].trim());
+    // A database that does not exist yet: migrate creates it (through the maintenance database) and then its schema.
+    const name = `bst_cli_socket_${process.pid}_${Date.now() % 100000}`;
+    try {
+      const url = `postgresql://${base.username || "postgres"}@/${name}?host=${encodeURIComponent(dir)}&port=${base.port || 5432}`;
+      const r = run(["migrate"], { DATABASE_URL: url });
+      assert.equal(r.code, 0, r.err);
+      const n = await withDb(name, async (c) => (await c.query("SELECT count(*)::int AS n FROM pg_namespace WHERE nspname = 'branchsync'")).rows[0].n);
+      assert.equal(n, 1, "migrate created the hub's database and schema through the socket");
+    } finally {
+      await withDb("postgres", (c) => c.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`));
     }
   });
 

@@ -143,6 +143,7 @@ export async function runSession(env: SessionEnv, token: string, version: string
         continue;
       }
       const mark = env.localMark();
+      const readStart = performance.now();
       const batch = await readBatch(env.pool, [...inFlight], env.batchMaxChanges, chunking, env.clock);
       if (abort.signal.aborted) return;
       if (batch.transactions.length === 0) {
@@ -153,7 +154,12 @@ export async function runSession(env: SessionEnv, token: string, version: string
       const n = batch.transactions.reduce((s, t) => s + t.changes.length, 0);
       lastPartial = !batch.more && !batch.chunking && n < env.batchMaxChanges;
       const id = nextBatchId++;
-      log.debug({ batch: id.toString(), txns: batch.transactions.map((t) => `${t.originTxn}#${t.chunkIndex}${t.lastChunk ? "L" : ""}:${t.changes.length}`) }, "sending batch");
+      // The txid list costs a string per transaction: only when someone reads it.
+      // readMs and the send time split a change's path (bench latency's legTimelineMs has the txids).
+      if (log.isLevelEnabled("debug")) {
+        log.debug({ batch: id.toString(), readMs: Math.round((performance.now() - readStart) * 100) / 100,
+          txns: batch.transactions.map((t) => `${t.originTxn}#${t.chunkIndex}${t.lastChunk ? "L" : ""}:${t.changes.length}`) }, "sending batch");
+      }
       for (const t of batch.transactions) inFlight.add(t.originTxn.toString());
       chunking = batch.chunking;
       awaiting.add(id);

@@ -18,6 +18,7 @@ import { digest, checkpoint } from "../lib/pg.ts";
 import { onCleanup } from "../lib/cleanup.ts";
 import { pairCpu, cpuDelta } from "../lib/pgcpu.ts";
 import { summarize, sleep, nowMs } from "../lib/stats.ts";
+import { startControlProbe, damonMonitors, type ControlProbe } from "../lib/machine.ts";
 
 const WARMUP_S = 3;
 const TAIL_S = 2;
@@ -51,14 +52,20 @@ async function hubLegs(pair: Pair, first: number, last: number, sent: { id: stri
     const hubAt = new Map<string, number>(log.rows.map((r) => [String(r.x), Number(r.t)]));
     const up: number[] = [];
     const down: number[] = [];
+    /** [send ms since the first probe, A → hub ms, hub → B ms, A's txid, send ms since epoch]: periodic stalls show up as a rhythm in time; the txid finds the probe in the processes' debug logs. */
+    const timeline: [number, number, number, string, number][] = [];
+    const t0 = Math.min(...sent.map((r) => Number(r.t)));
+    const r3 = (x: number) => Math.round(x * 1000) / 1000;
     for (const r of sent) {
       const h = hubAt.get(byId.get(String(r.id)) ?? "");
       const b = arrived.get(String(r.id));
       if (h === undefined || b === undefined) continue;
       up.push(h - Number(r.t));
       down.push(b - h);
+      timeline.push([r3(Number(r.t) - t0), r3(h - Number(r.t)), r3(b - h), byId.get(String(r.id)) ?? "", r3(Number(r.t))]);
     }
-    return { up: summarize(up), down: summarize(down) };
+    timeline.sort((x, y) => x[0] - y[0]);
+    return { up: summarize(up), down: summarize(down), timeline };
   } finally {
     await hubDb.end();
   }
@@ -74,11 +81,13 @@ export async function latency(ctx: BenchContext): Promise<SectionResult> {
   const writer = new pg.Client({ connectionString: pair.a.url });
   await writer.connect();
   const rng = ctx.rng("latency");
+  let control: ControlProbe | null = null;
   try {
     await pair.barrier();
     await checkpoint(pair.a.pool);
     await sleep(ctx.quick ? 200 : 1000);
     const cpu0 = pairCpu(pair);
+    control = await startControlProbe(ctx.server.url("postgres"));
     const bg = startPgbench(ctx, pair.a.name, baseRows, s.latencyRate, WARMUP_S + s.latencySeconds + TAIL_S);
     await sleep(WARMUP_S * 1000);
     const first = PROBE_BASE + 1_000_000 + 1;
@@ -91,6 +100,7 @@ export async function latency(ctx: BenchContext): Promise<SectionResult> {
     }
     const bgOut = await bg.done;
     const cpu1 = pairCpu(pair);
+    const machine = { selectOneMs: await control.stop(), damon: damonMonitors() };
     const tps = Number(/tps = ([\d.]+)/.exec(bgOut)?.[1] ?? NaN);
     const last = first + sent - 1;
     let arrivedAll = true;
@@ -122,7 +132,7 @@ export async function latency(ctx: BenchContext): Promise<SectionResult> {
     const wall = (s.latencySeconds + WARMUP_S + TAIL_S);
     res.data = { sent, arrived: lat.length, summaryMs: sm, bgTps: tps, sendTime: commitTs ? "commit_timestamp" : "deferred_trigger_clock_timestamp",
       cpuPctDuringLoad: Object.fromEntries(Object.entries(cpuDelta(cpu0, cpu1)).map(([k, v]) => [k, (100 * v) / wall])),
-      legsMs: legs, tableDigestA: da, tableDigestB: db, check, perProbeMs: perProbe };
+      legsMs: { up: legs.up, down: legs.down }, legTimelineMs: legs.timeline, machine, tableDigestA: da, tableDigestB: db, check, perProbeMs: perProbe };
     const cp = res.data.cpuPctDuringLoad as ReturnType<typeof cpuDelta>;
     res.tables.push({
       title: "latency A → B under background load (hub + 2 agent processes)",
@@ -137,11 +147,13 @@ export async function latency(ctx: BenchContext): Promise<SectionResult> {
           : "send time = clock_timestamp() at the end of the probe transaction on A (deferred constraint trigger into untracked bench.probe_sent): track_commit_timestamp is off on this server and turning it on needs a restart. It precedes the commit by the commit flush, like the anchors' commit timestamp.",
         "arrival = clock_timestamp() in a DEFERRABLE INITIALLY DEFERRED constraint trigger (ENABLE ALWAYS) on B, into untracked bench.probe_arrival.",
         "CPU % = process CPU time / wall time of the loaded window (100 % = one core); PG CPU % = the backends connected to that database still open at the end (from /proc): A's is its agent's and the probe writer's, not pgbench's (gone by then).",
+        `the machine meanwhile: SELECT 1 on its own connection every 10 ms took p50 ${f(machine.selectOneMs.p50)} / p99 ${f(machine.selectOneMs.p99)} / max ${f(machine.selectOneMs.max)} ms (${machine.selectOneMs.n} round trips); kernel DAMON monitors running: ${machine.damon.length ? machine.damon.join("; ") : "none seen"} (bench/lib/machine.ts: on this VM kind its sampling took a CPU for ~20 ms every ~0.55 s).`,
         `legs (p50 / p99 ms): A commit → hub log transaction start ${f(legs.up.p50)} / ${f(legs.up.p99)}; hub log transaction start → visible on B ${f(legs.down.p50)} / ${f(legs.down.p99)} (hub log committed_at = now() of its append transaction).`,
       ],
     });
     ctx.log(`  latency: p50 ${f(sm.p50)} p95 ${f(sm.p95)} p99 ${f(sm.p99)} max ${f(sm.max)} ms over ${lat.length}/${sent} probes, bg ${tps.toFixed(0)} tx/s ${check}`);
   } finally {
+    await control?.stop().catch((e) => ctx.log(`  latency: control probe: ${(e as Error).message}`));
     await writer.end().catch(() => undefined);
     await pair.close();
   }

@@ -1,4 +1,5 @@
 import pg from "pg";
+import { parseIntoClientConfig } from "pg-connection-string";
 import type { Logger } from "../../lib/log.ts";
 
 /** Creates the hub database on first start, so `npm start` just works. */
@@ -11,11 +12,12 @@ export async function ensureDatabase(databaseUrl: string, log: Logger): Promise<
   } catch (e) {
     if ((e as { code?: string }).code !== "3D000") throw e;
   }
-  const u = new URL(databaseUrl);
-  const name = decodeURIComponent(u.pathname.slice(1));
+  // Parsed as node-postgres parses it: a libpq URL may name no host (a
+  // Unix socket directory in ?host=), which WHATWG URL refuses.
+  const cfg = parseIntoClientConfig(databaseUrl);
+  const name = cfg.database ?? "";
   if (!/^[a-z_][a-z0-9_]{0,62}$/.test(name)) throw new Error(`database "${name}" does not exist; create it first`);
-  u.pathname = "/postgres";
-  const admin = new pg.Client({ connectionString: u.toString() });
+  const admin = new pg.Client({ ...cfg, database: "postgres" });
   await admin.connect();
   try {
     await admin.query(`CREATE DATABASE "${name}"`);

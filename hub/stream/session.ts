@@ -196,12 +196,16 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
           `this branch's clock is ${Math.round(ahead / 1000)} s ahead of the hub's (at most ${Math.round(deps.limits.maxClockSkewMs / 1000)} s allowed); fix the branch's clock (NTP). Its changes wait at the branch until then`);
       }
     }
+    const received = performance.now();
     const policies = valid.length === 0 ? new Map() : await loadPolicies(deps.pool, schema);
     const res = valid.length === 0 ? { outcomes: [], head: 0n, conflicts: [] } : await appendBatch(deps.pool, schema, identity.branchId,
       valid.map(({ t, body }) => ({
         originTxn: t.originTxn, chunkIndex: t.chunkIndex, lastChunk: t.lastChunk, nChanges: t.changes.length, body,
         changes: t.changes, baseSeq: t.baseSeq, hlc: t.hlc === 0n ? hlcOf(now) : t.hlc,
       })), policies);
+    if (log.isLevelEnabled("debug")) {
+      log.debug({ batch: b.batchId.toString(), txns: valid.length, appendMs: Math.round((performance.now() - received) * 100) / 100 }, "appended batch");
+    }
     for (const c of res.conflicts) metrics.conflicts.inc({ tenant: identity.tenantId, table: c.table, strategy: c.strategy });
     let j = 0;
     const final = outcomes.map((o) => o ?? res.outcomes[j++]);
