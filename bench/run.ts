@@ -16,6 +16,7 @@ import { formatSection } from "./lib/report.ts";
 import { summarizeProfiles } from "./lib/cpuprofile.ts";
 import { REPO } from "./lib/procs.ts";
 import { STATEMENTS_CONF, formatStatements, resetStatements, topStatements } from "./lib/pgstatements.ts";
+import { startWaitSampler, formatWaits, type WaitSampler } from "./lib/pgwaits.ts";
 import type { BenchContext, SectionResult } from "./lib/context.ts";
 import { throughput } from "./sections/throughput.ts";
 import { latency } from "./sections/latency.ts";
@@ -70,15 +71,23 @@ async function main(): Promise<number> {
       const ts = Date.now();
       log(`== ${name}`);
       let r: SectionResult;
+      let waits: WaitSampler | null = null;
       try {
         if (args.pgStatements) await resetStatements(server);
+        if (args.pgWaits) waits = await startWaitSampler(server);
         r = await SECTION_FNS[name](ctx);
+        if (waits) {
+          const w = await waits.stop();
+          r.data.pgWaits = w;
+          console.log(formatWaits(name, w));
+        }
         if (args.pgStatements) {
           const top = await topStatements(server);
           r.data.pgStatements = top;
           console.log(formatStatements(name, top));
         }
       } catch (e) {
+        await waits?.stop().catch((err) => log(`pg-waits sampler: ${(err as Error).message}`));
         r = { section: name, command: ctx.command(name), ok: false, tables: [], data: {}, errors: [(e as Error).stack ?? String(e)] };
       }
       r.data.elapsedS = (Date.now() - ts) / 1000;

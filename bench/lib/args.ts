@@ -32,6 +32,8 @@ export interface Args {
   cpuProf: boolean;
   /** pg_stat_statements in the private cluster, top statements printed per section. */
   pgStatements: boolean;
+  /** pg_stat_activity sampled during each section: CPU or which wait (bench/lib/pgwaits.ts). */
+  pgWaits: boolean;
   keepLogs: boolean;
   hubEnv: Record<string, string>;
   agentEnv: Record<string, string>;
@@ -43,12 +45,12 @@ export interface Args {
 const kebab = (k: string) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 
 export const USAGE = `npm run bench -- [--quick] [--only ${SECTIONS.join(",")}] [--seed N] [--pg main|private]
-                [--cpu-prof] [--pg-statements] [--agent-env K=V]... [--hub-env K=V]... [--<size> N[,N...]]...
+                [--cpu-prof] [--pg-statements] [--pg-waits] [--agent-env K=V]... [--hub-env K=V]... [--<size> N[,N...]]...
 sizes (full / --quick): ${Object.keys(FULL).map(kebab).join(", ")}`;
 
 export function parseArgs(argv: string[]): Args {
   const a: Args = {
-    quick: false, only: [...SECTIONS], seed: Math.floor(Math.random() * 2 ** 31), pg: "main", cpuProf: false, pgStatements: false, keepLogs: false,
+    quick: false, only: [...SECTIONS], seed: Math.floor(Math.random() * 2 ** 31), pg: "main", cpuProf: false, pgStatements: false, pgWaits: false, keepLogs: false,
     hubEnv: {}, agentEnv: {}, sizes: { ...FULL }, repro: [],
   };
   const overrides: [keyof Sizes, string][] = [];
@@ -76,6 +78,7 @@ export function parseArgs(argv: string[]): Args {
       case "--cpu-prof": a.cpuProf = true; break;
       // Needs a cluster of our own to preload the extension in.
       case "--pg-statements": a.pgStatements = true; a.pg = "private"; break;
+      case "--pg-waits": a.pgWaits = true; break;
       case "--agent-env": env(a.agentEnv, value()); break;
       case "--hub-env": env(a.hubEnv, value()); break;
       case "--help": case "-h": throw new Error(USAGE);
