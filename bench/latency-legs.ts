@@ -37,7 +37,7 @@ function sendTimes(logFile: string): Map<string, { at: number; readMs: number }>
  * multiples (a little more, as jitter spreads less per fold), so the shortest
  * period within 20 % of the best score is the one reported.
  */
-export function rhythm(times: number[]): { periodS: number; peakOverMean: number } {
+function rhythm(times: number[]): { periodS: number; peakOverMean: number } {
   const scores: { periodS: number; peakOverMean: number }[] = [];
   for (let p = 0.2; p <= 1.5; p += 0.0025) {
     const bins = new Array(20).fill(0);
@@ -85,4 +85,4 @@ function main() {
   console.log(`slowest tenth (> ${p90.toFixed(1)} ms, ${slow.length} probes) bunch most at a period of ${r.periodS} s: fullest phase bin ${r.peakOverMean}× the mean (runs without a rhythm gave 2–2.5×)`);
 }
 
-if (import.meta.url === `file://${process.argv[1]}` || process.argv[1]?.endsWith("latency-legs.ts")) main();
+main();

@@ -2,14 +2,7 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import path from "node:path";
 import { ITEMS_DDL, startCluster, type Cluster } from "./support/cluster.ts";
-import { createDb, PG_BASE, waitFor } from "./support/db.ts";
-import pg from "pg";
-
-async function withDb<T>(name: string, f: (c: pg.Client) => Promise<T>): Promise<T> {
-  const c = new pg.Client({ connectionString: `${PG_BASE}/${name}` });
-  await c.connect();
-  try { return await f(c); } finally { await c.end(); }
-}
+import { createDb, PG_BASE, waitFor, withDb } from "./support/db.ts";
 
 const BIN = path.resolve(import.meta.dirname, "../bin/branchsync.mjs");
 

@@ -6,11 +6,14 @@ export const PG_BASE = process.env.TEST_PG_URL ?? "postgresql://postgres@127.0.0
 
 export interface TestDb { name: string; url: string; pool: pg.Pool; drop(): Promise<void> }
 
-async function admin<T>(f: (c: pg.Client) => Promise<T>): Promise<T> {
-  const c = new pg.Client({ connectionString: `${PG_BASE}/postgres` });
+/** One client on database `name` of the test server, for `f`. */
+export async function withDb<T>(name: string, f: (c: pg.Client) => Promise<T>): Promise<T> {
+  const c = new pg.Client({ connectionString: `${PG_BASE}/${name}` });
   await c.connect();
   try { return await f(c); } finally { await c.end(); }
 }
+
+const admin = <T>(f: (c: pg.Client) => Promise<T>): Promise<T> => withDb("postgres", f);
 
 export async function createDb(prefix: string, ddl = ""): Promise<TestDb> {
   const name = `bst_${prefix}_${randomBytes(4).toString("hex")}`;
