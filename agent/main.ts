@@ -7,6 +7,7 @@ import * as grpc from "@grpc/grpc-js";
 import type { ConflictNotice } from "../gen/branchsync/v1/sync_pb.ts";
 import { makeSyncClient } from "../lib/wire.ts";
 import { makeBackoff } from "../lib/backoff.ts";
+import { makePool } from "../lib/pgpool.ts";
 import { makeLogger, type Logger } from "../lib/log.ts";
 import { introspect, type LocalTable } from "./capture/introspect.ts";
 import { installCapture, NOTIFY_CHANNEL } from "./capture/install.ts";
@@ -96,7 +97,7 @@ export async function startAgent(cfg: AgentConfig, log: Logger = makeLogger("age
   // Read committed whatever the database's default: the applier needs it
   // (and asks for it); under a stricter default every batch would take the
   // careful path. Options in the URL itself take precedence over this.
-  const pool = new pg.Pool({ connectionString: cfg.localDatabaseUrl, max: 4, options: "-c default_transaction_isolation=read\\ committed" });
+  const pool = makePool(cfg.localDatabaseUrl, 4, "-c default_transaction_isolation=read\\ committed");
   pool.on("error", (err) => log.warn({ err: err.message }, "idle branch database connection failed"));
   const names = cfg.trackedTables.map((t) => (t.includes(".") ? t : `${cfg.databaseSchema}.${t}`));
   let tables: LocalTable[];

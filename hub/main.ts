@@ -5,6 +5,7 @@
 import pg from "pg";
 import * as grpc from "@grpc/grpc-js";
 import type net from "node:net";
+import { makePool } from "../lib/pgpool.ts";
 import { makeLogger, type Logger } from "../lib/log.ts";
 import { migrate } from "./store/migrate.ts";
 import { ensureDatabase } from "./store/database.ts";
@@ -46,7 +47,7 @@ export interface Hub {
 
 export async function startHub(cfg: HubConfig, log: Logger = makeLogger("hub")): Promise<Hub> {
   await ensureDatabase(cfg.databaseUrl, log);
-  const pool = new pg.Pool({ connectionString: cfg.databaseUrl, max: cfg.poolSize });
+  const pool = makePool(cfg.databaseUrl, cfg.poolSize);
   pool.on("error", (err) => log.warn({ err: err.message }, "idle PostgreSQL connection failed"));
   await migrate(pool);
   const tokens = await makeTokenService(pool, cfg.tokenTtlSeconds);

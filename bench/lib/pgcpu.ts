@@ -12,6 +12,16 @@ const TICKS_PER_S = 100;
 
 /** CPU seconds so far of the backends connected to each of `dbNames` (missing where /proc cannot tell). */
 export function pgCpuSeconds(dbNames: string[]): Record<string, number> {
+  return pgBackendSums(dbNames, (f) => (Number(f[11]) + Number(f[12])) / TICKS_PER_S);
+}
+
+/** Page faults so far (minor + major) of the backends connected to each of `dbNames`. */
+export function pgFaults(dbNames: string[]): Record<string, number> {
+  return pgBackendSums(dbNames, (f) => Number(f[7]) + Number(f[9]));
+}
+
+/** Sums `field` of /proc/<pid>/stat (fields after the command name) over each database's backends. */
+function pgBackendSums(dbNames: string[], field: (f: string[]) => number): Record<string, number> {
   const out: Record<string, number> = Object.fromEntries(dbNames.map((d) => [d, 0]));
   let pids: string[];
   try { pids = fs.readdirSync("/proc").filter((p) => /^\d+$/.test(p)); } catch { return {}; }
@@ -26,8 +36,7 @@ export function pgCpuSeconds(dbNames: string[]): Record<string, number> {
     // "postgres: 15/main: user db host(port) state"
     const db = cmd.replace(/\0/g, " ").split(" ")[3];
     if (!(db in out)) continue;
-    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    out[db] += (Number(f[11]) + Number(f[12])) / TICKS_PER_S;
+    out[db] += field(stat.slice(stat.lastIndexOf(")") + 2).split(" "));
   }
   return out;
 }
@@ -39,6 +48,14 @@ export function pairCpu(p: Pair): PairCpu {
   const hubDb = new URL(p.hub.dbUrl).pathname.slice(1);
   const pgs = pgCpuSeconds([hubDb, p.a.name, p.b.name]);
   return { hub: p.hub.proc.cpuSeconds() ?? 0, a: p.agentA.cpuSeconds() ?? 0, b: p.agentB?.cpuSeconds() ?? 0,
+    hubPg: pgs[hubDb] ?? 0, aPg: pgs[p.a.name] ?? 0, bPg: pgs[p.b.name] ?? 0 };
+}
+
+/** Page faults so far of a pair's hub, agents and database backends, keyed like PairCpu. */
+export function pairFaults(p: Pair): PairCpu {
+  const hubDb = new URL(p.hub.dbUrl).pathname.slice(1);
+  const pgs = pgFaults([hubDb, p.a.name, p.b.name]);
+  return { hub: p.hub.proc.faults() ?? 0, a: p.agentA.faults() ?? 0, b: p.agentB?.faults() ?? 0,
     hubPg: pgs[hubDb] ?? 0, aPg: pgs[p.a.name] ?? 0, bPg: pgs[p.b.name] ?? 0 };
 }
 

@@ -8,7 +8,7 @@
 import pg from "pg";
 import type { BenchContext, SectionResult } from "../lib/context.ts";
 import { startPair, runStatements, type Pair } from "../lib/pair.ts";
-import { pairCpu, cpuDelta } from "../lib/pgcpu.ts";
+import { pairCpu, pairFaults, cpuDelta } from "../lib/pgcpu.ts";
 import { w1Statement, phaseBounds, type Phase } from "../lib/items.ts";
 import { waitUntil } from "../lib/poll.ts";
 import { digest, checkpoint } from "../lib/pg.ts";
@@ -29,6 +29,7 @@ const cpuCells = (c: ReturnType<typeof cpuDelta>, rows: number) => {
   const parts = [c.hub, c.agentA, c.agentB, c.hubPg, c.aPg, c.bPg];
   return [...parts.map((x) => x.toFixed(2)), ((parts.reduce((a, b) => a + b, 0) / rows) * 1e6).toFixed(1)];
 };
+const faultsPerRow = (f: ReturnType<typeof cpuDelta>, rows: number) => (Object.values(f).reduce((a, b) => a + b, 0) / rows).toFixed(2);
 
 export async function throughput(ctx: BenchContext): Promise<SectionResult> {
   const s = ctx.sizes;
@@ -45,6 +46,7 @@ export async function throughput(ctx: BenchContext): Promise<SectionResult> {
     `W1: ${s.batch}-row transactions from one client on A (same SQL as anchors lib.sh); e2e = first commit on A → last change visible on B (B polled every 5 ms); catch-up = after A's last commit.`,
     "digests (count + md5 over rows in id order) of each phase's id range compared on A and B.",
     "PG CPU s = CPU time of the PostgreSQL backends connected to that database over the phase (from /proc); A's includes the writer's own backend with its capture triggers. Less noisy than rows/s on a shared machine: compare these between runs.",
+    "six faults/row = page faults of the same six processes per row (/proc minflt + majflt): on this VM kind a fault on a fresh page costs ~12 µs of CPU.",
     "all six CPU µs/row = the six columns before it per row written. The machine's speed moves it too: to compare two codes, alternate their runs, or divide by agent A's CPU, whose work they rarely change (session 10: hub 1.66× → 1.15× agent A's).",
   ];
   const phases: Record<string, unknown>[] = [];
@@ -71,6 +73,7 @@ export async function throughput(ctx: BenchContext): Promise<SectionResult> {
       const stmts = statements(kind, lo, hi, s.batch);
       await settle();
       const c0 = cpu(pair);
+      const f0 = pairFaults(pair);
       const m0 = await hubCounters(pair.hub.httpPort);
       const seen = waitUntil(poller, done, timeout);
       seen.catch(() => undefined);
@@ -78,6 +81,7 @@ export async function throughput(ctx: BenchContext): Promise<SectionResult> {
       const { t0, t1 } = await runStatements(writer, stmts);
       const t2 = await seen;
       const c1 = cpu(pair);
+      const f1 = pairFaults(pair);
       const m1 = await hubCounters(pair.hub.httpPort);
       const perBatch = (m1.changes - m0.changes) / Math.max(1, m1.batches - m0.batches);
       const [da, db] = [await digest(pair.a.pool, String(lo), String(hi)), await digest(pair.b.pool, String(lo), String(hi))];
@@ -85,9 +89,9 @@ export async function throughput(ctx: BenchContext): Promise<SectionResult> {
       if (check !== "OK") { res.ok = false; res.errors.push(`${kind}: digest A=${da} B=${db}`); }
       const e2e = (t2 - t0) / 1000;
       const p = { kind, rows: n, e2eS: e2e, rowsPerS: n / e2e, aSideS: (t1 - t0) / 1000, catchupS: (t2 - t1) / 1000,
-        cpuS: cpuDelta(c0, c1), changesPerBatch: perBatch, digestA: da, digestB: db, check };
+        cpuS: cpuDelta(c0, c1), faults: cpuDelta(f0, f1), changesPerBatch: perBatch, digestA: da, digestB: db, check };
       phases.push(p);
-      rows.push([`W1 ${kind}`, n, e2e.toFixed(3), Math.round(n / e2e), p.aSideS.toFixed(3), p.catchupS.toFixed(3), ...cpuCells(p.cpuS, n), check]);
+      rows.push([`W1 ${kind}`, n, e2e.toFixed(3), Math.round(n / e2e), p.aSideS.toFixed(3), p.catchupS.toFixed(3), ...cpuCells(p.cpuS, n), faultsPerRow(p.faults, n), check]);
       ctx.log(`  W1 ${kind}: ${n} rows in ${e2e.toFixed(2)} s = ${Math.round(n / e2e)} rows/s (catch-up ${p.catchupS.toFixed(2)} s, ${perBatch.toFixed(0)} changes per upstream batch) ${check}`);
     }
 
@@ -108,6 +112,7 @@ export async function throughput(ctx: BenchContext): Promise<SectionResult> {
       seen.catch(() => undefined);
       await sleep(200);
       const c0 = cpu(pair);
+      const f0 = pairFaults(pair);
       const t0 = nowMs();
       const b = pair.spawnB();
       let tReady = NaN;
@@ -117,16 +122,17 @@ export async function throughput(ctx: BenchContext): Promise<SectionResult> {
       const t2 = await seen;
       const t1st = await first.catch(() => NaN);
       const c1 = cpu(pair);
+      const f1 = pairFaults(pair);
       const [da, db] = [await digest(pair.a.pool, String(lo), String(hi)), await digest(pair.b.pool, String(lo), String(hi))];
       const check = da === db ? "OK" : "MISMATCH";
       if (check !== "OK") { res.ok = false; res.errors.push(`drain: digest A=${da} B=${db}`); }
       const e = (t2 - t0) / 1000;
       const p = { kind: "drain insert", rows: n, drainS: e, rowsPerS: n / e, agentStartS: (tReady - t0) / 1000, firstRowS: (t1st - t0) / 1000,
         fromFirstRowRowsPerS: t2 - t1st > 1 ? n / ((t2 - t1st) / 1000) : NaN, aWroteS: (w.t1 - w.t0) / 1000, aUploadDoneS: (up - w.t0) / 1000,
-        cpuS: cpuDelta(c0, c1), digestA: da, digestB: db, check };
+        cpuS: cpuDelta(c0, c1), faults: cpuDelta(f0, f1), digestA: da, digestB: db, check };
       phases.push(p);
       rows.push([`drain insert`, n, e.toFixed(3), Math.round(n / e), `${p.aWroteS.toFixed(3)} (A wrote)`,
-        `${Math.max(0, (t2 - t1st) / 1000).toFixed(3)} (1st→last)`, ...cpuCells(p.cpuS, n), check]);
+        `${Math.max(0, (t2 - t1st) / 1000).toFixed(3)} (1st→last)`, ...cpuCells(p.cpuS, n), faultsPerRow(p.faults, n), check]);
       ctx.log(`  drain: ${n} rows in ${e.toFixed(2)} s = ${Math.round(n / e)} rows/s (agent up after ${p.agentStartS.toFixed(2)} s, first row at ${p.firstRowS.toFixed(2)} s) ${check}`);
       notes.push(
         `drain: B's agent stopped, ${n} inserts written on A and uploaded to the hub (A's agent done ${p.aUploadDoneS.toFixed(2)} s after A's first commit), then B's agent process started:`,
@@ -149,18 +155,18 @@ export async function throughput(ctx: BenchContext): Promise<SectionResult> {
     if (!res.ok) throw new Error("skipped after the failure above");
     ctx.log("  capture cost for the writer: W1 inserts without and with capture triggers, nothing else running");
     capture = await captureCost(ctx);
-    rows.push([`A only, no capture`, capture.rows, capture.plainS.toFixed(3), Math.round(capture.plainRowsPerS), capture.plainS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-", "-"]);
-    rows.push([`A only, capture on`, capture.rows, capture.capturedS.toFixed(3), Math.round(capture.capturedRowsPerS), capture.capturedS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-", "-"]);
+    rows.push([`A only, no capture`, capture.rows, capture.plainS.toFixed(3), Math.round(capture.plainRowsPerS), capture.plainS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"]);
+    rows.push([`A only, capture on`, capture.rows, capture.capturedS.toFixed(3), Math.round(capture.capturedRowsPerS), capture.capturedS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"]);
     const u = capture.updates;
-    rows.push([`A only, upd, no capture`, u.rows, u.plainS.toFixed(3), Math.round(u.plainRowsPerS), u.plainS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-", "-"]);
-    rows.push([`A only, upd, capture on`, u.rows, u.capturedS.toFixed(3), Math.round(u.capturedRowsPerS), u.capturedS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-", "-"]);
+    rows.push([`A only, upd, no capture`, u.rows, u.plainS.toFixed(3), Math.round(u.plainRowsPerS), u.plainS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"]);
+    rows.push([`A only, upd, capture on`, u.rows, u.capturedS.toFixed(3), Math.round(u.capturedRowsPerS), u.capturedS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"]);
     const b = capture.bulkAfterSingles;
-    rows.push([`A only, 1 bulk upd, no capture`, b.rows, b.plainS.toFixed(3), Math.round(b.plainRowsPerS), b.plainS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-", "-"]);
-    rows.push([`A only, 1 bulk upd, capture on`, b.rows, b.capturedS.toFixed(3), Math.round(b.capturedRowsPerS), b.capturedS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-", "-"]);
+    rows.push([`A only, 1 bulk upd, no capture`, b.rows, b.plainS.toFixed(3), Math.round(b.plainRowsPerS), b.plainS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"]);
+    rows.push([`A only, 1 bulk upd, capture on`, b.rows, b.capturedS.toFixed(3), Math.round(b.capturedRowsPerS), b.capturedS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"]);
     notes.push(`"A only" rows: the W1 inserts, then updates, into a scratch database with no agent/hub running, without and with the capture triggers (agent/capture/install.ts): capture makes the writer ${capture.ratio.toFixed(2)}× slower for inserts, ${u.ratio.toFixed(2)}× for updates.`);
     const o = capture.singleRowTxns;
-    rows.push([`A only, 1-row upd txns, no capture`, o.rows, o.plainS.toFixed(3), Math.round(o.plainRowsPerS), o.plainS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-", "-"]);
-    rows.push([`A only, 1-row upd txns, capture on`, o.rows, o.capturedS.toFixed(3), Math.round(o.capturedRowsPerS), o.capturedS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-", "-"]);
+    rows.push([`A only, 1-row upd txns, no capture`, o.rows, o.plainS.toFixed(3), Math.round(o.plainRowsPerS), o.plainS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"]);
+    rows.push([`A only, 1-row upd txns, capture on`, o.rows, o.capturedS.toFixed(3), Math.round(o.capturedRowsPerS), o.capturedS.toFixed(3), "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"]);
     notes.push(`"1-row upd txns": ${o.rows} single-row UPDATEs, each its own transaction (a till's sale), one client, synchronous_commit off (the WAL flush would bury the CPU): capture makes each ${o.ratio.toFixed(2)}× slower, ${((o.capturedS - o.plainS) * 1e6 / o.rows).toFixed(0)} µs more per transaction (round trip included in both).`);
     notes.push(`"1 bulk upd": one UPDATE of ${b.rows} rows in a new session after six single-row updates (the plan a trigger keeps is made for those): capture makes it ${b.ratio.toFixed(2)}× slower.`);
   } catch (e) {
@@ -170,7 +176,7 @@ export async function throughput(ctx: BenchContext): Promise<SectionResult> {
     res.tables.push({
       title: "throughput A → B (hub + 2 agent processes)",
       header: ["workload", "rows", "e2e s", "rows/s", "A-side s", "catch-up s", "hub CPU s", "agent A CPU s", "agent B CPU s",
-        "hub PG CPU s", "A PG CPU s (writer too)", "B PG CPU s", "all six CPU µs/row", "check"],
+        "hub PG CPU s", "A PG CPU s (writer too)", "B PG CPU s", "all six CPU µs/row", "six faults/row", "check"],
       rows, notes,
     });
   }
