@@ -12,6 +12,7 @@ import { ITEMS_DDL, ARRIVAL_TRIGGER, SENT_TRIGGER, baseRowsSql } from "./items.t
 import { waitUntil } from "./poll.ts";
 import type { Proc } from "./procs.ts";
 import type { BenchContext } from "./context.ts";
+import { makePool } from "../../lib/pgpool.ts";
 
 export interface Pair {
   hub: HubProc;
@@ -51,7 +52,7 @@ export async function startPair(ctx: BenchContext, name: string, o: { baseRows: 
   const agentA = await startAgentProc(ctx, hub, `${name}_agent_a`, specA);
   let agentB: Proc | null = await startAgentProc(ctx, hub, `${name}_agent_b`, specB);
   let restarts = 0;
-  const hubPool = new pg.Pool({ connectionString: hub.dbUrl, max: 1 });
+  const hubPool = makePool(hub.dbUrl, 1);
   hubPool.on("error", () => undefined);
   const pair: Pair = {
     hub, tenant, a, b, agentA, get agentB() { return agentB; }, specB,

@@ -13,6 +13,7 @@ import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import { onCleanup } from "./cleanup.ts";
 import { readCpuSeconds } from "./procs.ts";
+import { makePool } from "../../lib/pgpool.ts";
 
 const run = promisify(execFile);
 
@@ -109,7 +110,7 @@ export async function createDb(s: PgServer, label: string, tag: string, ddl = ""
   const name = `bsbench_${label}_${tag}`;
   if (!/^bsbench_[a-z0-9_]{1,50}$/.test(name)) throw new Error(`bad database name ${name}`);
   await withClient(s.url("postgres"), (c) => c.query(`CREATE DATABASE "${name}"`));
-  const pool = new pg.Pool({ connectionString: s.url(name), max: 3 });
+  const pool = makePool(s.url(name), 3); // closed at cleanup, not by an idle timer mid-measurement
   pool.on("error", () => undefined);
   onCleanup(`database ${name}`, async () => {
     await pool.end().catch(() => undefined);

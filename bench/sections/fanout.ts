@@ -14,6 +14,7 @@ import { spawnWorker } from "../lib/procs.ts";
 import { ITEMS_DDL, ARRIVAL_TRIGGER, SENT_TRIGGER, PROBE_BASE } from "../lib/items.ts";
 import { waitUntil } from "../lib/poll.ts";
 import { summarize, sleep } from "../lib/stats.ts";
+import { makePool } from "../../lib/pgpool.ts";
 
 /** Connections one agent holds at most: its pool (4) + the LISTEN connection. */
 const CONN_PER_AGENT = 5;
@@ -41,7 +42,10 @@ export async function fanout(ctx: BenchContext): Promise<SectionResult> {
   for (let i = 0; i < n; i++) {
     const db = await createDb(server, `fo_r${i}`, ctx.tag, ITEMS_DDL + ARRIVAL_TRIGGER);
     await db.pool.end();
-    receivers.push({ ...db, pool: new pg.Pool({ connectionString: db.url, max: 1 }) });
+    // Kept open: pg's default pool closed all 50 at once 10 s after the
+    // warm-up's checks, mid-probes, and 50 backends exiting stalled both
+    // vCPUs of this VM for up to 160 ms (a 1 ms sleep loop per CPU saw it).
+    receivers.push({ ...db, pool: makePool(db.url, 1) });
   }
   const hub = await startHubProc(ctx, "fo_hub", { server });
   const tenant = `fo_${ctx.tag}`;
@@ -75,6 +79,8 @@ export async function fanout(ctx: BenchContext): Promise<SectionResult> {
     if (warmProbes > 0) await allHave(receivers, `SELECT EXISTS(SELECT 1 FROM public.items WHERE id=${warm + warmProbes - 1})`, 60_000);
     await sleep(500);
     const cpu0 = { hub: hub.proc.cpuSeconds() ?? 0, agents: worker.cpuSeconds() ?? 0, writer: writer.cpuSeconds() ?? 0 };
+    const faults0 = { hub: hub.proc.faults() ?? 0, agents: worker.faults() ?? 0, writer: writer.faults() ?? 0 };
+    const sessions0 = await sessionsOpened(a.pool);
     const t0 = Date.now();
     const first = PROBE_BASE + 2_000_000 + 1;
     const probes = ctx.sizes.fanoutProbes;
@@ -82,11 +88,17 @@ export async function fanout(ctx: BenchContext): Promise<SectionResult> {
       await a.pool.query(`INSERT INTO public.items(id, sku, qty, price, note, updated_at) VALUES ($1, 'probe', 0, 0, 'probe', clock_timestamp())`, [first + k]);
       await sleep(100 * (0.5 + rng()));
     }
+    // Read before the checks below, whose pools on the receivers may reconnect.
+    // A backend started mid-run costs its client a connect and cold caches (lib/pgpool.ts).
+    const sessions1 = await sessionsOpened(a.pool);
+    const sessionsDuring = [...sessions1].reduce((acc, [db, k]) => acc + k - (sessions0.get(db) ?? 0), 0);
+    const sessionsByDb = Object.fromEntries([...sessions1].filter(([db, k]) => k > (sessions0.get(db) ?? 0)).map(([db, k]) => [db, k - (sessions0.get(db) ?? 0)]));
     const last = first + probes - 1;
     let complete = true;
     await allHave(receivers, `SELECT count(*) >= ${probes} FROM bench.probe_arrival WHERE id BETWEEN ${first} AND ${last}`, 60_000).catch(() => { complete = false; });
     const wallS = (Date.now() - t0) / 1000;
     const cpu1 = { hub: hub.proc.cpuSeconds() ?? 0, agents: worker.cpuSeconds() ?? 0, writer: writer.cpuSeconds() ?? 0 };
+    const faults = { hub: (hub.proc.faults() ?? 0) - faults0.hub, agents: (worker.faults() ?? 0) - faults0.agents, writer: (writer.faults() ?? 0) - faults0.writer };
     const sent = new Map<number, number>((commitTs
       ? await a.pool.query(`SELECT id, extract(epoch FROM pg_xact_commit_timestamp(xmin)) * 1000 AS t FROM public.items WHERE id BETWEEN $1 AND $2`, [first, last])
       : await a.pool.query(`SELECT id, extract(epoch FROM sent_at) * 1000 AS t FROM bench.probe_sent WHERE id BETWEEN $1 AND $2`, [first, last])
@@ -125,7 +137,7 @@ export async function fanout(ctx: BenchContext): Promise<SectionResult> {
     const f = (x: number) => x.toFixed(1);
     const cpu = { hub: (100 * (cpu1.hub - cpu0.hub)) / wallS, agents: (100 * (cpu1.agents - cpu0.agents)) / wallS, writer: (100 * (cpu1.writer - cpu0.writer)) / wallS };
     const rss = { hubKb: hub.proc.rssKb(), agentsKb: worker.rssKb(), writerKb: writer.rssKb() };
-    res.data = { branches: n, probes, toLastMs: L, toFirstMs: F, perProbe, cpuPct: cpu, rss, server: server.describe, sendTime: commitTs ? "commit_timestamp" : "deferred_trigger_clock_timestamp" };
+    res.data = { branches: n, probes, toLastMs: L, toFirstMs: F, perProbe, cpuPct: cpu, rss, faults, sessionsDuring, sessionsByDb, server: server.describe, sendTime: commitTs ? "commit_timestamp" : "deferred_trigger_clock_timestamp" };
     res.tables.push({
       title: `fan-out: 1 writer → ${n} receiving branches`,
       header: ["probes", "to LAST p50 ms", "p95 ms", "p99 ms", "max ms", "to FIRST p50 ms", "p99 ms", "hub CPU %", `${n} agents CPU %`, "hub RSS MiB", `${n} agents RSS MiB`, "check"],
@@ -134,6 +146,7 @@ export async function fanout(ctx: BenchContext): Promise<SectionResult> {
       notes: [
         `single-row inserts on the writer every 100 ms × U(0.5,1.5), after ${warmProbes} of the same not counted; latency = arrival at the last (first) of the ${n} branches − send time on the writer.`,
         `writer = \`branchsync agent\` process; the ${n} receiving agents run in one node process (bench/workers/agents.ts, startAgent); databases on ${server.describe}.`,
+        `during the probes: ${sessionsDuring} PostgreSQL sessions opened on the server while probing (pg_stat_database.sessions); page faults hub ${faults.hub}, agents ${faults.agents}, writer ${faults.writer} (~11 µs each on this VM kind).`,
         commitTs ? "send time = writer's commit timestamp." : "send time = clock_timestamp() at the end of the probe transaction (deferred trigger; track_commit_timestamp off).",
       ],
     });
@@ -145,4 +158,10 @@ export async function fanout(ctx: BenchContext): Promise<SectionResult> {
     for (const r of receivers) await r.pool.end().catch(() => undefined);
   }
   return res;
+}
+
+/** Sessions ever opened per database on the server (PostgreSQL 14+, pg_stat_database). */
+async function sessionsOpened(pool: pg.Pool): Promise<Map<string, number>> {
+  const { rows } = await pool.query("SELECT coalesce(datname, '') AS db, sessions::bigint AS n FROM pg_stat_database");
+  return new Map(rows.map((r) => [r.db as string, Number(r.n)]));
 }
