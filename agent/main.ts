@@ -7,7 +7,7 @@ import * as grpc from "@grpc/grpc-js";
 import type { ConflictNotice } from "../gen/branchsync/v1/sync_pb.ts";
 import { makeSyncClient } from "../lib/wire.ts";
 import { makeBackoff } from "../lib/backoff.ts";
-import { makePool } from "../lib/pgpool.ts";
+import { makePool, warmPool } from "../lib/pgpool.ts";
 import { makeLogger, type Logger } from "../lib/log.ts";
 import { introspect, type LocalTable } from "./capture/introspect.ts";
 import { installCapture, NOTIFY_CHANNEL } from "./capture/install.ts";
@@ -18,6 +18,8 @@ import { issueToken } from "./link/auth.ts";
 import { makeClock } from "./capture/clock.ts";
 
 export const AGENT_VERSION = "branchsync-agent/0.1.0";
+/** Connections to the branch database: apply, capture reads and housekeeping overlap (the LISTEN one is apart). */
+const POOL_MAX = 4;
 
 export interface AgentConfig {
   hubUrl: string;
@@ -97,7 +99,7 @@ export async function startAgent(cfg: AgentConfig, log: Logger = makeLogger("age
   // Read committed whatever the database's default: the applier needs it
   // (and asks for it); under a stricter default every batch would take the
   // careful path. Options in the URL itself take precedence over this.
-  const pool = makePool(cfg.localDatabaseUrl, 4, "-c default_transaction_isolation=read\\ committed");
+  const pool = makePool(cfg.localDatabaseUrl, POOL_MAX, "-c default_transaction_isolation=read\\ committed");
   pool.on("error", (err) => log.warn({ err: err.message }, "idle branch database connection failed"));
   const names = cfg.trackedTables.map((t) => (t.includes(".") ? t : `${cfg.databaseSchema}.${t}`));
   let tables: LocalTable[];
@@ -110,6 +112,7 @@ export async function startAgent(cfg: AgentConfig, log: Logger = makeLogger("age
   } finally {
     db.release();
   }
+  await warmPool(pool, POOL_MAX);
   const listener = await listenLocal(cfg.localDatabaseUrl, log);
   const { target, creds } = grpcTarget(cfg.hubUrl);
   const client = makeSyncClient(target, creds);

@@ -5,7 +5,7 @@
 import pg from "pg";
 import * as grpc from "@grpc/grpc-js";
 import type net from "node:net";
-import { makePool } from "../lib/pgpool.ts";
+import { makePool, warmPool } from "../lib/pgpool.ts";
 import { makeLogger, type Logger } from "../lib/log.ts";
 import { migrate } from "./store/migrate.ts";
 import { ensureDatabase } from "./store/database.ts";
@@ -18,6 +18,9 @@ import { startBridge } from "./bridge/redis.ts";
 import { makeStreamServer } from "./stream/server.ts";
 import { DEFAULT_LIMITS } from "./stream/session.ts";
 import { startControl } from "./control/server.ts";
+
+/** Connections opened at start: enough for appends, log reads and auth to overlap without a backend starting mid-burst. */
+const WARM_CONNECTIONS = 4;
 
 // bigint columns come back as strings; we convert where we read them.
 export interface HubConfig {
@@ -50,6 +53,7 @@ export async function startHub(cfg: HubConfig, log: Logger = makeLogger("hub")):
   const pool = makePool(cfg.databaseUrl, cfg.poolSize);
   pool.on("error", (err) => log.warn({ err: err.message }, "idle PostgreSQL connection failed"));
   await migrate(pool);
+  await warmPool(pool, Math.min(cfg.poolSize, WARM_CONNECTIONS));
   const tokens = await makeTokenService(pool, cfg.tokenTtlSeconds);
   const feed = makeFeed((tenantId) => readHead(pool, tenantSchema(tenantId)), cfg.pollMs,
     (err) => log.warn({ err: (err as Error).message }, "polling tenant heads failed"));

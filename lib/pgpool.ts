@@ -15,3 +15,13 @@ import pg from "pg";
 export function makePool(connectionString: string, max: number, options?: string): pg.Pool {
   return new pg.Pool({ connectionString, max, idleTimeoutMillis: 0, ...(options ? { options } : {}) });
 }
+
+/**
+ * Opens `n` connections at once and returns them to the pool, so the first
+ * moment that needs n at once (an apply overlapping a capture read and a
+ * housekeeping VACUUM, say) does not wait for a backend to start.
+ */
+export async function warmPool(pool: pg.Pool, n: number): Promise<void> {
+  const clients = await Promise.all(Array.from({ length: n }, () => pool.connect()));
+  for (const c of clients) c.release();
+}

@@ -1,49 +1,68 @@
 /**
- * The pools of the hub and the agent keep their connections through a lull:
- * a new backend costs a connect, catalog caches and every named statement
- * planned again (lib/pgpool.ts), which a burst after a quiet spell would pay.
+ * The pools of the hub and the agent keep their connections through a lull
+ * and open them before they are needed: a new backend costs a connect,
+ * catalog caches and every named statement planned again (lib/pgpool.ts),
+ * which a burst after a quiet spell would otherwise pay.
  */
-import { test } from "node:test";
 import assert from "node:assert/strict";
+import { mock } from "node:test";
 import pg from "pg";
-import { makePool } from "../lib/pgpool.ts";
+import { makePool, warmPool } from "../lib/pgpool.ts";
 import { PG_BASE } from "./support/db.ts";
 
-async function openedThenIdle(pool: pg.Pool, t: { mock: { timers: { enable(o: { apis: "setTimeout"[] }): void; tick(ms: number): void } } }) {
-  // Two clients at once, so the pool holds two backends; released under
-  // mocked timers, so pg-pool's idle timer (if it sets one) can be run out.
+const pid = async (c: pg.PoolClient): Promise<number> => (await c.query("SELECT pg_backend_pid() AS p")).rows[0].p;
+
+/** Holds two clients at once, releases them under mocked timers and runs any idle timer out; returns their backends' pids. */
+async function openedThenIdle(pool: pg.Pool): Promise<number[]> {
   const [a, b] = [await pool.connect(), await pool.connect()];
-  const pids = [(await a.query("SELECT pg_backend_pid() AS p")).rows[0].p, (await b.query("SELECT pg_backend_pid() AS p")).rows[0].p];
-  t.mock.timers.enable({ apis: ["setTimeout"] });
+  const pids = [await pid(a), await pid(b)];
+  mock.timers.enable({ apis: ["setTimeout"] });
   a.release();
   b.release();
-  t.mock.timers.tick(10 * 60_000);
+  mock.timers.tick(10 * 60_000);
+  mock.timers.reset();
   await new Promise((r) => setImmediate(r));
   return pids;
 }
 
-test("makePool keeps idle connections (pg's default pool drops them after 10 s)", async (t) => {
-  const pool = makePool(`${PG_BASE}/postgres`, 4);
-  try {
-    const pids = await openedThenIdle(pool, t);
-    t.mock.timers.reset();
-    assert.equal(pool.totalCount, 2, "both backends still held after ten idle minutes");
-    const again = await Promise.all([pool.connect(), pool.connect()]);
-    const now = await Promise.all(again.map(async (c) => (await c.query("SELECT pg_backend_pid() AS p")).rows[0].p));
-    again.forEach((c) => c.release());
-    assert.deepEqual(now.sort(), pids.sort(), "the same backends serve the next burst");
-  } finally {
-    await pool.end();
-  }
-});
+describe("PostgreSQL pools of the hub and the agent", () => {
+  afterEach(() => mock.timers.reset());
 
-test("control: a pg.Pool with the default idle timeout lets them go (so the test above can fail)", async (t) => {
-  const pool = new pg.Pool({ connectionString: `${PG_BASE}/postgres`, max: 4 });
-  try {
-    await openedThenIdle(pool, t);
-    t.mock.timers.reset();
-    assert.equal(pool.totalCount, 0);
-  } finally {
-    await pool.end();
-  }
+  it("keep idle connections (pg's default pool drops them after 10 s)", async () => {
+    const pool = makePool(`${PG_BASE}/postgres`, 4);
+    try {
+      const pids = await openedThenIdle(pool);
+      assert.equal(pool.totalCount, 2, "both backends still held after ten idle minutes");
+      const again = await Promise.all([pool.connect(), pool.connect()]);
+      const now = await Promise.all(again.map(pid));
+      again.forEach((c) => c.release());
+      assert.deepEqual(now.sort(), pids.sort(), "the same backends serve the next burst");
+    } finally {
+      await pool.end();
+    }
+  });
+
+  it("control: a pg.Pool with the default idle timeout lets them go (so the test above can fail)", async () => {
+    const pool = new pg.Pool({ connectionString: `${PG_BASE}/postgres`, max: 4 });
+    try {
+      await openedThenIdle(pool);
+      assert.equal(pool.totalCount, 0);
+    } finally {
+      await pool.end();
+    }
+  });
+
+  it("warmPool opens n backends up front, and they serve n concurrent clients", async () => {
+    const pool = makePool(`${PG_BASE}/postgres`, 4);
+    try {
+      await warmPool(pool, 3);
+      assert.equal(pool.totalCount, 3);
+      assert.equal(pool.idleCount, 3);
+      const held = await Promise.all([pool.connect(), pool.connect(), pool.connect()]);
+      assert.equal(pool.totalCount, 3, "no fourth backend was started for three clients");
+      held.forEach((c) => c.release());
+    } finally {
+      await pool.end();
+    }
+  });
 });

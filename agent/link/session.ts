@@ -157,7 +157,7 @@ export async function runSession(env: SessionEnv, token: string, version: string
       // The txid list costs a string per transaction: only when someone reads it.
       // readMs and the send time split a change's path (bench latency's legTimelineMs has the txids).
       if (log.isLevelEnabled("debug")) {
-        log.debug({ batch: id.toString(), readMs: Math.round((performance.now() - readStart) * 100) / 100,
+        log.debug({ batch: id.toString(), readMs: round2(performance.now() - readStart),
           txns: batch.transactions.map((t) => `${t.originTxn}#${t.chunkIndex}${t.lastChunk ? "L" : ""}:${t.changes.length}`) }, "sending batch");
       }
       for (const t of batch.transactions) inFlight.add(t.originTxn.toString());
@@ -172,6 +172,8 @@ export async function runSession(env: SessionEnv, token: string, version: string
   }
 
   let applyRun: Promise<void> = Promise.resolve();
+  /** When each downstream batch arrived, for the debug log only. */
+  const receivedAt = new WeakMap<ChangeBatch, number>();
   function applier() {
     if (applying) return;
     applying = true;
@@ -209,7 +211,12 @@ export async function runSession(env: SessionEnv, token: string, version: string
         if (actions.length > 0 && !env.applier.busy()) { await act(actions.shift()!); continue; }
         const b = applyQueue.shift()!;
         if (applyQueue.length < APPLY_QUEUE_HIGH / 2) call.resume();
+        const started = performance.now();
         const { cursor, quarantined } = await env.applier.apply(b);
+        if (log.isLevelEnabled("debug")) {
+          const got = receivedAt.get(b) ?? started;
+          log.debug({ batch: b.batchId.toString(), cursor: b.cursorAfter.toString(), queuedMs: round2(started - got), applyMs: round2(performance.now() - started) }, "applied batch");
+        }
         for (const o of b.ownSequenced ?? []) reportedUncommitted.push(o.originTxn.toString());
         await nack(quarantined);
         if (cursor !== null) {
@@ -254,6 +261,7 @@ export async function runSession(env: SessionEnv, token: string, version: string
         unreported().then(nack).catch((e) => { log.error({ err: e }, "reporting quarantined transactions failed"); stop(e); });
         return;
       case "changes":
+        if (log.isLevelEnabled("debug")) receivedAt.set(p.value, performance.now());
         applyQueue.push(p.value);
         if (applyQueue.length >= APPLY_QUEUE_HIGH) call.pause();
         applier();
@@ -293,3 +301,5 @@ export async function runSession(env: SessionEnv, token: string, version: string
   if (fatal && !err) return { established, error: undefined };
   return { established, error: err };
 }
+
+const round2 = (ms: number) => Math.round(ms * 100) / 100;

@@ -59,7 +59,7 @@ export async function fanout(ctx: BenchContext): Promise<SectionResult> {
   const cfgFile = path.join(ctx.logDir, "fanout_agents.json");
   fs.writeFileSync(cfgFile, JSON.stringify(envs), { mode: 0o600 });
   const writer = await startAgentProc(ctx, hub, "fo_agent_writer", { tenantId: tenant, branchId: "writer", apiKey: writerKey, dbUrl: a.url, tables: "public.items" });
-  const worker = spawnWorker("fo_agents", "agents.ts", [cfgFile], { logDir: ctx.logDir, cpuProfDir: ctx.cpuProfDir, env: { LOG_LEVEL: "warn" } });
+  const worker = spawnWorker("fo_agents", "agents.ts", [cfgFile], { logDir: ctx.logDir, cpuProfDir: ctx.cpuProfDir, env: { LOG_LEVEL: ctx.agentEnv.LOG_LEVEL ?? "warn" } });
   const rng = ctx.rng("fanout");
   try {
     await worker.waitForLine(/^ready \d+/, 120_000);
