@@ -112,7 +112,9 @@ export async function startAgent(cfg: AgentConfig, log: Logger = makeLogger("age
   } finally {
     db.release();
   }
-  await warmPool(pool, POOL_MAX);
+  // In the background: the hub connection need not wait for it (a drain's
+  // first rows would), and the pool connects on demand if this failed.
+  warmPool(pool, POOL_MAX).catch((err) => log.warn({ err: (err as Error).message }, "opening the branch database connections ahead of need failed"));
   const listener = await listenLocal(cfg.localDatabaseUrl, log);
   const { target, creds } = grpcTarget(cfg.hubUrl);
   const client = makeSyncClient(target, creds);
