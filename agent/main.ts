@@ -104,6 +104,7 @@ export async function startAgent(cfg: AgentConfig, log: Logger = makeLogger("age
   const names = cfg.trackedTables.map((t) => (t.includes(".") ? t : `${cfg.databaseSchema}.${t}`));
   let tables: LocalTable[];
   let cursor: bigint;
+  const t0 = performance.now();
   const db = await pool.connect();
   try {
     tables = [];
@@ -115,7 +116,9 @@ export async function startAgent(cfg: AgentConfig, log: Logger = makeLogger("age
   // In the background: the hub connection need not wait for it (a drain's
   // first rows would), and the pool connects on demand if this failed.
   warmPool(pool, POOL_MAX).catch((err) => log.warn({ err: (err as Error).message }, "opening the branch database connections ahead of need failed"));
+  const t1 = performance.now();
   const listener = await listenLocal(cfg.localDatabaseUrl, log);
+  log.debug({ installMs: Math.round(t1 - t0), listenMs: Math.round(performance.now() - t1) }, "capture installed, listening");
   const { target, creds } = grpcTarget(cfg.hubUrl);
   const client = makeSyncClient(target, creds);
   const applier = makeApplier(pool, tables);
