@@ -10,7 +10,7 @@ import os from "node:os";
 import path from "node:path";
 import { parseArgs, type SectionName } from "./lib/args.ts";
 import { installSignalHandlers, runCleanup } from "./lib/cleanup.ts";
-import { mainServer, privateCluster } from "./lib/pg.ts";
+import { mainServer, privateCluster, checkpointServer } from "./lib/pg.ts";
 import { childRng } from "../lib/rng.ts";
 import { formatSection } from "./lib/report.ts";
 import { summarizeProfiles } from "./lib/cpuprofile.ts";
@@ -73,6 +73,7 @@ async function main(): Promise<number> {
       let r: SectionResult;
       let waits: WaitSampler | null = null;
       try {
+        await checkpointServer(server);
         if (args.pgStatements) await resetStatements(server);
         if (args.pgWaits) waits = await startWaitSampler(server);
         r = await SECTION_FNS[name](ctx);

@@ -2,11 +2,13 @@ import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
 import pg from "pg";
 import { createDb, watchQueries, type TestDb } from "./support/db.ts";
+import { plansDuring } from "./support/plans.ts";
 import { ITEMS_DDL } from "./support/cluster.ts";
 import { introspect } from "../agent/capture/introspect.ts";
 import { installCapture } from "../agent/capture/install.ts";
 import { setAside } from "../agent/capture/reader.ts";
 import { makeApplier, type Applier } from "../agent/apply/applier.ts";
+import { makeLocalIndex } from "../agent/apply/localIndex.ts";
 import { ChangeBatchSchema, TransactionSchema, ChangeSchema, Op, type ChangeBatch } from "../gen/branchsync/v1/sync_pb.ts";
 
 const row = (id: number, sku: string) => JSON.stringify({ id, sku, qty: 1, price: 2.5, note: null, updated_at: "2026-01-01T00:00:00+00:00" });
@@ -155,5 +157,40 @@ describe("local versions: the queue renumbered by hand, and a stricter isolation
     assert.deepEqual([await sku(1), await sku(2)], ["w1", "w0"], "both local changes are newer than the incoming rows");
     await applier.apply(batch(3n, [1], "in3"));
     assert.equal(await sku(1), "w1");
+  });
+});
+
+describe("local versions of a long backlog, whatever the queue's statistics", function () {
+  this.timeout(60_000);
+  let db: TestDb;
+  before(async () => {
+    db = await createDb("localidxplan", ITEMS_DDL);
+    const c = await db.pool.connect();
+    try { await installCapture(c, [await introspect(c, "public.items")], "t", "b"); } finally { c.release(); }
+  });
+  after(async () => { await db?.drop(); });
+
+  it("reads each pending transaction's units by an index probe, also after VACUUM saw the queue empty", async () => {
+    // The housekeeping VACUUM empties the queue and keeps its pages, so the
+    // planner takes it for empty pages until the next ANALYZE of changes;
+    // a branch back from offline meanwhile has thousands pending.
+    await db.pool.query("INSERT INTO items SELECT g, 'sent', 1, 1, repeat('x', 200), now() FROM generate_series(100000, 119999) g");
+    await db.pool.query("DELETE FROM items WHERE id >= 100000; DELETE FROM _branchsync.changes; DELETE FROM _branchsync.txns");
+    await db.pool.query("VACUUM (ANALYZE) _branchsync.txns, _branchsync.changes");
+    for (let i = 0; i < 300; i++) await db.pool.query("INSERT INTO items VALUES ($1, 'offline', 1, 1, NULL, now())", [i + 1]);
+    await db.pool.query("ANALYZE _branchsync.txns");
+    const c = await db.pool.connect();
+    let plans: string[];
+    let units = 0;
+    try {
+      const [unitsSql] = makeLocalIndex().statements([]);
+      plans = await plansDuring(c, async () => { units = (await c.query(unitsSql)).rows.length; });
+    } finally {
+      c.release(true);
+    }
+    assert.equal(units, 300);
+    assert.equal(plans.length, 1, plans.join("\n---\n"));
+    assert.match(plans[0], /Index Cond: \(\(?txid = t\.txid\)?/, plans[0]);
+    assert.doesNotMatch(plans[0], /Materialize|Join Filter|Seq Scan on changes/, plans[0]);
   });
 });

@@ -132,6 +132,14 @@ export async function checkpoint(pool: pg.Pool): Promise<void> {
   await pool.query("CHECKPOINT");
 }
 
+/**
+ * CHECKPOINT on the whole server: a section then starts without the dirty
+ * buffers the one before left, whose writes would land in its measurement.
+ */
+export async function checkpointServer(s: PgServer): Promise<void> {
+  await withClient(s.url("postgres"), (c) => c.query("CHECKPOINT"));
+}
+
 /** CPU seconds used so far by the server backends currently connected to `db` (pool connections are long-lived). */
 export async function backendCpuSeconds(c: pg.Client, db: string): Promise<Map<number, number>> {
   const { rows } = await c.query("SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", [db]);
