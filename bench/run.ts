@@ -69,11 +69,12 @@ async function main(): Promise<number> {
     };
     for (const name of args.only) {
       const ts = Date.now();
-      log(`== ${name}`);
+      const tc = Date.now();
+      await checkpointServer(server);
+      log(`== ${name} (after a CHECKPOINT of ${((Date.now() - tc) / 1000).toFixed(1)} s)`);
       let r: SectionResult;
       let waits: WaitSampler | null = null;
       try {
-        await checkpointServer(server);
         if (args.pgStatements) await resetStatements(server);
         if (args.pgWaits) waits = await startWaitSampler(server);
         r = await SECTION_FNS[name](ctx);
