@@ -9,6 +9,7 @@ import { installCapture } from "../agent/capture/install.ts";
 import { setAside } from "../agent/capture/reader.ts";
 import { makeApplier, type Applier } from "../agent/apply/applier.ts";
 import { makeLocalIndex } from "../agent/apply/localIndex.ts";
+import { cleanSql } from "../agent/apply/clean.ts";
 import { ChangeBatchSchema, TransactionSchema, ChangeSchema, Op, type ChangeBatch } from "../gen/branchsync/v1/sync_pb.ts";
 
 const row = (id: number, sku: string) => JSON.stringify({ id, sku, qty: 1, price: 2.5, note: null, updated_at: "2026-01-01T00:00:00+00:00" });
@@ -192,5 +193,39 @@ describe("local versions of a long backlog, whatever the queue's statistics", fu
     assert.equal(plans.length, 1, plans.join("\n---\n"));
     assert.match(plans[0], /Index Cond: \(\(?txid = t\.txid\)?/, plans[0]);
     assert.doesNotMatch(plans[0], /Materialize|Join Filter|Seq Scan on changes/, plans[0]);
+  });
+});
+
+describe("cleaning a long sequenced backlog, whatever the queue's statistics", function () {
+  this.timeout(60_000);
+  let db: TestDb;
+  before(async () => {
+    db = await createDb("cleanplan", ITEMS_DDL);
+    const c = await db.pool.connect();
+    try { await installCapture(c, [await introspect(c, "public.items")], "t", "b"); } finally { c.release(); }
+  });
+  after(async () => { await db?.drop(); });
+
+  it("deletes the passed transactions' units by index probes, also after VACUUM saw the queue empty", async () => {
+    await db.pool.query("INSERT INTO items SELECT g, 'sent', 1, 1, repeat('x', 200), now() FROM generate_series(100000, 119999) g");
+    await db.pool.query("DELETE FROM items WHERE id >= 100000; DELETE FROM _branchsync.changes; DELETE FROM _branchsync.txns");
+    await db.pool.query("VACUUM (ANALYZE) _branchsync.txns, _branchsync.changes");
+    for (let i = 0; i < 300; i++) await db.pool.query("INSERT INTO items VALUES ($1, 'offline', 1, 1, NULL, now())", [i + 1]);
+    // The hub sequenced them all; the cursor has passed the first 200.
+    await db.pool.query("UPDATE _branchsync.txns t SET seq = o.n FROM (SELECT txid, row_number() OVER (ORDER BY last_id) AS n FROM _branchsync.txns) o WHERE o.txid = t.txid");
+    await db.pool.query("ANALYZE _branchsync.txns");
+    const c = await db.pool.connect();
+    let plans: string[];
+    try {
+      plans = await plansDuring(c, () => c.query(`BEGIN; ${cleanSql("200")}; COMMIT`));
+    } finally {
+      c.release(true);
+    }
+    const { rows } = await db.pool.query("SELECT (SELECT count(*) FROM _branchsync.txns)::int AS t, (SELECT count(*) FROM _branchsync.changes)::int AS u, (SELECT min(seq) FROM _branchsync.txns)::int AS low");
+    assert.deepEqual(rows[0], { t: 100, u: 100, low: 201 });
+    const units = plans.filter((p) => /Delete on changes/.test(p));
+    assert.equal(units.length, 1, plans.join("\n---\n"));
+    assert.match(units[0], /Index Cond: \(txid = ANY/, units[0]);
+    assert.doesNotMatch(units[0], /Join|Materialize|Seq Scan on changes/, units[0]);
   });
 });

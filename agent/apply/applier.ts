@@ -31,6 +31,7 @@ import { runsOf } from "./runs.ts";
 import { makeOneTrip, TRIP_ROWS } from "./oneTrip.ts";
 import { makeLocalIndex, rowIdOf, type LocalIndex, type LocalVersions } from "./localIndex.ts";
 import type { LocalTable } from "../capture/introspect.ts";
+import { cleanSql } from "./clean.ts";
 
 export { ONE_TRIP_PAUSE_MS } from "./oneTrip.ts";
 
@@ -262,9 +263,7 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
     if (cleans(batch)) {
       return {
         low: true,
-        sql: `WITH gone AS (DELETE FROM _branchsync.changes c USING _branchsync.txns t WHERE c.txid = t.txid AND t.seq <= ${cursor}),
-                   done AS (DELETE FROM _branchsync.txns WHERE seq <= ${cursor})
-              SELECT 1;
+        sql: `${cleanSql(cursor)};
               ${state};
               SELECT min(seq)::text AS low FROM _branchsync.txns WHERE seq IS NOT NULL;
               COMMIT`,

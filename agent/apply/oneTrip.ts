@@ -18,6 +18,7 @@ import type pg from "pg";
 import type { ChangeBatch } from "../../gen/branchsync/v1/sync_pb.ts";
 import { APPLY_LOCK, LOCAL_PENDING_SQLSTATE } from "../capture/install.ts";
 import { runsOf } from "./runs.ts";
+import { cleanSql } from "./clean.ts";
 
 /** How long a branch with local changes in the way applies carefully before trying one trip again. */
 export const ONE_TRIP_PAUSE_MS = 1000;
@@ -90,8 +91,7 @@ function functionSql(tables: OneTripDeps["tables"]): string {
     END IF;
     UPDATE _branchsync.state SET cursor = p_cursor, hlc = greatest(hlc, p_hlc);
     IF p_clean THEN
-      DELETE FROM _branchsync.changes c USING _branchsync.txns t WHERE c.txid = t.txid AND t.seq <= p_cursor;
-      DELETE FROM _branchsync.txns WHERE seq <= p_cursor;
+      ${cleanSql("p_cursor")};
       SELECT min(seq)::text INTO low FROM _branchsync.txns WHERE seq IS NOT NULL;
     END IF;
     RETURN low;
