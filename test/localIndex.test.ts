@@ -161,66 +161,58 @@ describe("local versions: the queue renumbered by hand, and a stricter isolation
   });
 });
 
-describe("local versions of a long backlog, whatever the queue's statistics", function () {
+/**
+ * n pending local transactions (one row each) in a queue whose statistics
+ * are those of the housekeeping VACUUM that found it empty: it keeps the
+ * pages, so the planner takes them for empty pages until changes is analyzed
+ * again. Transactions analyzed since, as autovacuum would.
+ */
+async function backlogOnEmptiedQueue(pool: pg.Pool, n: number) {
+  await pool.query("INSERT INTO items SELECT g, 'sent', 1, 1, repeat('x', 200), now() FROM generate_series(100000, 119999) g");
+  await pool.query("DELETE FROM items; DELETE FROM _branchsync.changes; DELETE FROM _branchsync.txns");
+  await pool.query("VACUUM (ANALYZE) _branchsync.txns, _branchsync.changes");
+  for (let i = 0; i < n; i++) await pool.query("INSERT INTO items VALUES ($1, 'offline', 1, 1, NULL, now())", [i + 1]);
+  await pool.query("ANALYZE _branchsync.txns");
+}
+
+/** The plans of what `sql` runs on its own connection (auto_explain). */
+async function plansOf(pool: pg.Pool, sql: string): Promise<{ plans: string[]; rows: number }> {
+  const c = await pool.connect();
+  let rows = 0;
+  try {
+    const plans = await plansDuring(c, async () => { rows = (await c.query(sql)).rows?.length ?? 0; });
+    return { plans, rows };
+  } finally {
+    c.release(true);
+  }
+}
+
+describe("a branch's long local backlog, whatever the queue's statistics", function () {
   this.timeout(60_000);
   let db: TestDb;
   before(async () => {
-    db = await createDb("localidxplan", ITEMS_DDL);
+    db = await createDb("backlogplan", ITEMS_DDL);
     const c = await db.pool.connect();
     try { await installCapture(c, [await introspect(c, "public.items")], "t", "b"); } finally { c.release(); }
   });
   after(async () => { await db?.drop(); });
 
   it("reads each pending transaction's units by an index probe, also after VACUUM saw the queue empty", async () => {
-    // The housekeeping VACUUM empties the queue and keeps its pages, so the
-    // planner takes it for empty pages until the next ANALYZE of changes;
-    // a branch back from offline meanwhile has thousands pending.
-    await db.pool.query("INSERT INTO items SELECT g, 'sent', 1, 1, repeat('x', 200), now() FROM generate_series(100000, 119999) g");
-    await db.pool.query("DELETE FROM items WHERE id >= 100000; DELETE FROM _branchsync.changes; DELETE FROM _branchsync.txns");
-    await db.pool.query("VACUUM (ANALYZE) _branchsync.txns, _branchsync.changes");
-    for (let i = 0; i < 300; i++) await db.pool.query("INSERT INTO items VALUES ($1, 'offline', 1, 1, NULL, now())", [i + 1]);
-    await db.pool.query("ANALYZE _branchsync.txns");
-    const c = await db.pool.connect();
-    let plans: string[];
-    let units = 0;
-    try {
-      const [unitsSql] = makeLocalIndex().statements([]);
-      plans = await plansDuring(c, async () => { units = (await c.query(unitsSql)).rows.length; });
-    } finally {
-      c.release(true);
-    }
-    assert.equal(units, 300);
+    await backlogOnEmptiedQueue(db.pool, 300);
+    const [unitsSql] = makeLocalIndex().statements([]);
+    const { plans, rows } = await plansOf(db.pool, unitsSql);
+    assert.equal(rows, 300);
     assert.equal(plans.length, 1, plans.join("\n---\n"));
     assert.match(plans[0], /Index Cond: \(\(?txid = t\.txid\)?/, plans[0]);
     assert.doesNotMatch(plans[0], /Materialize|Join Filter|Seq Scan on changes/, plans[0]);
   });
-});
-
-describe("cleaning a long sequenced backlog, whatever the queue's statistics", function () {
-  this.timeout(60_000);
-  let db: TestDb;
-  before(async () => {
-    db = await createDb("cleanplan", ITEMS_DDL);
-    const c = await db.pool.connect();
-    try { await installCapture(c, [await introspect(c, "public.items")], "t", "b"); } finally { c.release(); }
-  });
-  after(async () => { await db?.drop(); });
 
   it("deletes the passed transactions' units by index probes, also after VACUUM saw the queue empty", async () => {
-    await db.pool.query("INSERT INTO items SELECT g, 'sent', 1, 1, repeat('x', 200), now() FROM generate_series(100000, 119999) g");
-    await db.pool.query("DELETE FROM items WHERE id >= 100000; DELETE FROM _branchsync.changes; DELETE FROM _branchsync.txns");
-    await db.pool.query("VACUUM (ANALYZE) _branchsync.txns, _branchsync.changes");
-    for (let i = 0; i < 300; i++) await db.pool.query("INSERT INTO items VALUES ($1, 'offline', 1, 1, NULL, now())", [i + 1]);
+    await backlogOnEmptiedQueue(db.pool, 300);
     // The hub sequenced them all; the cursor has passed the first 200.
     await db.pool.query("UPDATE _branchsync.txns t SET seq = o.n FROM (SELECT txid, row_number() OVER (ORDER BY last_id) AS n FROM _branchsync.txns) o WHERE o.txid = t.txid");
     await db.pool.query("ANALYZE _branchsync.txns");
-    const c = await db.pool.connect();
-    let plans: string[];
-    try {
-      plans = await plansDuring(c, () => c.query(`BEGIN; ${cleanSql("200")}; COMMIT`));
-    } finally {
-      c.release(true);
-    }
+    const { plans } = await plansOf(db.pool, `BEGIN; ${cleanSql("200")}; COMMIT`);
     const { rows } = await db.pool.query("SELECT (SELECT count(*) FROM _branchsync.txns)::int AS t, (SELECT count(*) FROM _branchsync.changes)::int AS u, (SELECT min(seq) FROM _branchsync.txns)::int AS low");
     assert.deepEqual(rows[0], { t: 100, u: 100, low: 201 });
     const units = plans.filter((p) => /Delete on changes/.test(p));
