@@ -6,3 +6,6 @@ export type { Logger };
 export function makeLogger(name: string): Logger {
   return pino({ name, level: process.env.LOG_LEVEL ?? "info" }, pino.destination(2));
 }
+
+/** Milliseconds since `start` (a performance.now() reading), to 0.01 ms: the debug logs' timings. */
+export const msSince = (start: number): number => Math.round((performance.now() - start) * 100) / 100;

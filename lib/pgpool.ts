@@ -22,6 +22,10 @@ export function makePool(connectionString: string, max: number, options?: string
  * housekeeping VACUUM, say) does not wait for a backend to start.
  */
 export async function warmPool(pool: pg.Pool, n: number): Promise<void> {
-  const clients = await Promise.all(Array.from({ length: n }, () => pool.connect()));
-  for (const c of clients) c.release();
+  // allSettled: the connections that did open go back to the pool even if
+  // one failed (a server at max_connections, say); held, they would shrink it.
+  const opened = await Promise.allSettled(Array.from({ length: n }, () => pool.connect()));
+  for (const r of opened) if (r.status === "fulfilled") r.value.release();
+  const failed = opened.find((r) => r.status === "rejected");
+  if (failed) throw (failed as PromiseRejectedResult).reason;
 }

@@ -65,4 +65,30 @@ describe("PostgreSQL pools of the hub and the agent", () => {
       await pool.end();
     }
   });
+
+  it("warmPool that cannot open them all fails, and gives back those it opened", async () => {
+    // Connection limits bind roles that are not superusers.
+    const role = `bst_warm_${process.pid}`;
+    const admin = new pg.Client({ connectionString: `${PG_BASE}/postgres` });
+    await admin.connect();
+    await admin.query(`CREATE ROLE ${role} LOGIN CONNECTION LIMIT 2`);
+    const url = new URL(`${PG_BASE}/postgres`);
+    url.username = role;
+    url.password = "";
+    const pool = makePool(url.toString(), 4);
+    pool.on("error", () => undefined); // its idle clients are terminated at the end
+    try {
+      await assert.rejects(warmPool(pool, 3), /too many connections/);
+      assert.equal(pool.totalCount, 2, "the two that opened are pooled");
+      assert.equal(pool.idleCount, 2, "and free, not held by the failed warm-up");
+      const held = await Promise.all([pool.connect(), pool.connect()]);
+      held.forEach((c) => c.release());
+    } finally {
+      // The role goes first: a failing warmPool may leave clients checked out, which pool.end() waits for.
+      await admin.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", [role]);
+      await admin.query(`DROP ROLE ${role}`);
+      await admin.end();
+      await pool.end();
+    }
+  });
 });

@@ -13,7 +13,7 @@ import {
 } from "../../gen/branchsync/v1/sync_pb.ts";
 import { openSyncStream, type AgentCall } from "../../lib/wire.ts";
 import { encodeUpstreamBatch, encodeAck } from "../../lib/protowire.ts";
-import type { Logger } from "../../lib/log.ts";
+import { msSince, type Logger } from "../../lib/log.ts";
 import type { LocalTable } from "../capture/introspect.ts";
 import { readBatch, setAside, type Chunking } from "../capture/reader.ts";
 import type { Applier, Quarantined } from "../apply/applier.ts";
@@ -157,7 +157,7 @@ export async function runSession(env: SessionEnv, token: string, version: string
       // The txid list costs a string per transaction: only when someone reads it.
       // readMs and the send time split a change's path (bench latency's legTimelineMs has the txids).
       if (log.isLevelEnabled("debug")) {
-        log.debug({ batch: id.toString(), readMs: round2(performance.now() - readStart),
+        log.debug({ batch: id.toString(), readMs: msSince(readStart),
           txns: batch.transactions.map((t) => `${t.originTxn}#${t.chunkIndex}${t.lastChunk ? "L" : ""}:${t.changes.length}`) }, "sending batch");
       }
       for (const t of batch.transactions) inFlight.add(t.originTxn.toString());
@@ -211,11 +211,11 @@ export async function runSession(env: SessionEnv, token: string, version: string
         if (actions.length > 0 && !env.applier.busy()) { await act(actions.shift()!); continue; }
         const b = applyQueue.shift()!;
         if (applyQueue.length < APPLY_QUEUE_HIGH / 2) call.resume();
+        const queuedMs = log.isLevelEnabled("debug") ? msSince(receivedAt.get(b) ?? performance.now()) : 0;
         const started = performance.now();
         const { cursor, quarantined } = await env.applier.apply(b);
         if (log.isLevelEnabled("debug")) {
-          const got = receivedAt.get(b) ?? started;
-          log.debug({ batch: b.batchId.toString(), cursor: b.cursorAfter.toString(), queuedMs: round2(started - got), applyMs: round2(performance.now() - started) }, "applied batch");
+          log.debug({ batch: b.batchId.toString(), cursor: b.cursorAfter.toString(), queuedMs, applyMs: msSince(started) }, "applied batch");
         }
         for (const o of b.ownSequenced ?? []) reportedUncommitted.push(o.originTxn.toString());
         await nack(quarantined);
@@ -301,5 +301,3 @@ export async function runSession(env: SessionEnv, token: string, version: string
   if (fatal && !err) return { established, error: undefined };
   return { established, error: err };
 }
-
-const round2 = (ms: number) => Math.round(ms * 100) / 100;

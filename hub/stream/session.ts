@@ -15,7 +15,7 @@ import {
   type Hello, type ChangeBatch, type Transaction,
 } from "../../gen/branchsync/v1/sync_pb.ts";
 import { Status, StatusError, toPublicError, type PublicError } from "../errors.ts";
-import type { Logger } from "../../lib/log.ts";
+import { msSince, type Logger } from "../../lib/log.ts";
 import type { Identity } from "../auth/tokens.ts";
 import { tenantSchema, branchExists } from "../store/tenants.ts";
 import { ensureTenantCurrent } from "../store/migrate.ts";
@@ -204,7 +204,7 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
         changes: t.changes, baseSeq: t.baseSeq, hlc: t.hlc === 0n ? hlcOf(now) : t.hlc,
       })), policies);
     if (log.isLevelEnabled("debug")) {
-      log.debug({ batch: b.batchId.toString(), txns: valid.length, appendMs: Math.round((performance.now() - received) * 100) / 100 }, "appended batch");
+      log.debug({ batch: b.batchId.toString(), txns: valid.length, appendMs: msSince(received) }, "appended batch");
     }
     for (const c of res.conflicts) metrics.conflicts.inc({ tenant: identity.tenantId, table: c.table, strategy: c.strategy });
     let j = 0;
