@@ -13,6 +13,7 @@ import { introspect, type LocalTable } from "./capture/introspect.ts";
 import { installCapture, NOTIFY_CHANNEL } from "./capture/install.ts";
 import { startHousekeeping } from "./capture/housekeeping.ts";
 import { makeApplier } from "./apply/applier.ts";
+import { APPLY_SYNCHRONOUS_COMMIT } from "./config.ts";
 import { runSession } from "./link/session.ts";
 import { issueToken } from "./link/auth.ts";
 import { makeClock } from "./capture/clock.ts";
@@ -35,6 +36,8 @@ export interface AgentConfig {
   pollMs: number;
   /** On first binding, queue the database's existing rows as inserts. */
   initialUpload?: boolean;
+  /** synchronous_commit of apply transactions (agent/config.ts); default off. */
+  applySynchronousCommit?: string;
   /** Added to the branch clock for HLCs; default 0. */
   clockSkewMs?: number;
 }
@@ -121,7 +124,7 @@ export async function startAgent(cfg: AgentConfig, log: Logger = makeLogger("age
   log.debug({ installMs: Math.round(t1 - t0), listenMs: Math.round(performance.now() - t1) }, "capture installed, listening");
   const { target, creds } = grpcTarget(cfg.hubUrl);
   const client = makeSyncClient(target, creds);
-  const applier = makeApplier(pool, tables);
+  const applier = makeApplier(pool, tables, { synchronousCommit: cfg.applySynchronousCommit ?? APPLY_SYNCHRONOUS_COMMIT });
   const housekeeping = startHousekeeping(pool, log);
   const clock = makeClock(cfg.clockSkewMs ?? 0);
   const backoff = makeBackoff();

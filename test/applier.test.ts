@@ -114,3 +114,58 @@ describe("applier (branch database level)", function () {
     }
   });
 });
+
+describe("applier commits: synchronous_commit of apply transactions", function () {
+  this.timeout(30_000);
+  let db: TestDb;
+  let tables: Awaited<ReturnType<typeof introspect>>[];
+  // A deferred trigger runs at COMMIT, so it sees the setting the commit uses.
+  const SEEN_DDL = `${ITEMS_DDL};
+    CREATE TABLE commit_setting (id bigserial PRIMARY KEY, value text);
+    CREATE FUNCTION note_commit_setting() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN INSERT INTO commit_setting(value) VALUES (current_setting('synchronous_commit')); RETURN NULL; END $$;
+    CREATE CONSTRAINT TRIGGER zz_commit_setting AFTER INSERT OR UPDATE ON items DEFERRABLE INITIALLY DEFERRED
+      FOR EACH ROW EXECUTE FUNCTION note_commit_setting()`;
+  const seen = async () => (await db.pool.query("DELETE FROM commit_setting RETURNING value")).rows.map((r) => r.value as string);
+
+  before(async () => {
+    db = await createDb("applysync", SEEN_DDL);
+    const c = await db.pool.connect();
+    try { await installCapture(c, [await introspect(c, "public.items")], "t", "b"); } finally { c.release(); }
+    tables = [await introspect(db.pool as unknown as pg.ClientBase, "public.items")];
+  });
+  after(async () => { await db?.drop(); });
+
+  it("applies without waiting for the WAL flush by default, on both paths, and leaves the session's setting alone", async () => {
+    const applier = makeApplier(db.pool, tables);
+    let queries = 0;
+    watchQueries(db.pool, { sent: () => { queries++; } });
+    // The first apply on a connection also writes its function.
+    await applier.apply(batch(1n, [{ seq: 1n, changes: [[Op.INSERT, 1, "a"]] }]));
+    queries = 0;
+    await applier.apply(batch(2n, [{ seq: 2n, changes: [[Op.INSERT, 5, "e"], [Op.UPDATE, 1, "a2"]] }]));
+    assert.equal(queries, 1, "the one-trip path");
+    assert.deepEqual(await seen(), ["off", "off", "off"]);
+    // A local change the hub has not sequenced sends the batch down the careful path.
+    await db.pool.query("INSERT INTO items VALUES (2, 'local', 1, 1, NULL, now())");
+    await seen();
+    queries = 0;
+    await applier.apply(batch(3n, [{ seq: 3n, changes: [[Op.INSERT, 3, "c"]] }]));
+    assert.ok(queries > 1, `the careful path (${queries} queries)`);
+    assert.deepEqual(await seen(), ["off"]);
+    const settings = await Promise.all([0, 1, 2, 3].map(async () => {
+      const c = await db.pool.connect();
+      try { return (await c.query("SHOW synchronous_commit")).rows[0].synchronous_commit; } finally { c.release(); }
+    }));
+    assert.deepEqual(settings, ["on", "on", "on", "on"], "the pooled connections keep the database's default");
+  });
+
+  it("waits for the flush when the branch asks for it (APPLY_SYNCHRONOUS_COMMIT=on)", async () => {
+    await new Promise((r) => setTimeout(r, ONE_TRIP_PAUSE_MS + 50));
+    await db.pool.query("DELETE FROM _branchsync.changes; DELETE FROM _branchsync.txns");
+    const durable = makeApplier(db.pool, tables, { synchronousCommit: "on" });
+    await durable.apply(batch(4n, [{ seq: 4n, changes: [[Op.INSERT, 4, "d"]] }]));
+    assert.deepEqual(await seen(), ["on"]);
+    assert.throws(() => makeApplier(db.pool, tables, { synchronousCommit: "off; DROP TABLE items" }), /not one of PostgreSQL's values/);
+  });
+});

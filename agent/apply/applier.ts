@@ -32,6 +32,7 @@ import { makeOneTrip, TRIP_ROWS } from "./oneTrip.ts";
 import { makeLocalIndex, rowIdOf, type LocalIndex, type LocalVersions } from "./localIndex.ts";
 import type { LocalTable } from "../capture/introspect.ts";
 import { cleanSql } from "./clean.ts";
+import { APPLY_SYNCHRONOUS_COMMIT, SYNCHRONOUS_COMMIT } from "../config.ts";
 
 export { ONE_TRIP_PAUSE_MS } from "./oneTrip.ts";
 
@@ -119,9 +120,23 @@ const describe = (e: unknown) => ({ error: e instanceof Error ? e.message : Stri
 // Read committed whatever the database's default: which local changes are
 // pending is read after the apply lock, by statements that must see every
 // writer that committed while we waited for it (see localIndex.ts).
-const BEGIN_APPLY = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL branchsync.applying = 'on'";
+const BEGIN_DURABLE = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL branchsync.applying = 'on'";
 
-export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
+export interface ApplierOptions {
+  /**
+   * synchronous_commit of the transactions that apply batches (one of
+   * PostgreSQL's values, checked by agent/config.ts). Rows and cursor commit
+   * together, and a crash undoes a suffix of commits, never a middle one: a
+   * branch that loses applied batches resumes from the cursor it kept and
+   * the hub sends them again (invariant 1). An operator's retry of a
+   * quarantined transaction is answered only once it is durable.
+   */
+  synchronousCommit: string;
+}
+
+export function makeApplier(pool: pg.Pool, tables: LocalTable[], opts: ApplierOptions = { synchronousCommit: APPLY_SYNCHRONOUS_COMMIT }): Applier {
+  if (!SYNCHRONOUS_COMMIT.test(opts.synchronousCommit)) throw new Error(`synchronous_commit "${opts.synchronousCommit}" is not one of PostgreSQL's values`);
+  const BEGIN_APPLY = `${BEGIN_DURABLE}; SET LOCAL synchronous_commit = ${opts.synchronousCommit}`;
   const sql = new Map<string, TableSql & { idx: number }>();
   let index = makeLocalIndex();
   tables.forEach((t, idx) => sql.set(t.name, { ...tableSql(t), idx }));
@@ -201,10 +216,10 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
     return out;
   }
 
-  async function begin(): Promise<pg.PoolClient> {
+  async function begin(opening = BEGIN_APPLY): Promise<pg.PoolClient> {
     const c = await pool.connect();
     try {
-      await c.query(BEGIN_APPLY);
+      await c.query(opening);
       locked = false;
       return c;
     } catch (e) {
@@ -326,7 +341,7 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
 
   const oneTrip = makeOneTrip({
     tables: tables.map((t) => ({ name: t.name, ...tableSql(t, TRIP_ROWS) })),
-    checkTracked: statementOf, ownSequenced, cleans, noteLowest,
+    checkTracked: statementOf, ownSequenced, cleans, noteLowest, synchronousCommit: opts.synchronousCommit,
   });
 
   return {
@@ -367,10 +382,15 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[]): Applier {
     async abort() {
       skipping = null;
       if (open) await finish(open);
+      // What the next session finds may be older than what was applied: a
+      // crash of the database undoes the last commits made without waiting
+      // for their flush. Learn both again from the database.
+      lowestRecorded = undefined;
+      index = makeLocalIndex();
     },
     busy: () => open !== null,
     async retry(seq, repair) {
-      const c = await begin();
+      const c = await begin(BEGIN_DURABLE);
       try {
         const q = await c.query("SELECT status FROM _branchsync.quarantine WHERE seq = $1 FOR UPDATE", [seq.toString()]);
         if (q.rows.length === 0) { await finish(c); return { outcome: "failed", error: `transaction ${seq} is not quarantined at this branch` }; }

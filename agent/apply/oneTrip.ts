@@ -36,6 +36,8 @@ export interface OneTripDeps {
   /** Whether the cursor move should also drop passed local transactions and report the lowest recorded seq. */
   cleans(batch: ChangeBatch): boolean;
   noteLowest(low: string | null): void;
+  /** synchronous_commit of its transaction (see ApplierOptions). */
+  synchronousCommit: string;
 }
 
 export interface OneTrip {
@@ -55,7 +57,7 @@ const KIND = { fresh: "I", upsert: "U", del: "D" } as const;
  * all (the same key inserted here, or on two branches), the block's
  * subtransaction undoes the INSERT and the run is upserted.
  */
-function functionSql(tables: OneTripDeps["tables"]): string {
+function functionSql(tables: OneTripDeps["tables"], synchronousCommit: string): string {
   const runs = tables.map((t, i) => `${i === 0 ? "IF" : "ELSIF"} p_tbl[i] = ${i} AND p_kind[i] = '${KIND.fresh}' THEN
         BEGIN ${t.insert}; EXCEPTION WHEN unique_violation THEN ${t.upsert}; END;
       ELSIF p_tbl[i] = ${i} AND p_kind[i] = '${KIND.upsert}' THEN ${t.upsert};
@@ -73,6 +75,7 @@ function functionSql(tables: OneTripDeps["tables"]): string {
       RAISE EXCEPTION 'one trip needs read committed' USING ERRCODE = '${LOCAL_PENDING_SQLSTATE}';
     END IF;
     PERFORM set_config('branchsync.applying', 'on', true);
+    PERFORM set_config('synchronous_commit', '${synchronousCommit}', true);
     IF cardinality(p_own_txid) > 0 THEN
       UPDATE _branchsync.txns t SET seq = v.seq FROM unnest(p_own_txid, p_own_seq) AS v(txid, seq) WHERE t.txid = v.txid;
     END IF;
@@ -107,7 +110,7 @@ export function makeOneTrip(d: OneTripDeps): OneTrip {
     async run(c, batch) {
       if (!installed) {
         // Its statements depend on the tracked tables: written once per start.
-        await c.query(functionSql(d.tables));
+        await c.query(functionSql(d.tables, d.synchronousCommit));
         installed = true;
       }
       const { foreign, staying, passing } = d.ownSequenced(batch);

@@ -318,9 +318,15 @@ export async function readHead(pool: pg.Pool, schema: string): Promise<bigint> {
   return BigInt(rows[0].seq);
 }
 
+/**
+ * Records how far a branch has acked, for operators (lag) only: a branch
+ * resumes from its own durable cursor. So the write does not wait for its
+ * WAL flush (set_config(…, true) lasts until this statement's commit); a
+ * crash of the hub's database may show an older figure.
+ */
 export async function saveCursor(pool: pg.Pool, schema: string, branch: string, seq: bigint): Promise<void> {
   await pool.query(
-    `INSERT INTO ${schema}.cursors(branch_id, acked_seq) VALUES ($1, $2)
+    `INSERT INTO ${schema}.cursors(branch_id, acked_seq) SELECT $1, $2 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async
      ON CONFLICT (branch_id) DO UPDATE SET acked_seq = greatest(${schema}.cursors.acked_seq, excluded.acked_seq), updated_at = now()`,
     [branch, seq.toString()]);
 }

@@ -29,7 +29,8 @@ export interface Cluster {
   hubDb: TestDb;
   admin: ReturnType<typeof createClient<typeof AdminService>>;
   addTenant(id: string): Promise<void>;
-  addBranch(tenantId: string, branchId: string, ddl: string, tables: string[], overrides?: Partial<AgentConfig>): Promise<Branch>;
+  /** `dbBase`: the server for the branch's database (default: the test server). */
+  addBranch(tenantId: string, branchId: string, ddl: string, tables: string[], overrides?: Partial<AgentConfig>, dbBase?: string): Promise<Branch>;
   close(): Promise<void>;
 }
 
@@ -52,8 +53,8 @@ export async function startCluster(): Promise<Cluster> {
   return {
     hub, hubDb, admin,
     async addTenant(id) { await admin.createTenant({ id, name: id }); },
-    async addBranch(tenantId, branchId, ddl, tables, overrides = {}) {
-      const db = await createDb(branchId.replace(/-/g, "_"), ddl);
+    async addBranch(tenantId, branchId, ddl, tables, overrides = {}, dbBase) {
+      const db = await createDb(branchId.replace(/-/g, "_"), ddl, dbBase);
       const r = await admin.createBranch({ tenantId, branchId });
       const config: AgentConfig = {
         hubUrl: `http://127.0.0.1:${hub.grpcPort}`, authUrl: `http://127.0.0.1:${hub.httpPort}`,

@@ -13,12 +13,17 @@ export async function withDb<T>(name: string, f: (c: pg.Client) => Promise<T>): 
   try { return await f(c); } finally { await c.end(); }
 }
 
-const admin = <T>(f: (c: pg.Client) => Promise<T>): Promise<T> => withDb("postgres", f);
+async function admin<T>(base: string, f: (c: pg.Client) => Promise<T>): Promise<T> {
+  const c = new pg.Client({ connectionString: `${base}/postgres` });
+  await c.connect();
+  try { return await f(c); } finally { await c.end(); }
+}
 
-export async function createDb(prefix: string, ddl = ""): Promise<TestDb> {
+/** A fresh database on the test server, or on the server at `base` (a throwaway cluster). */
+export async function createDb(prefix: string, ddl = "", base = PG_BASE): Promise<TestDb> {
   const name = `bst_${prefix}_${randomBytes(4).toString("hex")}`;
-  await admin((c) => c.query(`CREATE DATABASE "${name}"`));
-  const url = `${PG_BASE}/${name}`;
+  await admin(base, (c) => c.query(`CREATE DATABASE "${name}"`));
+  const url = `${base}/${name}`;
   const pool = new pg.Pool({ connectionString: url, max: 4 });
   pool.on("error", () => undefined); // DROP ... WITH (FORCE) ends idle clients
   if (ddl) await pool.query(ddl);
@@ -26,7 +31,7 @@ export async function createDb(prefix: string, ddl = ""): Promise<TestDb> {
     name, url, pool,
     async drop() {
       await pool.end().catch(() => undefined);
-      await admin((c) => c.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`));
+      await admin(base, (c) => c.query(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`));
     },
   };
 }
