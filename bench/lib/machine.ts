@@ -64,3 +64,23 @@ export function damonMonitors(): string[] {
   }
   return out;
 }
+
+/**
+ * CPU seconds the running kdamonds have used (utime + stime of each one's
+ * pid), or null if none is visible. A section reads it before and after its
+ * probes: in fan-out to 50 one took 11–14 % of a core while it probed, and
+ * its p99 was 53 ms with DAMON paused against 126–413 ms with it on.
+ */
+export function kdamondCpuSeconds(): number | null {
+  let ids: string[];
+  try { ids = fs.readdirSync(DAMON).filter((d) => /^\d+$/.test(d)); } catch { return null; }
+  let total: number | null = null;
+  for (const id of ids) {
+    const pid = readOr(path.join(DAMON, id, "pid"));
+    const stat = pid && Number(pid) > 0 ? readOr(`/proc/${pid}/stat`) : null;
+    if (!stat) continue;
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    total = (total ?? 0) + (Number(f[11]) + Number(f[12])) / 100;
+  }
+  return total;
+}

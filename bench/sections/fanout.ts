@@ -15,6 +15,7 @@ import { ITEMS_DDL, ARRIVAL_TRIGGER, SENT_TRIGGER, PROBE_BASE } from "../lib/ite
 import { waitUntil } from "../lib/poll.ts";
 import { summarize, sleep } from "../lib/stats.ts";
 import { makePool } from "../../lib/pgpool.ts";
+import { damonMonitors, kdamondCpuSeconds } from "../lib/machine.ts";
 
 /** Connections one agent holds at most: its pool (4) + the LISTEN connection. */
 const CONN_PER_AGENT = 5;
@@ -81,6 +82,7 @@ export async function fanout(ctx: BenchContext): Promise<SectionResult> {
     const cpu0 = { hub: hub.proc.cpuSeconds() ?? 0, agents: worker.cpuSeconds() ?? 0, writer: writer.cpuSeconds() ?? 0 };
     const faults0 = { hub: hub.proc.faults() ?? 0, agents: worker.faults() ?? 0, writer: writer.faults() ?? 0 };
     const sessions0 = await sessionsOpened(a.pool);
+    const kdamond0 = kdamondCpuSeconds();
     const t0 = Date.now();
     const first = PROBE_BASE + 2_000_000 + 1;
     const probes = ctx.sizes.fanoutProbes;
@@ -91,6 +93,10 @@ export async function fanout(ctx: BenchContext): Promise<SectionResult> {
     // Read before the checks below, whose pools on the receivers may reconnect.
     // A backend started mid-run costs its client a connect and cold caches (lib/pgpool.ts).
     const sessions1 = await sessionsOpened(a.pool);
+    const kdamond1 = kdamondCpuSeconds();
+    const probeWallS = (Date.now() - t0) / 1000;
+    const kdamondPct = kdamond0 === null || kdamond1 === null ? null : (100 * (kdamond1 - kdamond0)) / probeWallS;
+    const damon = damonMonitors();
     const sessionsDuring = [...sessions1].reduce((acc, [db, k]) => acc + k - (sessions0.get(db) ?? 0), 0);
     const sessionsByDb = Object.fromEntries([...sessions1].filter(([db, k]) => k > (sessions0.get(db) ?? 0)).map(([db, k]) => [db, k - (sessions0.get(db) ?? 0)]));
     const last = first + probes - 1;
@@ -137,7 +143,7 @@ export async function fanout(ctx: BenchContext): Promise<SectionResult> {
     const f = (x: number) => x.toFixed(1);
     const cpu = { hub: (100 * (cpu1.hub - cpu0.hub)) / wallS, agents: (100 * (cpu1.agents - cpu0.agents)) / wallS, writer: (100 * (cpu1.writer - cpu0.writer)) / wallS };
     const rss = { hubKb: hub.proc.rssKb(), agentsKb: worker.rssKb(), writerKb: writer.rssKb() };
-    res.data = { branches: n, probes, toLastMs: L, toFirstMs: F, perProbe, cpuPct: cpu, rss, faults, sessionsDuring, sessionsByDb, server: server.describe, sendTime: commitTs ? "commit_timestamp" : "deferred_trigger_clock_timestamp" };
+    res.data = { branches: n, probes, toLastMs: L, toFirstMs: F, perProbe, cpuPct: cpu, rss, faults, sessionsDuring, sessionsByDb, kdamondPct, damon, server: server.describe, sendTime: commitTs ? "commit_timestamp" : "deferred_trigger_clock_timestamp" };
     res.tables.push({
       title: `fan-out: 1 writer → ${n} receiving branches`,
       header: ["probes", "to LAST p50 ms", "p95 ms", "p99 ms", "max ms", "to FIRST p50 ms", "p99 ms", "hub CPU %", `${n} agents CPU %`, "hub RSS MiB", `${n} agents RSS MiB`, "check"],
@@ -147,6 +153,7 @@ export async function fanout(ctx: BenchContext): Promise<SectionResult> {
         `single-row inserts on the writer every 100 ms × U(0.5,1.5), after ${warmProbes} of the same not counted; latency = arrival at the last (first) of the ${n} branches − send time on the writer.`,
         `writer = \`branchsync agent\` process; the ${n} receiving agents run in one node process (bench/workers/agents.ts, startAgent); databases on ${server.describe}.`,
         `during the probes: ${sessionsDuring} PostgreSQL sessions opened on the server while probing (pg_stat_database.sessions); page faults hub ${faults.hub}, agents ${faults.agents}, writer ${faults.writer} (~11 µs each on this VM kind).`,
+        `the kernel's DAMON monitors: ${damon.length ? damon.join("; ") : "none seen"}; kdamond CPU during the probes ${kdamondPct === null ? "n/a" : `${kdamondPct.toFixed(1)} % of a core`} (session 14: 11–14 % here, and p99 53 ms with DAMON paused against 126–413 ms with it on; bench/lib/machine.ts).`,
         commitTs ? "send time = writer's commit timestamp." : "send time = clock_timestamp() at the end of the probe transaction (deferred trigger; track_commit_timestamp off).",
       ],
     });

@@ -18,7 +18,7 @@ import { digest, checkpoint } from "../lib/pg.ts";
 import { onCleanup } from "../lib/cleanup.ts";
 import { pairCpu, cpuDelta } from "../lib/pgcpu.ts";
 import { summarize, sleep, nowMs } from "../lib/stats.ts";
-import { startControlProbe, damonMonitors, type ControlProbe } from "../lib/machine.ts";
+import { startControlProbe, damonMonitors, kdamondCpuSeconds, type ControlProbe } from "../lib/machine.ts";
 
 const WARMUP_S = 3;
 const TAIL_S = 2;
@@ -92,15 +92,19 @@ export async function latency(ctx: BenchContext): Promise<SectionResult> {
     await sleep(WARMUP_S * 1000);
     const first = PROBE_BASE + 1_000_000 + 1;
     let sent = 0;
+    const kdamond0 = kdamondCpuSeconds();
+    const probing0 = nowMs();
     const end = nowMs() + s.latencySeconds * 1000;
     while (nowMs() < end) {
       await writer.query(`INSERT INTO public.items(id, sku, qty, price, note, updated_at) VALUES ($1, 'probe', 0, 0, 'probe', clock_timestamp())`, [first + sent]);
       sent++;
       await sleep(s.latencyIntervalMs * (0.5 + rng()));
     }
+    const kdamond1 = kdamondCpuSeconds();
+    const kdamondPct = kdamond0 === null || kdamond1 === null ? null : (100 * (kdamond1 - kdamond0) * 1000) / (nowMs() - probing0);
     const bgOut = await bg.done;
     const cpu1 = pairCpu(pair);
-    const machine = { selectOneMs: await control.stop(), damon: damonMonitors() };
+    const machine = { selectOneMs: await control.stop(), damon: damonMonitors(), kdamondPct };
     const tps = Number(/tps = ([\d.]+)/.exec(bgOut)?.[1] ?? NaN);
     const last = first + sent - 1;
     let arrivedAll = true;
@@ -147,7 +151,7 @@ export async function latency(ctx: BenchContext): Promise<SectionResult> {
           : "send time = clock_timestamp() at the end of the probe transaction on A (deferred constraint trigger into untracked bench.probe_sent): track_commit_timestamp is off on this server and turning it on needs a restart. It precedes the commit by the commit flush, like the anchors' commit timestamp.",
         "arrival = clock_timestamp() in a DEFERRABLE INITIALLY DEFERRED constraint trigger (ENABLE ALWAYS) on B, into untracked bench.probe_arrival.",
         "CPU % = process CPU time / wall time of the loaded window (100 % = one core); PG CPU % = the backends connected to that database still open at the end (from /proc): A's is its agent's and the probe writer's, not pgbench's (gone by then).",
-        `the machine meanwhile: SELECT 1 on its own connection every 10 ms took p50 ${f(machine.selectOneMs.p50)} / p99 ${f(machine.selectOneMs.p99)} / max ${f(machine.selectOneMs.max)} ms (${machine.selectOneMs.n} round trips); kernel DAMON monitors running: ${machine.damon.length ? machine.damon.join("; ") : "none seen"} (bench/lib/machine.ts: on this VM kind its sampling took a CPU for ~20 ms every ~0.55 s).`,
+        `the machine meanwhile: SELECT 1 on its own connection every 10 ms took p50 ${f(machine.selectOneMs.p50)} / p99 ${f(machine.selectOneMs.p99)} / max ${f(machine.selectOneMs.max)} ms (${machine.selectOneMs.n} round trips); kernel DAMON monitors running: ${machine.damon.length ? machine.damon.join("; ") : "none seen"}, kdamond CPU while probing ${kdamondPct === null ? "n/a" : `${kdamondPct.toFixed(1)} % of a core`} (bench/lib/machine.ts: on this VM kind its sampling took a CPU for ~20 ms every ~0.55 s).`,
         `legs (p50 / p99 ms): A commit → hub log transaction start ${f(legs.up.p50)} / ${f(legs.up.p99)}; hub log transaction start → visible on B ${f(legs.down.p50)} / ${f(legs.down.p99)} (hub log committed_at = now() of its append transaction).`,
       ],
     });
