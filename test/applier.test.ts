@@ -168,4 +168,21 @@ describe("applier commits: synchronous_commit of apply transactions", function (
     assert.deepEqual(await seen(), ["on"]);
     assert.throws(() => makeApplier(db.pool, tables, { synchronousCommit: "off; DROP TABLE items" }), /not one of PostgreSQL's values/);
   });
+
+  it("learns the database's state again when a session ends: a crash may have undone the cursor move that dropped a local transaction", async () => {
+    await seen();
+    const applier = makeApplier(db.pool, tables);
+    // Nothing of its own recorded: it stops looking for passed local transactions.
+    await applier.apply(batch(5n, [{ seq: 5n, changes: [[Op.INSERT, 6, "f"]] }]));
+    // As a crash leaves it: a local transaction recorded at seq 6, whose removal
+    // (when the cursor passed 6) did not survive.
+    await db.pool.query("INSERT INTO items VALUES (7, 'local', 1, 1, NULL, now())");
+    await db.pool.query("UPDATE _branchsync.txns SET seq = 6");
+    const left = async () => (await db.pool.query("SELECT count(*)::int AS n FROM _branchsync.txns")).rows[0].n as number;
+    await applier.apply(batch(7n, [{ seq: 7n, changes: [[Op.INSERT, 8, "h"]] }]));
+    assert.equal(await left(), 1, "what it knows from before the crash: none recorded, so none to drop");
+    await applier.abort();
+    await applier.apply(batch(8n, [{ seq: 8n, changes: [[Op.INSERT, 9, "i"]] }]));
+    assert.equal(await left(), 0, "after a session's end it looks again and drops what the cursor passed");
+  });
 });
