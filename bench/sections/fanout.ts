@@ -153,7 +153,7 @@ export async function fanout(ctx: BenchContext): Promise<SectionResult> {
         `single-row inserts on the writer every 100 ms × U(0.5,1.5), after ${warmProbes} of the same not counted; latency = arrival at the last (first) of the ${n} branches − send time on the writer.`,
         `writer = \`branchsync agent\` process; the ${n} receiving agents run in one node process (bench/workers/agents.ts, startAgent); databases on ${server.describe}.`,
         `during the probes: ${sessionsDuring} PostgreSQL sessions opened on the server while probing (pg_stat_database.sessions); page faults hub ${faults.hub}, agents ${faults.agents}, writer ${faults.writer} (~11 µs each on this VM kind).`,
-        `the kernel's DAMON monitors: ${damon.length ? damon.join("; ") : "none seen"}; kdamond CPU during the probes ${kdamondPct === null ? "n/a" : `${kdamondPct.toFixed(1)} % of a core`} (session 14: 11–14 % here, and p99 53 ms with DAMON paused against 126–413 ms with it on; bench/lib/machine.ts).`,
+        `the kernel's DAMON monitors: ${damon.length ? damon.join("; ") : "none seen"}; kdamond CPU during the probes ${kdamondPct === null ? "n/a" : `${kdamondPct.toFixed(1)} % of a core`} (session 14: 11–14 % here, and p99 53 ms with DAMON paused against 81–698 ms (about 185 typically) with it on; bench/lib/machine.ts).`,
         commitTs ? "send time = writer's commit timestamp." : "send time = clock_timestamp() at the end of the probe transaction (deferred trigger; track_commit_timestamp off).",
       ],
     });
