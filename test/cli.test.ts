@@ -46,6 +46,7 @@ describe("the branchsync CLI", function () {
       [["agent"], { HUB_URL: "ftp://x", TENANT_ID: "t", BRANCH_ID: "b", API_KEY: "k", LOCAL_DATABASE_URL: "postgresql://x/y", TRACKED_TABLES: "items" }, /HUB_URL must use http: or https:/],
       [["agent"], { HUB_URL: "http://x:1", TENANT_ID: "Bad Tenant", BRANCH_ID: "b", API_KEY: "k", LOCAL_DATABASE_URL: "postgresql://x/y", TRACKED_TABLES: "items" }, /TENANT_ID/],
       [["agent"], { HUB_URL: "http://x:1", TENANT_ID: "t", BRANCH_ID: "b", API_KEY: "k", LOCAL_DATABASE_URL: "postgresql://x/y", TRACKED_TABLES: "items;drop table x" }, /TRACKED_TABLES/],
+      [["agent"], { HUB_URL: "http://x:1", TENANT_ID: "t", BRANCH_ID: "b", API_KEY: "k", LOCAL_DATABASE_URL: "postgresql://x/y", TRACKED_TABLES: "items", APPLY_SYNCHRONOUS_COMMIT: "maybe" }, /APPLY_SYNCHRONOUS_COMMIT "maybe"/],
       [["hub"], { GRPC_PORT: "70000" }, /GRPC_PORT must be between 0 and 65535/],
       [["hub", "--grpc-port", "abc"], {}, /--grpc-port must be an integer/],
       [["hub", "--no-such-flag", "1"], {}, /unknown flag --no-such-flag/],
