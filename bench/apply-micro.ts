@@ -11,7 +11,6 @@
  * Uses BENCH_PG_URL (default postgresql://postgres@127.0.0.1:5432); the
  * database is dropped at the end.
  */
-import fs from "node:fs";
 import { randomBytes } from "node:crypto";
 import pg from "pg";
 import { create } from "@bufbuild/protobuf";
@@ -21,6 +20,7 @@ import { makeApplier } from "../agent/apply/applier.ts";
 import { makePool } from "../lib/pgpool.ts";
 import { ChangeBatchSchema, TransactionSchema, ChangeSchema, Op } from "../gen/branchsync/v1/sync_pb.ts";
 import { ITEMS_DDL } from "./lib/items.ts";
+import { readCpuSeconds } from "./lib/procs.ts";
 
 const rows = Number(process.argv[2] ?? 1);
 const n = Number(process.argv[3] ?? 3000);
@@ -58,11 +58,7 @@ try {
   // Past plpgsql's first compiles and plan choices.
   for (let i = 0; i < 200; i++) await applier.apply(nextBatch());
   const pid = (await pool.query("SELECT pg_backend_pid() AS p")).rows[0].p;
-  const backendUs = () => {
-    const s = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
-    const f = s.slice(s.lastIndexOf(")") + 2).split(" ");
-    return (Number(f[11]) + Number(f[12])) * 10_000;
-  };
+  const backendUs = () => (readCpuSeconds(pid) ?? NaN) * 1e6;
   const b0 = backendUs();
   const n0 = process.cpuUsage();
   const t0 = performance.now();

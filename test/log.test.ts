@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import pg from "pg";
 import { ensureTenantCurrent, migrate } from "../hub/store/migrate.ts";
 import { createTenant, tenantSchema } from "../hub/store/tenants.ts";
-import { appendBatch, readAfter } from "../hub/store/log.ts";
+import { appendBatch, readAfter, saveCursor } from "../hub/store/log.ts";
 import { loadVersions } from "../hub/store/rowState.ts";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { TransactionSchema, Op } from "../gen/branchsync/v1/sync_pb.ts";
@@ -24,6 +24,25 @@ describe("the tenant log (store level)", function () {
     await createTenant(pool, "t", "t");
   });
   after(async () => { await pool.end(); await db.drop(); });
+
+  it("records acked cursors, monotonic, without waiting for the WAL flush (operators' lag only: a branch resumes from its own)", async () => {
+    // A deferred trigger runs at COMMIT, so it sees the setting the commit uses.
+    await pool.query(`CREATE TABLE cursor_commits (value text);
+      CREATE FUNCTION note_cursor_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN INSERT INTO cursor_commits VALUES (current_setting('synchronous_commit')); RETURN NULL; END $$;
+      CREATE CONSTRAINT TRIGGER zz_cursor_commit AFTER INSERT OR UPDATE ON ${S}.cursors DEFERRABLE INITIALLY DEFERRED
+        FOR EACH ROW EXECUTE FUNCTION note_cursor_commit()`);
+    try {
+      await saveCursor(pool, S, "b1", 5n);
+      await saveCursor(pool, S, "b1", 3n);
+      const acked = await pool.query(`SELECT acked_seq::int AS n FROM ${S}.cursors WHERE branch_id = 'b1'`);
+      assert.equal(acked.rows[0].n, 5, "an older ack does not move it back");
+      assert.deepEqual((await pool.query("SELECT value FROM cursor_commits")).rows.map((r) => r.value), ["off", "off"]);
+      assert.equal((await pool.query("SHOW synchronous_commit")).rows[0].synchronous_commit, "on", "the connection keeps the database's default");
+    } finally {
+      await pool.query(`DROP TRIGGER zz_cursor_commit ON ${S}.cursors; DROP FUNCTION note_cursor_commit(); DROP TABLE cursor_commits`);
+    }
+  });
 
   it("gives concurrent appenders a gap-free sequence that becomes visible in order; resends are duplicates", async () => {
     const rnd = seeded(testSeed());

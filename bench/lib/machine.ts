@@ -13,6 +13,7 @@ import fs from "node:fs";
 import path from "node:path";
 import pg from "pg";
 import { summarize, sleep, type Summary } from "./stats.ts";
+import { readCpuSeconds } from "./procs.ts";
 
 export interface ControlProbe { stop(): Promise<Summary> }
 
@@ -77,10 +78,8 @@ export function kdamondCpuSeconds(): number | null {
   let total: number | null = null;
   for (const id of ids) {
     const pid = readOr(path.join(DAMON, id, "pid"));
-    const stat = pid && Number(pid) > 0 ? readOr(`/proc/${pid}/stat`) : null;
-    if (!stat) continue;
-    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    total = (total ?? 0) + (Number(f[11]) + Number(f[12])) / 100;
+    const cpu = pid && Number(pid) > 0 ? readCpuSeconds(pid) : null;
+    if (cpu !== null) total = (total ?? 0) + cpu;
   }
   return total;
 }

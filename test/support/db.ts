@@ -6,18 +6,14 @@ export const PG_BASE = process.env.TEST_PG_URL ?? "postgresql://postgres@127.0.0
 
 export interface TestDb { name: string; url: string; pool: pg.Pool; drop(): Promise<void> }
 
-/** One client on database `name` of the test server, for `f`. */
-export async function withDb<T>(name: string, f: (c: pg.Client) => Promise<T>): Promise<T> {
-  const c = new pg.Client({ connectionString: `${PG_BASE}/${name}` });
+/** One client on database `name` of the test server (or the server at `base`), for `f`. */
+export async function withDb<T>(name: string, f: (c: pg.Client) => Promise<T>, base = PG_BASE): Promise<T> {
+  const c = new pg.Client({ connectionString: `${base}/${name}` });
   await c.connect();
   try { return await f(c); } finally { await c.end(); }
 }
 
-async function admin<T>(base: string, f: (c: pg.Client) => Promise<T>): Promise<T> {
-  const c = new pg.Client({ connectionString: `${base}/postgres` });
-  await c.connect();
-  try { return await f(c); } finally { await c.end(); }
-}
+const admin = <T>(base: string, f: (c: pg.Client) => Promise<T>): Promise<T> => withDb("postgres", f, base);
 
 /** A fresh database on the test server, or on the server at `base` (a throwaway cluster). */
 export async function createDb(prefix: string, ddl = "", base = PG_BASE): Promise<TestDb> {
