@@ -185,4 +185,45 @@ describe("applier commits: synchronous_commit of apply transactions", function (
     await applier.apply(batch(8n, [{ seq: 8n, changes: [[Op.INSERT, 9, "i"]] }]));
     assert.equal(await left(), 0, "after a session's end it looks again and drops what the cursor passed");
   });
+
+  it("reads its local index again when a session ends: a crash may bring back a local transaction it had forgotten", async () => {
+    await seen();
+    await db.pool.query("DELETE FROM _branchsync.changes; DELETE FROM _branchsync.txns; UPDATE _branchsync.state SET cursor = 20");
+    const applier = makeApplier(db.pool, tables);
+    const sku = async (id: number) => (await db.pool.query("SELECT sku FROM items WHERE id = $1", [id])).rows[0]?.sku as string | undefined;
+    // U, a local change the hub has not sequenced, keeps every batch on the
+    // careful path, the one that uses the index. T changes row 40; the hub
+    // sequenced it at 23.
+    await db.pool.query("INSERT INTO items VALUES (41, 'U', 1, 1, NULL, now())");
+    const u = BigInt((await db.pool.query("SELECT txid::text FROM _branchsync.txns")).rows[0].txid);
+    await db.pool.query("INSERT INTO items VALUES (40, 'T', 1, 1, NULL, now())");
+    await db.pool.query("UPDATE _branchsync.txns SET seq = 23 WHERE txid <> $1", [u.toString()]);
+    const t = BigInt((await db.pool.query("SELECT txid::text FROM _branchsync.txns WHERE seq = 23")).rows[0].txid);
+    // The state a crash will go back to: T recorded, cursor at 21.
+    await applier.apply(batch(21n, [{ seq: 21n, changes: [[Op.INSERT, 42, "x"]] }]));
+    const TABLES = ["items", "_branchsync.txns", "_branchsync.changes", "_branchsync.state"];
+    await db.pool.query(TABLES.map((n, i) => `CREATE TABLE snap${i} AS SELECT * FROM ${n}`).join(";"));
+    const snapshot = await db.pool.connect();
+    try {
+      // Seq 22 changes row 40 elsewhere, before T: T's version stays. Then
+      // the cursor passes T (dropping it), and seq 25 changes row 40 again,
+      // which the index answers by forgetting T's units.
+      await applier.apply(batch(22n, [{ seq: 22n, changes: [[Op.UPDATE, 40, "other22"]] }]));
+      assert.equal(await sku(40), "T", "before the crash: T was sequenced after seq 22");
+      await applier.apply(batch(24n, [{ seq: 24n, changes: [[Op.INSERT, 43, "y"]] }], [{ originTxn: t, seq: 23n }]));
+      await applier.apply(batch(25n, [{ seq: 25n, changes: [[Op.UPDATE, 40, "other25"]] }]));
+      assert.equal(await sku(40), "other25");
+      // The crash undoes the applies after seq 21, whose commits did not wait
+      // for their flush: T's units and its txns row come back with their ids.
+      await snapshot.query(`BEGIN; SET LOCAL branchsync.applying = on; ${TABLES.map((n, i) => `DELETE FROM ${n}; INSERT INTO ${n} SELECT * FROM snap${i}`).join(";")}; COMMIT`);
+    } finally {
+      snapshot.release();
+    }
+    await applier.abort();
+    // The hub sends seq 22 again: T still outranks it.
+    await applier.apply(batch(22n, [{ seq: 22n, changes: [[Op.UPDATE, 40, "other22"]] }]));
+    assert.equal(await sku(40), "T", "a local change sequenced after the incoming one is kept, also after a crash");
+    await applier.apply(batch(25n, [{ seq: 24n, changes: [[Op.INSERT, 43, "y"]] }, { seq: 25n, changes: [[Op.UPDATE, 40, "other25"]] }], [{ originTxn: t, seq: 23n }]));
+    assert.equal(await sku(40), "other25");
+  });
 });
