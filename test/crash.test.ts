@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import type { ChildProcess } from "node:child_process";
-import { startCluster, ITEMS_DDL, AUDIT_DDL, type Cluster, type Branch } from "./support/cluster.ts";
+import { startCluster, ITEMS_DDL, AUDIT_DDL, ADMIN_TOKEN, type Cluster, type Branch } from "./support/cluster.ts";
 import { waitFor, digest } from "./support/db.ts";
-import { spawnAgent, kill9, seeded, testSeed } from "./support/process.ts";
+import { spawnAgent, spawnHub, freePorts, kill9, seeded, testSeed, type HubProcess } from "./support/process.ts";
 import { throwawayCluster, type ThrowawayCluster } from "./support/pgcluster.ts";
 
 
@@ -67,6 +67,73 @@ describe("crash safety", function () {
     assert.deepEqual(audit.rows, [{ op: "INSERT", n: 10_000, d: 10_000 }], "every row applied exactly once, never re-applied");
     const hub = await c.hubDb.pool.query("SELECT sum(n_changes)::int AS n, count(DISTINCT origin_txn)::int AS t FROM tenant_crash.log");
     assert.deepEqual(hub.rows[0], { n: 10_000, t: 100 }, "the hub stored every transaction once");
+  });
+});
+
+describe("crash safety: a hub replica is killed", function () {
+  this.timeout(120_000);
+  let c: Cluster;
+  let a: Branch;
+  let b: Branch;
+  let hub: HubProcess | null = null;
+  let ports: number[];
+  const start = async () => {
+    hub = spawnHub(c.hubDb.url, ports[0], ports[1], ADMIN_TOKEN);
+    await hub.ready;
+  };
+
+  before(async () => {
+    // The cluster's own hub creates tenant and branches; the agents dial a
+    // second replica of it, a process on fixed ports that the test kills.
+    c = await startCluster();
+    ports = await freePorts(2);
+    await start();
+    await c.addTenant("hubcrash");
+    const dial = { hubUrl: `http://127.0.0.1:${ports[0]}`, authUrl: `http://127.0.0.1:${ports[1]}`, batchMaxChanges: 150 };
+    a = await c.addBranch("hubcrash", "east", ITEMS_DDL + ";" + AUDIT_DDL, ["items"], dial);
+    b = await c.addBranch("hubcrash", "west", ITEMS_DDL + ";" + AUDIT_DDL, ["items"], dial);
+  });
+  after(async () => {
+    if (hub) await kill9(hub.child);
+    await c?.close();
+  });
+
+  it("kill -9 of the hub mid-stream both ways: every transaction stored once, both branches identical, every row applied once", async () => {
+    const rnd = seeded(testSeed());
+    await Promise.all([a.start(), b.start()]);
+    // East writes 10,000 rows in 100 transactions, west 2,500 in 50.
+    const writes = [
+      (async () => { for (let t = 0; t < 100; t++) await a.db.pool.query(`INSERT INTO items SELECT g, 'east', g % 7, g / 3.0, md5(g::text), now() FROM generate_series(${t * 100 + 1}, ${t * 100 + 100}) g`); })(),
+      (async () => { for (let t = 0; t < 50; t++) await b.db.pool.query(`INSERT INTO items SELECT g, 'west', g % 5, g / 7.0, NULL, now() FROM generate_series(${100_000 + t * 50 + 1}, ${100_000 + t * 50 + 50}) g`); })(),
+    ];
+    const count = async (br: Branch) => (await br.db.pool.query("SELECT count(*)::int AS n FROM items")).rows[0].n as number;
+    let kills = 0;
+    for (let round = 0; round < 3; round++) {
+      const target = 1500 + Math.floor(rnd() * 7000);
+      await waitFor(`${target} rows on west`, async () => (await count(b)) >= Math.min(target, 9000), 60_000, 5);
+      if ((await count(b)) >= 12_500) break;
+      await kill9(hub!.child);
+      kills++;
+      await new Promise((r) => setTimeout(r, 50 + rnd() * 500));
+      await start();
+    }
+    await Promise.all(writes);
+    for (const br of [a, b]) {
+      await waitFor(`all 12,500 rows on ${br.branchId}`, async () => (await count(br)) === 12_500, 60_000);
+      await waitFor(`${br.branchId}'s change log drained`, async () =>
+        (await br.db.pool.query("SELECT count(*)::int AS n FROM _branchsync.changes")).rows[0].n === 0, 30_000);
+    }
+    assert.ok(kills > 0, "the test must actually kill the hub");
+    assert.equal(await digest(b.db.pool, "items"), await digest(a.db.pool, "items"));
+    for (const br of [a, b]) {
+      const audit = await br.db.pool.query("SELECT op, count(*)::int AS n, count(DISTINCT id)::int AS d FROM audit GROUP BY op");
+      assert.deepEqual(audit.rows, [{ op: "INSERT", n: 12_500, d: 12_500 }], `${br.branchId}: every row written or applied exactly once`);
+    }
+    const log = await c.hubDb.pool.query(
+      "SELECT origin_branch AS b, sum(n_changes)::int AS n, count(DISTINCT origin_txn)::int AS t, count(*)::int AS entries FROM tenant_hubcrash.log GROUP BY 1 ORDER BY 1");
+    assert.deepEqual(log.rows, [{ b: "east", n: 10_000, t: 100, entries: 100 }, { b: "west", n: 2_500, t: 50, entries: 50 }], "the hub stored every transaction once");
+    const gaps = await c.hubDb.pool.query("SELECT count(*)::int AS n, max(seq)::int AS top FROM tenant_hubcrash.log");
+    assert.deepEqual(gaps.rows[0], { n: 150, top: 150 }, "a gap-free sequence");
   });
 });
 

@@ -1,5 +1,6 @@
-/** Agents as real child processes, for tests that kill -9 them. */
+/** Agents and hub replicas as real child processes, for tests that kill -9 them. */
 import { spawn, type ChildProcess } from "node:child_process";
+import net from "node:net";
 import path from "node:path";
 import type { AgentConfig } from "../../agent/main.ts";
 
@@ -15,6 +16,43 @@ export function spawnAgent(cfg: AgentConfig): ChildProcess {
   };
   const child = spawn(process.execPath, [BIN, "agent"], { env, stdio: ["ignore", "ignore", "inherit"] });
   return child;
+}
+
+export interface HubProcess { child: ChildProcess; ready: Promise<void> }
+
+/**
+ * A hub replica on fixed ports (a restarted replica must be where the agents
+ * dial again). `ready` resolves once it prints that it serves, and rejects
+ * if it exits first.
+ */
+export function spawnHub(databaseUrl: string, grpcPort: number, httpPort: number, adminToken: string): HubProcess {
+  const env = {
+    ...process.env, DATABASE_URL: databaseUrl, REDIS_URL: process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379", HOST: "127.0.0.1",
+    GRPC_PORT: String(grpcPort), HTTP_PORT: String(httpPort), ADMIN_TOKEN: adminToken, DRAIN_SECONDS: "0", PG_POOL_SIZE: "10",
+    LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? "warn",
+  };
+  const child = spawn(process.execPath, [BIN, "hub"], { env, stdio: ["ignore", "pipe", "inherit"] });
+  const ready = new Promise<void>((resolve, reject) => {
+    let out = "";
+    child.stdout!.on("data", (d: Buffer) => {
+      out += d.toString();
+      if (out.includes("branchsync hub ready")) resolve();
+    });
+    child.once("exit", (code, signal) => reject(new Error(`hub exited (${code ?? signal}) before it was ready: ${out.slice(-500)}`)));
+  });
+  ready.catch(() => undefined);
+  return { child, ready };
+}
+
+/** Ports nothing listens on right now, for a process that must keep them across restarts. */
+export async function freePorts(n: number): Promise<number[]> {
+  const servers = await Promise.all(Array.from({ length: n }, () => new Promise<net.Server>((resolve) => {
+    const s = net.createServer();
+    s.listen(0, "127.0.0.1", () => resolve(s));
+  })));
+  const ports = servers.map((s) => (s.address() as net.AddressInfo).port);
+  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
+  return ports;
 }
 
 export function kill9(child: ChildProcess): Promise<void> {
