@@ -195,3 +195,66 @@ describe("crash safety: the branch's PostgreSQL crashes", function () {
     assert.deepEqual(audit.rows, [{ op: "INSERT", n: written, d: written }], "every row applied exactly once in what the database kept");
   });
 });
+
+describe("crash safety: the hub's PostgreSQL crashes", function () {
+  this.timeout(120_000);
+  let c: Cluster;
+  let server: ThrowawayCluster;
+  let a: Branch;
+  let b: Branch;
+
+  before(async () => {
+    server = await throwawayCluster();
+    c = await startCluster(server.base);
+    await c.addTenant("hubpg");
+    a = await c.addBranch("hubpg", "east", ITEMS_DDL + ";" + AUDIT_DDL, ["items"], { batchMaxChanges: 150 });
+    b = await c.addBranch("hubpg", "west", ITEMS_DDL + ";" + AUDIT_DDL, ["items"], { batchMaxChanges: 150 });
+  });
+  after(async () => {
+    await c?.close();
+    await server?.drop();
+  });
+
+  it("the hub keeps running through its database's crash mid-stream both ways: what it acked survives, nothing is stored or applied twice", async () => {
+    const rnd = seeded(testSeed());
+    const agents = await Promise.all([a.start(), b.start()]);
+    // Every way a session ended, as the agents saw it (a session ends at most once per backoff).
+    const ended = new Set<string>();
+    const watch = setInterval(() => { for (const ag of agents) { const e = ag.status().lastError; if (e) ended.add(e.split(":")[0]); } }, 2);
+    const writes = [
+      (async () => { for (let t = 0; t < 60; t++) await a.db.pool.query(`INSERT INTO items SELECT g, 'east', g % 7, g / 3.0, md5(g::text), now() FROM generate_series(${t * 100 + 1}, ${t * 100 + 100}) g`); })(),
+      (async () => { for (let t = 0; t < 40; t++) await b.db.pool.query(`INSERT INTO items SELECT g, 'west', g % 5, g / 7.0, NULL, now() FROM generate_series(${100_000 + t * 50 + 1}, ${100_000 + t * 50 + 50}) g`); })(),
+    ];
+    const count = async (br: Branch) => (await br.db.pool.query("SELECT count(*)::int AS n FROM items")).rows[0].n as number;
+    let crashes = 0;
+    for (let round = 0; round < 2; round++) {
+      const target = 1000 + Math.floor(rnd() * 3500);
+      await waitFor(`${target} rows on west`, async () => (await count(b)) >= Math.min(target, 5000), 60_000, 5);
+      if ((await count(b)) >= 8000) break;
+      await server.crash();
+      crashes++;
+      await new Promise((r) => setTimeout(r, 100 + rnd() * 500));
+      await server.start();
+    }
+    await Promise.all(writes);
+    for (const br of [a, b]) {
+      await waitFor(`all 8,000 rows on ${br.branchId}`, async () => (await count(br)) === 8000, 90_000);
+      await waitFor(`${br.branchId}'s change log drained`, async () =>
+        (await br.db.pool.query("SELECT count(*)::int AS n FROM _branchsync.changes")).rows[0].n === 0, 30_000);
+    }
+    clearInterval(watch);
+    assert.ok(crashes > 0, "the test must actually crash the hub's database");
+    assert.ok(ended.size > 0, "the crash ended sessions");
+    assert.ok(![...ended].includes("INTERNAL"), `a database crash is UNAVAILABLE to clients, not a hub fault (saw ${[...ended].join(", ")})`);
+    assert.equal(await digest(b.db.pool, "items"), await digest(a.db.pool, "items"));
+    for (const br of [a, b]) {
+      const audit = await br.db.pool.query("SELECT op, count(*)::int AS n, count(DISTINCT id)::int AS d FROM audit GROUP BY op");
+      assert.deepEqual(audit.rows, [{ op: "INSERT", n: 8000, d: 8000 }], `${br.branchId}: every row written or applied exactly once`);
+    }
+    const log = await c.hubDb.pool.query(
+      "SELECT origin_branch AS b, sum(n_changes)::int AS n, count(DISTINCT origin_txn)::int AS t, count(*)::int AS entries FROM tenant_hubpg.log GROUP BY 1 ORDER BY 1");
+    assert.deepEqual(log.rows, [{ b: "east", n: 6000, t: 60, entries: 60 }, { b: "west", n: 2000, t: 40, entries: 40 }], "the hub stored every transaction once");
+    const seqs = await c.hubDb.pool.query("SELECT count(*)::int AS n, max(seq)::int AS top FROM tenant_hubpg.log");
+    assert.deepEqual(seqs.rows[0], { n: 100, top: 100 }, "a gap-free sequence");
+  });
+});

@@ -42,8 +42,9 @@ export function hubConfig(databaseUrl: string, overrides: Partial<HubConfig> = {
   };
 }
 
-export async function startCluster(): Promise<Cluster> {
-  const hubDb = await createDb("hub");
+/** `hubDbBase`: the server for the hub's database (default: the test server). */
+export async function startCluster(hubDbBase?: string): Promise<Cluster> {
+  const hubDb = await createDb("hub", undefined, hubDbBase);
   const hub = await startHub(hubConfig(hubDb.url), quiet);
   const admin = createClient(AdminService, createConnectTransport({
     baseUrl: `http://127.0.0.1:${hub.httpPort}`, httpVersion: "1.1",

@@ -1222,6 +1222,12 @@ export const QuarantineOutcomeSchema: GenEnum<QuarantineOutcome> = /*@__PURE__*/
  *     its cursor in the same database transaction, and then sends Ack.
  *  4. Either side may send Ping; the peer answers Pong with the same nonce.
  *  5. Drain asks the agent to reconnect (the hub replica is shutting down).
+ *  6. A stream that ends with UNAVAILABLE (the hub's database restarting or
+ *     a connection to it cut, a replica going away) is worth reconnecting
+ *     with backoff, from the agent's durable cursor, resending every batch
+ *     not yet acknowledged: a cut may have come after the hub stored it,
+ *     and the resend then comes back DUPLICATE with its sequence number.
+ *     INTERNAL is a hub fault whose message carries an id to report.
  *
  * @generated from service branchsync.v1.SyncService
  */
