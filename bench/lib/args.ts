@@ -17,9 +17,9 @@ export const FULL: Sizes = {
 export const QUICK: Sizes = {
   ...FULL,
   baseRows: 2_000, inserts: 2_000, updates: 400, deletes: 200, warmupRows: 200,
-  latencySeconds: 3, fanoutBranches: 5, fanoutProbes: 10,
+  latencySeconds: 2, fanoutBranches: 5, fanoutProbes: 10,
   streamLevels: [200], streamBranches: 10, streamPings: 200,
-  ingestBranches: 10, ingestTenants: [1], ingestSeconds: 3,
+  ingestBranches: 10, ingestTenants: [1], ingestSeconds: 2,
   stallRows: 2_000,
   backlogTxns: [100, 200],
 };
