@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import type { ChildProcess } from "node:child_process";
 import { startCluster, ITEMS_DDL, AUDIT_DDL, ADMIN_TOKEN, type Cluster, type Branch } from "./support/cluster.ts";
 import { waitFor, digest } from "./support/db.ts";
-import { spawnAgent, spawnHub, freePorts, kill9, seeded, testSeed, type HubProcess } from "./support/process.ts";
+import { spawnAgent, spawnHub, kill9, seeded, testSeed, type HubProcess } from "./support/process.ts";
+import { freePort } from "./support/ports.ts";
 import { throwawayCluster, type ThrowawayCluster } from "./support/pgcluster.ts";
 
 
@@ -86,7 +87,8 @@ describe("crash safety: a hub replica is killed", function () {
     // The cluster's own hub creates tenant and branches; the agents dial a
     // second replica of it, a process on fixed ports that the test kills.
     c = await startCluster();
-    ports = await freePorts(2);
+    const grpc = await freePort(5760);
+    ports = [grpc, await freePort(grpc + 1)];
     await start();
     await c.addTenant("hubcrash");
     const dial = { hubUrl: `http://127.0.0.1:${ports[0]}`, authUrl: `http://127.0.0.1:${ports[1]}`, batchMaxChanges: 150 };

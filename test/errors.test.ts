@@ -4,7 +4,7 @@ import pg from "pg";
 import { pino } from "pino";
 import { toPublicError, StatusError, Status } from "../hub/errors.ts";
 import { PG_BASE } from "./support/db.ts";
-import { freePorts } from "./support/process.ts";
+import { freePort } from "./support/ports.ts";
 
 /** What toPublicError logged, by level. */
 function capture() {
@@ -74,7 +74,7 @@ describe("hub errors: which failures clients should retry", function () {
     await new Promise((r) => setTimeout(r, 200));
     await killer.query("SELECT pg_terminate_backend($1)", [pid]);
     await killer.end();
-    const [port] = await freePorts(1);
+    const port = await freePort(5860);
     const refused = await failure(async () => {
       const c = new pg.Client({ connectionString: `postgresql://postgres@127.0.0.1:${port}/postgres` });
       await c.connect();

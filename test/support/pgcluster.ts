@@ -6,9 +6,9 @@
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import fs from "node:fs";
-import net from "node:net";
 import { randomBytes } from "node:crypto";
 import pg from "pg";
+import { freePort } from "./ports.ts";
 
 const run = promisify(execFile);
 const VERSION = "15";
@@ -21,17 +21,6 @@ export interface ThrowawayCluster {
   /** Starts it again (crash recovery) and waits until it takes connections. */
   start(): Promise<void>;
   drop(): Promise<void>;
-}
-
-async function freePort(from: number): Promise<number> {
-  for (let port = from; port < from + 200; port++) {
-    const free = await new Promise<boolean>((resolve) => {
-      const srv = net.createServer().once("error", () => resolve(false));
-      srv.listen(port, "127.0.0.1", () => srv.close(() => resolve(true)));
-    });
-    if (free) return port;
-  }
-  throw new Error(`no free port from ${from}`);
 }
 
 const ctl = (name: string, ...args: string[]) => run("pg_ctlcluster", ["--skip-systemctl-redirect", VERSION, name, ...args]);

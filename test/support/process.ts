@@ -1,6 +1,5 @@
 /** Agents and hub replicas as real child processes, for tests that kill -9 them. */
 import { spawn, type ChildProcess } from "node:child_process";
-import net from "node:net";
 import path from "node:path";
 import type { AgentConfig } from "../../agent/main.ts";
 
@@ -42,17 +41,6 @@ export function spawnHub(databaseUrl: string, grpcPort: number, httpPort: number
   });
   ready.catch(() => undefined);
   return { child, ready };
-}
-
-/** Ports nothing listens on right now, for a process that must keep them across restarts. */
-export async function freePorts(n: number): Promise<number[]> {
-  const servers = await Promise.all(Array.from({ length: n }, () => new Promise<net.Server>((resolve) => {
-    const s = net.createServer();
-    s.listen(0, "127.0.0.1", () => resolve(s));
-  })));
-  const ports = servers.map((s) => (s.address() as net.AddressInfo).port);
-  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
-  return ports;
 }
 
 export function kill9(child: ChildProcess): Promise<void> {
