@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import net from "node:net";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { AdminService } from "../gen/branchsync/v1/admin_pb.ts";
@@ -6,6 +8,7 @@ import { startHub, type Hub } from "../hub/main.ts";
 import { startAgent, type Agent } from "../agent/main.ts";
 import { ADMIN_TOKEN, ITEMS_DDL, hubConfig, quiet } from "./support/cluster.ts";
 import { createDb, waitFor, digest, type TestDb } from "./support/db.ts";
+import { freePort } from "./support/ports.ts";
 
 interface Site { db: TestDb; agent: Agent | null; start(): Promise<void> }
 
@@ -79,6 +82,47 @@ describe("hub replicas, the Redis bridge and restarts", function () {
     }
     await waitFor("both branches identical", async () =>
       (await digest(a.db.pool, "items")) === (await digest(b.db.pool, "items")) && (await b.db.pool.query("SELECT count(*)::int AS n FROM items")).rows[0].n === 220, 20_000);
+  });
+
+  it("wakes branches through Redis again after Redis restarts; what was written meanwhile arrives too", async () => {
+    // A Redis of this test's own, to kill; the replicas' fallback poll is a
+    // minute, so a row that arrives within seconds came through the bridge.
+    const port = await freePort(6390);
+    const redis = () => {
+      const p = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
+      return p;
+    };
+    let server = redis();
+    try {
+      const redisUrl = `redis://127.0.0.1:${port}`;
+      await waitFor("redis up", () => new Promise<boolean>((resolve) => {
+        const s = net.connect(port, "127.0.0.1", () => { s.destroy(); resolve(true); }).on("error", () => resolve(false));
+      }), 10_000);
+      const h1 = await hub({ redisUrl, pollMs: 60_000 });
+      const h2 = await hub({ redisUrl, pollMs: 60_000 });
+      const a = await site(h1, "redisback", "rb1");
+      const b = await site(h2, "redisback", "rb2");
+      await new Promise((r) => setTimeout(r, 500));
+      const arrives = async (id: number, ms: number) => {
+        await a.db.pool.query("INSERT INTO items VALUES ($1, 'rb', 1, 1, NULL, now())", [id]);
+        await waitFor(`row ${id} via the bridge`, async () => (await b.db.pool.query("SELECT 1 FROM items WHERE id = $1", [id])).rowCount === 1, ms);
+      };
+      await arrives(1, 5000);
+      server.kill("SIGKILL");
+      await new Promise((r) => server.once("exit", r));
+      // Written while Redis is down: no wake-up reaches the other replica.
+      await a.db.pool.query("INSERT INTO items VALUES (2, 'rb-outage', 1, 1, NULL, now())");
+      await new Promise((r) => setTimeout(r, 1000));
+      server = redis();
+      // ioredis retries every 5 s at most; then both replicas subscribe again,
+      // and the receiving one catches up on the wake-up it missed, long
+      // before its minute-long poll.
+      await waitFor("the row written during the outage", async () => (await b.db.pool.query("SELECT 1 FROM items WHERE id = 2")).rowCount === 1, 15_000);
+      for (let id = 3; id <= 5; id++) await arrives(id, 5000);
+      assert.equal((await b.db.pool.query("SELECT count(*)::int AS n FROM items")).rows[0].n, 5);
+    } finally {
+      server.kill("SIGKILL");
+    }
   });
 
   it("keeps the tenant sequence gap-free and visible in order under concurrent writers on two replicas", async () => {

@@ -3,6 +3,10 @@
  * Pub/sub is fire-and-forget; correctness never depends on it (see feed.ts).
  * Redis being down only costs latency, so errors are logged, not thrown.
  *
+ * Messages published while a replica is disconnected are lost to it, so
+ * when its subscriptions come back it polls the heads of its waiting
+ * tenants once (the sessions would otherwise wait for the next timed poll).
+ *
  * A replica that is alone (PUBLISH reached no subscriber but itself) stops
  * publishing head moves for a while: with one replica, a publish per
  * append is a Redis round trip, a socket write and its own echo for no
@@ -62,8 +66,14 @@ export function startBridge(redisUrl: string, feed: Feed, log: Logger, options: 
     await announce();
   };
   const ready = listen().catch(onError);
-  // After a reconnect ioredis subscribes again; say so, in case others went quiet meanwhile.
-  sub.on("ready", () => { if (subscribed) announce(); });
+  // After a reconnect ioredis subscribes again. Once that is done (a repeated
+  // subscribe answers after the ones it queued), catch up on what was
+  // published while we could not hear it, and say we are back, in case the
+  // others went quiet meanwhile (alone).
+  sub.on("ready", () => {
+    if (!subscribed) return;
+    sub.psubscribe(`${headPrefix}*`).then(() => { feed.pollNow(); return announce(); }, onError);
+  });
   sub.on("message", (channel: string) => { if (channel === announceChannel) aloneUntil = 0; });
   sub.on("pmessage", (_p: string, channel: string, msg: string) => {
     if (!/^\d+$/.test(msg)) return;

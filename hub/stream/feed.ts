@@ -12,6 +12,12 @@ export interface Feed {
   /** Resolves when the known head passes `after`, on abort, or after `timeoutMs` if given. */
   wait(tenantId: string, after: bigint, abort?: AbortSignal, timeoutMs?: number): Promise<void>;
   known(tenantId: string): bigint;
+  /**
+   * Reads the heads of tenants with waiting sessions now, not at the next
+   * tick: wake-ups published while this replica could not hear them (Redis
+   * down or reconnecting) are lost, and only the poll finds what they said.
+   */
+  pollNow(): void;
   close(): void;
 }
 
@@ -28,20 +34,28 @@ export function makeFeed(readHead: HeadReader | null, pollMs: number, onError: (
     for (const w of set) if (w.after < seq) w.wake();
   };
   let polling = false;
-  const timer = readHead ? setInterval(async () => {
-    if (polling) return;
+  /** A poll asked for while one ran: that one may have read a head before what it was asked for. */
+  let again = false;
+  const poll = async () => {
+    if (!readHead) return;
+    if (polling) { again = true; return; }
     polling = true;
     try {
-      for (const tenantId of [...waiters.keys()]) advance(tenantId, await readHead(tenantId));
+      do {
+        again = false;
+        for (const tenantId of [...waiters.keys()]) advance(tenantId, await readHead(tenantId));
+      } while (again);
     } catch (err) {
       onError(err);
     } finally {
       polling = false;
     }
-  }, pollMs) : null;
+  };
+  const timer = readHead ? setInterval(poll, pollMs) : null;
   timer?.unref();
   return {
     advance,
+    pollNow: () => { void poll(); },
     known: (tenantId) => heads.get(tenantId) ?? 0n,
     close() { if (timer) clearInterval(timer); },
     wait(tenantId, after, abort, timeoutMs) {
