@@ -68,17 +68,44 @@ async function listenLocal(url: string, log: Logger) {
   // one arrived since it looked: otherwise a commit landing between its
   // read and its wait would sit unsent until the poll.
   let notified = 0;
+  const wake = () => { notified++; for (const w of waiters) w(); };
   const connect = async () => {
     const c = new pg.Client({ connectionString: url });
-    c.on("notification", () => { notified++; for (const w of waiters) w(); });
+    c.on("notification", wake);
     c.on("error", (err) => {
-      log.warn({ err: err.message }, "LISTEN connection lost; polling until it is back");
+      if (client !== c) return;
+      log.warn({ err: err.message }, "LISTEN connection lost; polling the change log until it is back");
       client = null;
-      if (!stopped) setTimeout(() => connect().catch(() => undefined), 1000);
+      void reconnect();
     });
-    await c.connect();
-    await c.query(`LISTEN ${NOTIFY_CHANNEL}`);
+    try {
+      await c.connect();
+      await c.query(`LISTEN ${NOTIFY_CHANNEL}`);
+    } catch (err) {
+      await c.end().catch(() => undefined);
+      throw err;
+    }
+    // Closed while it connected: the agent is stopping.
+    if (stopped) { await c.end().catch(() => undefined); return; }
     client = c;
+  };
+  // Until it is back, however long the database is away (a restart, crash
+  // recovery): without it, local commits wait for the poll (POLL_MS).
+  const reconnect = async () => {
+    const backoff = makeBackoff({ maxMs: 10_000 });
+    for (let attempt = 1; !stopped; attempt++) {
+      await new Promise((r) => setTimeout(r, Math.max(100, backoff.next())));
+      if (stopped) return;
+      try {
+        await connect();
+        log.info({ attempt }, "LISTEN connection back");
+        // What committed while no one listened announced itself to no one.
+        wake();
+        return;
+      } catch (err) {
+        log.warn({ err: (err as Error).message, attempt }, "LISTEN connection still down; polling the change log meanwhile");
+      }
+    }
   };
   await connect();
   return {

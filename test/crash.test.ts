@@ -196,6 +196,23 @@ describe("crash safety: the branch's PostgreSQL crashes", function () {
     const audit = await b.db.pool.query("SELECT op, count(*)::int AS n, count(DISTINCT id)::int AS d FROM audit GROUP BY op");
     assert.deepEqual(audit.rows, [{ op: "INSERT", n: written, d: written }], "every row applied exactly once in what the database kept");
   });
+
+  it("a branch whose server was down for seconds sends its next writes at once: its LISTEN connection comes back", async () => {
+    // A minute between polls of the change log: a write that gets there
+    // within seconds was announced by NOTIFY.
+    await b.stop();
+    b.config.pollMs = 60_000;
+    await b.start();
+    const onWriter = async (id: number) => (await a.db.pool.query("SELECT 1 FROM items WHERE id = $1", [id])).rowCount === 1;
+    await server.crash();
+    // Longer than the agent's first attempt to listen again.
+    await new Promise((r) => setTimeout(r, 2500));
+    await server.start();
+    for (let id = 900_001; id <= 900_003; id++) {
+      await b.db.pool.query("INSERT INTO items VALUES ($1, 'after-crash', 1, 1, NULL, now())", [id]);
+      await waitFor(`row ${id} from the restarted branch`, () => onWriter(id), 8000);
+    }
+  });
 });
 
 describe("crash safety: the hub's PostgreSQL crashes", function () {
