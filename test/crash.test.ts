@@ -71,6 +71,52 @@ describe("crash safety", function () {
   });
 });
 
+/**
+ * Two branches writing at once while `fail` breaks something at random
+ * points, up to `rounds` times: east `eastTxns` 100-row transactions, west
+ * `westTxns` 50-row ones. Then every row must be on both branches, applied
+ * once (their audit tables), and in the hub's log once per transaction, in
+ * a gap-free sequence. Returns how many times it failed something.
+ */
+async function twoWayThrough(c: Cluster, east: Branch, west: Branch, tenant: string,
+  sizes: { eastTxns: number; westTxns: number; rounds: number }, fail: (rnd: () => number) => Promise<void>): Promise<number> {
+  const rnd = seeded(testSeed());
+  const eastRows = sizes.eastTxns * 100;
+  const total = eastRows + sizes.westTxns * 50;
+  const writes = [
+    (async () => { for (let t = 0; t < sizes.eastTxns; t++) await east.db.pool.query(`INSERT INTO items SELECT g, 'east', g % 7, g / 3.0, md5(g::text), now() FROM generate_series(${t * 100 + 1}, ${t * 100 + 100}) g`); })(),
+    (async () => { for (let t = 0; t < sizes.westTxns; t++) await west.db.pool.query(`INSERT INTO items SELECT g, 'west', g % 5, g / 7.0, NULL, now() FROM generate_series(${100_000 + t * 50 + 1}, ${100_000 + t * 50 + 50}) g`); })(),
+  ];
+  const count = async (br: Branch) => (await br.db.pool.query("SELECT count(*)::int AS n FROM items")).rows[0].n as number;
+  let failures = 0;
+  for (let round = 0; round < sizes.rounds; round++) {
+    const target = Math.floor(total * (0.1 + rnd() * 0.55));
+    await waitFor(`${target} rows on west`, async () => (await count(west)) >= target, 60_000, 5);
+    if ((await count(west)) >= total) break;
+    await fail(rnd);
+    failures++;
+  }
+  await Promise.all(writes);
+  for (const br of [east, west]) {
+    await waitFor(`all ${total} rows on ${br.branchId}`, async () => (await count(br)) === total, 90_000);
+    await waitFor(`${br.branchId}'s change log drained`, async () =>
+      (await br.db.pool.query("SELECT count(*)::int AS n FROM _branchsync.changes")).rows[0].n === 0, 30_000);
+  }
+  assert.equal(await digest(west.db.pool, "items"), await digest(east.db.pool, "items"));
+  for (const br of [east, west]) {
+    const audit = await br.db.pool.query("SELECT op, count(*)::int AS n, count(DISTINCT id)::int AS d FROM audit GROUP BY op");
+    assert.deepEqual(audit.rows, [{ op: "INSERT", n: total, d: total }], `${br.branchId}: every row written or applied exactly once`);
+  }
+  const log = await c.hubDb.pool.query(
+    `SELECT origin_branch AS b, sum(n_changes)::int AS n, count(DISTINCT origin_txn)::int AS t, count(*)::int AS entries FROM tenant_${tenant}.log GROUP BY 1 ORDER BY 1`);
+  assert.deepEqual(log.rows, [{ b: east.branchId, n: eastRows, t: sizes.eastTxns, entries: sizes.eastTxns }, { b: west.branchId, n: total - eastRows, t: sizes.westTxns, entries: sizes.westTxns }],
+    "the hub stored every transaction once");
+  const seqs = await c.hubDb.pool.query(`SELECT count(*)::int AS n, max(seq)::int AS top FROM tenant_${tenant}.log`);
+  const txns = sizes.eastTxns + sizes.westTxns;
+  assert.deepEqual(seqs.rows[0], { n: txns, top: txns }, "a gap-free sequence");
+  return failures;
+}
+
 describe("crash safety: a hub replica is killed", function () {
   this.timeout(120_000);
   let c: Cluster;
@@ -101,41 +147,13 @@ describe("crash safety: a hub replica is killed", function () {
   });
 
   it("kill -9 of the hub mid-stream both ways: every transaction stored once, both branches identical, every row applied once", async () => {
-    const rnd = seeded(testSeed());
     await Promise.all([a.start(), b.start()]);
-    // East writes 10,000 rows in 100 transactions, west 2,500 in 50.
-    const writes = [
-      (async () => { for (let t = 0; t < 100; t++) await a.db.pool.query(`INSERT INTO items SELECT g, 'east', g % 7, g / 3.0, md5(g::text), now() FROM generate_series(${t * 100 + 1}, ${t * 100 + 100}) g`); })(),
-      (async () => { for (let t = 0; t < 50; t++) await b.db.pool.query(`INSERT INTO items SELECT g, 'west', g % 5, g / 7.0, NULL, now() FROM generate_series(${100_000 + t * 50 + 1}, ${100_000 + t * 50 + 50}) g`); })(),
-    ];
-    const count = async (br: Branch) => (await br.db.pool.query("SELECT count(*)::int AS n FROM items")).rows[0].n as number;
-    let kills = 0;
-    for (let round = 0; round < 3; round++) {
-      const target = 1500 + Math.floor(rnd() * 7000);
-      await waitFor(`${target} rows on west`, async () => (await count(b)) >= Math.min(target, 9000), 60_000, 5);
-      if ((await count(b)) >= 12_500) break;
+    const kills = await twoWayThrough(c, a, b, "hubcrash", { eastTxns: 100, westTxns: 50, rounds: 3 }, async (rnd) => {
       await kill9(hub!.child);
-      kills++;
       await new Promise((r) => setTimeout(r, 50 + rnd() * 500));
       await start();
-    }
-    await Promise.all(writes);
-    for (const br of [a, b]) {
-      await waitFor(`all 12,500 rows on ${br.branchId}`, async () => (await count(br)) === 12_500, 60_000);
-      await waitFor(`${br.branchId}'s change log drained`, async () =>
-        (await br.db.pool.query("SELECT count(*)::int AS n FROM _branchsync.changes")).rows[0].n === 0, 30_000);
-    }
+    });
     assert.ok(kills > 0, "the test must actually kill the hub");
-    assert.equal(await digest(b.db.pool, "items"), await digest(a.db.pool, "items"));
-    for (const br of [a, b]) {
-      const audit = await br.db.pool.query("SELECT op, count(*)::int AS n, count(DISTINCT id)::int AS d FROM audit GROUP BY op");
-      assert.deepEqual(audit.rows, [{ op: "INSERT", n: 12_500, d: 12_500 }], `${br.branchId}: every row written or applied exactly once`);
-    }
-    const log = await c.hubDb.pool.query(
-      "SELECT origin_branch AS b, sum(n_changes)::int AS n, count(DISTINCT origin_txn)::int AS t, count(*)::int AS entries FROM tenant_hubcrash.log GROUP BY 1 ORDER BY 1");
-    assert.deepEqual(log.rows, [{ b: "east", n: 10_000, t: 100, entries: 100 }, { b: "west", n: 2_500, t: 50, entries: 50 }], "the hub stored every transaction once");
-    const gaps = await c.hubDb.pool.query("SELECT count(*)::int AS n, max(seq)::int AS top FROM tenant_hubcrash.log");
-    assert.deepEqual(gaps.rows[0], { n: 150, top: 150 }, "a gap-free sequence");
   });
 });
 
@@ -217,10 +235,7 @@ describe("crash safety: the branch's PostgreSQL crashes", function () {
 
 describe("crash safety: the hub's PostgreSQL crashes", function () {
   this.timeout(120_000);
-  let c: Cluster;
-  let server: ThrowawayCluster;
-  let a: Branch;
-  let b: Branch;
+  let c: Cluster, server: ThrowawayCluster, a: Branch, b: Branch;
 
   before(async () => {
     server = await throwawayCluster();
@@ -235,45 +250,21 @@ describe("crash safety: the hub's PostgreSQL crashes", function () {
   });
 
   it("the hub keeps running through its database's crash mid-stream both ways: what it acked survives, nothing is stored or applied twice", async () => {
-    const rnd = seeded(testSeed());
     const agents = await Promise.all([a.start(), b.start()]);
     // Every way a session ended, as the agents saw it (a session ends at most once per backoff).
     const ended = new Set<string>();
     const watch = setInterval(() => { for (const ag of agents) { const e = ag.status().lastError; if (e) ended.add(e.split(":")[0]); } }, 2);
-    const writes = [
-      (async () => { for (let t = 0; t < 60; t++) await a.db.pool.query(`INSERT INTO items SELECT g, 'east', g % 7, g / 3.0, md5(g::text), now() FROM generate_series(${t * 100 + 1}, ${t * 100 + 100}) g`); })(),
-      (async () => { for (let t = 0; t < 40; t++) await b.db.pool.query(`INSERT INTO items SELECT g, 'west', g % 5, g / 7.0, NULL, now() FROM generate_series(${100_000 + t * 50 + 1}, ${100_000 + t * 50 + 50}) g`); })(),
-    ];
-    const count = async (br: Branch) => (await br.db.pool.query("SELECT count(*)::int AS n FROM items")).rows[0].n as number;
-    let crashes = 0;
-    for (let round = 0; round < 2; round++) {
-      const target = 1000 + Math.floor(rnd() * 3500);
-      await waitFor(`${target} rows on west`, async () => (await count(b)) >= Math.min(target, 5000), 60_000, 5);
-      if ((await count(b)) >= 8000) break;
-      await server.crash();
-      crashes++;
-      await new Promise((r) => setTimeout(r, 100 + rnd() * 500));
-      await server.start();
+    try {
+      const crashes = await twoWayThrough(c, a, b, "hubpg", { eastTxns: 60, westTxns: 40, rounds: 2 }, async (rnd) => {
+        await server.crash();
+        await new Promise((r) => setTimeout(r, 100 + rnd() * 500));
+        await server.start();
+      });
+      assert.ok(crashes > 0, "the test must actually crash the hub's database");
+    } finally {
+      clearInterval(watch);
     }
-    await Promise.all(writes);
-    for (const br of [a, b]) {
-      await waitFor(`all 8,000 rows on ${br.branchId}`, async () => (await count(br)) === 8000, 90_000);
-      await waitFor(`${br.branchId}'s change log drained`, async () =>
-        (await br.db.pool.query("SELECT count(*)::int AS n FROM _branchsync.changes")).rows[0].n === 0, 30_000);
-    }
-    clearInterval(watch);
-    assert.ok(crashes > 0, "the test must actually crash the hub's database");
     assert.ok(ended.size > 0, "the crash ended sessions");
     assert.ok(![...ended].includes("INTERNAL"), `a database crash is UNAVAILABLE to clients, not a hub fault (saw ${[...ended].join(", ")})`);
-    assert.equal(await digest(b.db.pool, "items"), await digest(a.db.pool, "items"));
-    for (const br of [a, b]) {
-      const audit = await br.db.pool.query("SELECT op, count(*)::int AS n, count(DISTINCT id)::int AS d FROM audit GROUP BY op");
-      assert.deepEqual(audit.rows, [{ op: "INSERT", n: 8000, d: 8000 }], `${br.branchId}: every row written or applied exactly once`);
-    }
-    const log = await c.hubDb.pool.query(
-      "SELECT origin_branch AS b, sum(n_changes)::int AS n, count(DISTINCT origin_txn)::int AS t, count(*)::int AS entries FROM tenant_hubpg.log GROUP BY 1 ORDER BY 1");
-    assert.deepEqual(log.rows, [{ b: "east", n: 6000, t: 60, entries: 60 }, { b: "west", n: 2000, t: 40, entries: 40 }], "the hub stored every transaction once");
-    const seqs = await c.hubDb.pool.query("SELECT count(*)::int AS n, max(seq)::int AS top FROM tenant_hubpg.log");
-    assert.deepEqual(seqs.rows[0], { n: 100, top: 100 }, "a gap-free sequence");
   });
 });
