@@ -26,8 +26,15 @@ describe("crash safety", function () {
     await c?.close();
   });
 
-  it("kill -9 of both agents mid-stream of 10,000 rows: identical afterwards, nothing applied twice", async () => {
+  /**
+   * Writes `txns` transactions of `rows` rows on the writer (ids from `base`)
+   * while killing either agent or both at random points a few times, then
+   * checks both branches match, the reader applied each row once and the
+   * hub stored each transaction once.
+   */
+  async function killWhileWriting(txns: number, rows: number, base: number): Promise<void> {
     const rnd = seeded(testSeed());
+    const total = txns * rows;
     procs.set("a", spawnAgent(a.config));
     procs.set("b", spawnAgent(b.config));
     // Rows written before capture is installed are not changes; wait for it.
@@ -36,17 +43,18 @@ describe("crash safety", function () {
         (await br.db.pool.query("SELECT to_regclass('_branchsync.state') IS NOT NULL AS ok")).rows[0].ok, 20_000);
     }
     const writing = (async () => {
-      for (let t = 0; t < 100; t++) {
-        await a.db.pool.query(`INSERT INTO items SELECT g, 'crash', g % 7, g / 3.0, md5(g::text), now() FROM generate_series(${t * 100 + 1}, ${t * 100 + 100}) g`);
+      for (let t = 0; t < txns; t++) {
+        const lo = base + t * rows + 1;
+        await a.db.pool.query(`INSERT INTO items SELECT g, 'crash', g % 7, g / 3.0, md5(g::text), now() FROM generate_series(${lo}, ${lo + rows - 1}) g`);
       }
     })();
-    const count = async () => (await b.db.pool.query("SELECT count(*)::int AS n FROM items")).rows[0].n as number;
+    const count = async () => (await b.db.pool.query("SELECT count(*)::int AS n FROM items WHERE id > $1", [base])).rows[0].n as number;
     let kills = 0;
     // Kill at random points while rows are still arriving, a few times.
     for (let round = 0; round < 4; round++) {
-      const target = 1000 + Math.floor(rnd() * 7000);
-      await waitFor(`${target} rows on the reader`, async () => (await count()) >= Math.min(target, 9000), 60_000, 5);
-      if ((await count()) >= 10_000) break;
+      const target = Math.floor(total * (0.1 + rnd() * 0.7));
+      await waitFor(`${target} rows on the reader`, async () => (await count()) >= target, 60_000, 5);
+      if ((await count()) >= total) break;
       const victim = rnd() < 0.5 ? "b" : rnd() < 0.5 ? "a" : "both";
       for (const v of victim === "both" ? ["a", "b"] : [victim]) {
         await kill9(procs.get(v)!);
@@ -59,15 +67,31 @@ describe("crash safety", function () {
       }
     }
     await writing;
-    await waitFor("all 10,000 rows on the reader", async () => (await count()) === 10_000, 60_000);
+    await waitFor(`all ${total} rows on the reader`, async () => (await count()) === total, 60_000);
     await waitFor("writer's log drained", async () =>
       (await a.db.pool.query("SELECT count(*)::int AS n FROM _branchsync.changes")).rows[0].n === 0, 30_000);
+    for (const p of procs.values()) await kill9(p);
     assert.ok(kills > 0, "the test must actually kill something");
     assert.equal(await digest(b.db.pool, "items"), await digest(a.db.pool, "items"));
-    const audit = await b.db.pool.query("SELECT op, count(*)::int AS n, count(DISTINCT id)::int AS d FROM audit GROUP BY op");
-    assert.deepEqual(audit.rows, [{ op: "INSERT", n: 10_000, d: 10_000 }], "every row applied exactly once, never re-applied");
+    const audit = await b.db.pool.query("SELECT op, count(*)::int AS n, count(DISTINCT id)::int AS d FROM audit WHERE id > $1 GROUP BY op", [base]);
+    assert.deepEqual(audit.rows, [{ op: "INSERT", n: total, d: total }], "every row applied exactly once, never re-applied");
+  }
+
+  it("kill -9 of both agents mid-stream of 10,000 rows: identical afterwards, nothing applied twice", async () => {
+    await killWhileWriting(100, 100, 0);
     const hub = await c.hubDb.pool.query("SELECT sum(n_changes)::int AS n, count(DISTINCT origin_txn)::int AS t FROM tenant_crash.log");
     assert.deepEqual(hub.rows[0], { n: 10_000, t: 100 }, "the hub stored every transaction once");
+  });
+
+  it("kill -9 of both agents mid-stream of transactions larger than a batch: each arrives whole, once", async () => {
+    // 2,000 rows against 150-change batches: in chunks up and down.
+    const before = (await c.hubDb.pool.query("SELECT seq::int FROM tenant_crash.head")).rows[0].seq as number;
+    await killWhileWriting(8, 2000, 1_000_000);
+    const hub = await c.hubDb.pool.query(`SELECT sum(n)::int AS n, count(*)::int AS t, bool_and(whole) AS whole, min(parts)::int AS fewest FROM (
+        SELECT seq, sum(n_changes) AS n, count(*) AS parts, count(*) = max(part) + 1 AND count(*) FILTER (WHERE last_part) = 1 AND bool_or(last_part AND part = 0) IS NOT TRUE AS whole
+          FROM tenant_crash.log WHERE seq > $1 GROUP BY seq) s`, [before]);
+    assert.deepEqual(hub.rows[0], { n: 16_000, t: 8, whole: true, fewest: hub.rows[0].fewest }, "the hub stored every transaction once, with all its parts");
+    assert.ok(hub.rows[0].fewest > 1, "each travelled in chunks");
   });
 });
 

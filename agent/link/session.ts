@@ -146,6 +146,11 @@ export async function runSession(env: SessionEnv, token: string, version: string
       const readStart = performance.now();
       const batch = await readBatch(env.pool, [...inFlight], env.batchMaxChanges, chunking, env.clock);
       if (abort.signal.aborted) return;
+      // Also when nothing came: a large transaction whose chunks were being
+      // sent may be gone meanwhile (the hub had it whole, reported it DUPLICATE
+      // and the cursor passed it), and reading its next chunk would find
+      // nothing for ever.
+      chunking = batch.chunking;
       if (batch.transactions.length === 0) {
         await Promise.race([env.waitLocal(env.pollMs, abort.signal, mark), new Promise<void>((r) => { wakeSender = r; })]);
         wakeSender = null;
@@ -161,7 +166,6 @@ export async function runSession(env: SessionEnv, token: string, version: string
           txns: batch.transactions.map((t) => `${t.originTxn}#${t.chunkIndex}${t.lastChunk ? "L" : ""}:${t.changes.length}`) }, "sending batch");
       }
       for (const t of batch.transactions) inFlight.add(t.originTxn.toString());
-      chunking = batch.chunking;
       awaiting.add(id);
       if (!abort.signal.aborted) call.write(encodeUpstreamBatch(id, batch.transactions));
       // Everything committed was taken: read again only once something new
