@@ -79,6 +79,16 @@ describe("core sync path", function () {
     assert.ok(reads > 1, "the reader should have polled while the transaction was in flight");
   });
 
+  it("sends a large transaction of one-row statements whole, however its statements fall into chunks", async () => {
+    // Each statement is a capture unit; a chunk reads at most 256 of them.
+    // 512 units of one row (the order and 511 lines) against 500-change
+    // batches: two full reads, the second the transaction's last.
+    const statements = Array.from({ length: 511 }, (_, i) => `INSERT INTO order_lines VALUES (8, ${i + 1}, 'one-by-one', 1)`);
+    await a.db.pool.query(`BEGIN; INSERT INTO orders VALUES (8, 'dave', 1); ${statements.join("; ")}; COMMIT`);
+    await waitFor("the order and its 511 lines on B", async () =>
+      (await b.db.pool.query("SELECT count(*)::int AS n FROM order_lines WHERE order_id = 8")).rows[0].n === 511, 15_000);
+  });
+
   it("does not echo applied changes back to the hub", async () => {
     await a.db.pool.query("INSERT INTO items VALUES (100, 'echo', 1, 1, 'e', now())");
     await waitFor("row on B", async () => (await b.db.pool.query("SELECT 1 FROM items WHERE id = 100")).rowCount === 1);

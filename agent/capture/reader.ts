@@ -79,24 +79,30 @@ export async function readBatch(db: pg.Pool, inFlight: string[], max: number, ch
   return { transactions: [...byTxid.values()], chunking: null, more };
 }
 
-/** A chunk is whole capture units, as many as fit in `max` (at least one). */
+/** Most capture units one chunk reads. */
+const CHUNK_UNITS = 256;
+
+/** A chunk is whole capture units, as many as fit in `max` (at least one) and at most CHUNK_UNITS. */
 async function readChunk(db: pg.Pool, c: Chunking, max: number, clock: Clock): Promise<ReadResult> {
   const txn = await db.query<TxnRow>(`SELECT ${TXN_COLS} FROM _branchsync.txns WHERE txid = $1::xid8`, [c.txid]);
   if (txn.rows.length === 0) return { transactions: [], chunking: null, more: false };
+  // One unit more than a chunk may take, to know whether this chunk is the
+  // last: a transaction whose remaining units were exactly a full read
+  // otherwise got a chunk not marked last, and then none.
   const units = await db.query({
     name: "bs-read-units",
-    text: `SELECT u.id::text AS uid, u.n FROM _branchsync.changes u WHERE u.txid = $1::xid8 AND u.id > $2::bigint ORDER BY u.id LIMIT 256`,
+    text: `SELECT u.id::text AS uid, u.n FROM _branchsync.changes u WHERE u.txid = $1::xid8 AND u.id > $2::bigint ORDER BY u.id LIMIT ${CHUNK_UNITS + 1}`,
     values: [c.txid, c.afterUnit],
   });
   if (units.rows.length === 0) return { transactions: [], chunking: null, more: false };
   const ids: string[] = [];
   let total = 0;
-  for (const u of units.rows) {
+  for (const u of units.rows.slice(0, CHUNK_UNITS)) {
     if (ids.length > 0 && total + u.n > max) break;
     ids.push(u.uid);
     total += u.n;
   }
-  const last = ids.length === units.rows.length && units.rows.length < 256;
+  const last = ids.length === units.rows.length;
   const { rows } = await db.query<UnitRow>({
     name: "bs-read-unit-changes",
     // The txid too: the units' index leads with it (a scan of every unit otherwise).
