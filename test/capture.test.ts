@@ -404,3 +404,69 @@ describe("change capture (branch database level)", function () {
     assert.deepEqual(after.transactions.map((t) => t.changes.map((ch) => ch.key)), [["[99]"]]);
   });
 });
+
+describe("reading large transactions in chunks (branch database level)", function () {
+  this.timeout(30_000);
+  let db: TestDb;
+  before(async () => {
+    db = await createDb("chunks", ITEMS_DDL);
+    const c = await db.pool.connect();
+    try { await installCapture(c, [await introspect(c, "public.items")], "t", "b"); } finally { c.release(); }
+  });
+  after(async () => { await db?.drop(); });
+  beforeEach(async () => { await db.pool.query("DELETE FROM items; DELETE FROM _branchsync.changes; DELETE FROM _branchsync.txns"); });
+
+  /** Every chunk of the one pending transaction, read as the sender does. */
+  async function chunks(max: number, maxChars?: number) {
+    const out: { index: number; last: boolean; ids: number[]; chars: number }[] = [];
+    let r = await readBatch(db.pool, [], max, null, makeClock(0), maxChars);
+    for (;;) {
+      assert.equal(r.transactions.length, 1);
+      const t = r.transactions[0];
+      out.push({ index: t.chunkIndex, last: t.lastChunk, ids: t.changes.map((c) => Number(JSON.parse(c.key)[0])), chars: t.changes.reduce((s, c) => s + c.row.length, 0) });
+      if (!r.chunking) break;
+      assert.ok(out.length < 100, "chunking ends");
+      r = await readBatch(db.pool, [t.originTxn.toString()], max, r.chunking, makeClock(0), maxChars);
+    }
+    return out;
+  }
+  const inOrder = (n: number) => Array.from({ length: n }, (_, i) => i + 1);
+
+  it("cuts a unit larger than a batch between its rows, and marks only the last chunk", async () => {
+    // One statement of 600 rows: units of 250, 250 and 100.
+    await db.pool.query("INSERT INTO items SELECT g, 's', 1, 1, NULL, now() FROM generate_series(1, 600) g");
+    const got = await chunks(100);
+    assert.deepEqual(got.map((c) => c.ids.length), [100, 100, 100, 100, 100, 100]);
+    assert.deepEqual(got.map((c) => c.index), [0, 1, 2, 3, 4, 5]);
+    assert.deepEqual(got.map((c) => c.last), [false, false, false, false, false, true]);
+    assert.deepEqual(got.flatMap((c) => c.ids), inOrder(600));
+  });
+
+  it("keeps a batch's text under what one message may hold, whole transactions or chunks", async () => {
+    const note = "x".repeat(1000);
+    await db.pool.query("INSERT INTO items SELECT g, 's', 1, 1, $1, now() FROM generate_series(1, 300) g", [note]);
+    const got = await chunks(500, 50_000);
+    assert.ok(got.every((c) => c.chars <= 50_000), `chunks of ${got.map((c) => c.chars).join(", ")} characters`);
+    assert.ok(got.length >= 6, "several chunks");
+    assert.deepEqual(got.flatMap((c) => c.ids), inOrder(300));
+    assert.equal(got.filter((c) => c.last).length, 1);
+    // Whole transactions: as many as fit, the rest in the next batch.
+    await db.pool.query("DELETE FROM _branchsync.changes; DELETE FROM _branchsync.txns");
+    for (let i = 1; i <= 20; i++) await db.pool.query("INSERT INTO items VALUES ($1, 's', 1, 1, $2, now())", [1000 + i, note]);
+    // A transaction here is about 1,130 characters.
+    const first = await readBatch(db.pool, [], 500, null, makeClock(0), 6_000);
+    assert.equal(first.transactions.length, 5);
+    assert.ok(first.more);
+    const second = await readBatch(db.pool, first.transactions.map((t) => t.originTxn.toString()), 500, null, makeClock(0), 6_000);
+    assert.deepEqual(second.transactions.map((t) => t.changes[0].key), ["[1006]", "[1007]", "[1008]", "[1009]", "[1010]"]);
+  });
+
+  it("ends with a chunk marked last when the remaining units are exactly a full read", async () => {
+    // 512 one-row statements against 500-change batches: two reads of 256 units.
+    const statements = Array.from({ length: 512 }, (_, i) => `INSERT INTO items VALUES (${i + 1}, 's', 1, 1, NULL, now())`);
+    await db.pool.query(`BEGIN; ${statements.join("; ")}; COMMIT`);
+    const got = await chunks(500);
+    assert.deepEqual(got.map((c) => [c.ids.length, c.last]), [[256, false], [256, true]]);
+    assert.deepEqual(got.flatMap((c) => c.ids), inOrder(512));
+  });
+});

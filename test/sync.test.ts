@@ -89,6 +89,17 @@ describe("core sync path", function () {
       (await b.db.pool.query("SELECT count(*)::int AS n FROM order_lines WHERE order_id = 8")).rows[0].n === 511, 15_000);
   });
 
+  it("sends transactions whose rows outgrow a message, in whatever size of statement", async () => {
+    // 20 KB rows: one statement's unit of 250 rows is 5 MB, past gRPC's 4 MB
+    // message; and ten one-row transactions of them fit 500 changes but not 4 MB... together.
+    const big = "x".repeat(20_000);
+    await a.db.pool.query(`INSERT INTO items SELECT g, 'big', 1, 1, $1 || g, now() FROM generate_series(700001, 700300) g`, [big]);
+    for (let i = 0; i < 300; i++) await a.db.pool.query(`INSERT INTO items VALUES (${700_301 + i}, 'big1', 1, 1, $1, now())`, [big]);
+    await waitFor("600 rows of 20 KB on B", async () =>
+      (await b.db.pool.query("SELECT count(*)::int AS n FROM items WHERE id > 700000 AND id <= 700600 AND length(note) >= 20000")).rows[0].n === 600, 30_000);
+    assert.equal(await digest(a.db.pool, "items"), await digest(b.db.pool, "items"));
+  });
+
   it("does not echo applied changes back to the hub", async () => {
     await a.db.pool.query("INSERT INTO items VALUES (100, 'echo', 1, 1, 'e', now())");
     await waitFor("row on B", async () => (await b.db.pool.query("SELECT 1 FROM items WHERE id = 100")).rowCount === 1);

@@ -13,8 +13,22 @@ import type { Clock } from "./clock.ts";
 
 const OPS: Record<string, Op> = { I: Op.INSERT, U: Op.UPDATE, D: Op.DELETE };
 
-/** A large transaction partly sent: the next chunk starts after unit `afterUnit`. */
-export interface Chunking { txid: string; nextChunk: number; afterUnit: string }
+/**
+ * A large transaction partly sent: the next chunk starts after unit
+ * `afterUnit`, leaving out the first `skipRows` rows of the unit it starts
+ * in (a unit of big rows can be more than a message holds).
+ */
+export interface Chunking { txid: string; nextChunk: number; afterUnit: string; skipRows: number }
+
+/**
+ * Most characters of keys, rows and prevs one batch carries. UTF-8 takes at
+ * most 3 bytes for each, so a batch stays under gRPC's 4 MiB message
+ * (lib/wire.ts) however its text is made; packing by change count alone
+ * sent 250 rows of 20 KB as one 5 MB message, refused every time.
+ */
+export const BATCH_CHARS = 1024 * 1024;
+
+const charsOf = (ch: WireChange) => ch.key.length + ch.row.length + ch.prev.length + ch.table.length + 16;
 
 export interface ReadResult {
   /** Plain objects for lib/protowire.ts's encoder (protobuf-es messages cost a reflective create() per change). */
@@ -52,11 +66,12 @@ function header(r: TxnRow, clock: Clock): Pick<WireTxn, "originTxn" | "commitTim
 }
 
 /**
- * Next batch after excluding `inFlight` txids. `chunking` continues a large
+ * Next batch after excluding `inFlight` txids: at most `max` changes and
+ * about `maxChars` characters (BATCH_CHARS). `chunking` continues a large
  * transaction already partly sent.
  */
-export async function readBatch(db: pg.Pool, inFlight: string[], max: number, chunking: Chunking | null, clock: Clock): Promise<ReadResult> {
-  if (chunking) return readChunk(db, chunking, max, clock);
+export async function readBatch(db: pg.Pool, inFlight: string[], max: number, chunking: Chunking | null, clock: Clock, maxChars = BATCH_CHARS): Promise<ReadResult> {
+  if (chunking) return readChunk(db, chunking, max, clock, maxChars);
   // One round trip (_branchsync.read_batch, agent/capture/install.ts).
   const { rows } = await db.query<TxnRow & Partial<UnitRow> & { fits: boolean; pending: number }>({
     name: "bs-read-batch",
@@ -64,7 +79,8 @@ export async function readBatch(db: pg.Pool, inFlight: string[], max: number, ch
     values: [inFlight, max],
   });
   if (rows.length === 0) return { transactions: [], chunking: null, more: false };
-  if (!rows[0].fits) return readChunk(db, { txid: rows[0].txid, nextChunk: 0, afterUnit: "0" }, max, clock);
+  const start = { txid: rows[0].txid, nextChunk: 0, afterUnit: "0", skipRows: 0 };
+  if (!rows[0].fits) return readChunk(db, start, max, clock, maxChars);
   const byTxid = new Map<string, WireTxn>();
   for (const r of rows) {
     let t = byTxid.get(r.txid);
@@ -74,47 +90,78 @@ export async function readBatch(db: pg.Pool, inFlight: string[], max: number, ch
     }
     if (r.tbl) t.changes.push(...changesOf(r as UnitRow));
   }
+  // Whole transactions while their text fits; one that alone does not goes in chunks.
+  const transactions: WireTxn[] = [];
+  let chars = 0;
+  for (const t of byTxid.values()) {
+    const c = t.changes.reduce((sum, ch) => sum + charsOf(ch), 0);
+    if (transactions.length > 0 && chars + c > maxChars) break;
+    if (c > maxChars) return readChunk(db, { ...start, txid: t.originTxn.toString() }, max, clock, maxChars);
+    transactions.push(t);
+    chars += c;
+  }
   // The window takes at most 256 transactions, so a full window may hide more.
-  const more = byTxid.size < rows[0].pending || rows[0].pending === 256;
-  return { transactions: [...byTxid.values()], chunking: null, more };
+  const more = transactions.length < rows[0].pending || rows[0].pending === 256;
+  return { transactions, chunking: null, more };
 }
 
 /** Most capture units one chunk reads. */
 const CHUNK_UNITS = 256;
 
-/** A chunk is whole capture units, as many as fit in `max` (at least one) and at most CHUNK_UNITS. */
-async function readChunk(db: pg.Pool, c: Chunking, max: number, clock: Clock): Promise<ReadResult> {
+/**
+ * A chunk: the transaction's next changes in capture order, at most `max`
+ * and about `maxChars` characters (at least one change), from at most
+ * CHUNK_UNITS units; it may end inside a unit.
+ */
+async function readChunk(db: pg.Pool, c: Chunking, max: number, clock: Clock, maxChars: number): Promise<ReadResult> {
   const txn = await db.query<TxnRow>(`SELECT ${TXN_COLS} FROM _branchsync.txns WHERE txid = $1::xid8`, [c.txid]);
   if (txn.rows.length === 0) return { transactions: [], chunking: null, more: false };
   // One unit more than a chunk may take, to know whether this chunk is the
   // last: a transaction whose remaining units were exactly a full read
   // otherwise got a chunk not marked last, and then none.
-  const units = await db.query({
+  const units = await db.query<{ uid: string; n: number; chars: number }>({
     name: "bs-read-units",
-    text: `SELECT u.id::text AS uid, u.n FROM _branchsync.changes u WHERE u.txid = $1::xid8 AND u.id > $2::bigint ORDER BY u.id LIMIT ${CHUNK_UNITS + 1}`,
+    text: `SELECT u.id::text AS uid, u.n, length(u.keys) + length(u.rows) + coalesce(length(u.prevs), 0) AS chars
+             FROM _branchsync.changes u WHERE u.txid = $1::xid8 AND u.id > $2::bigint ORDER BY u.id LIMIT ${CHUNK_UNITS + 1}`,
     values: [c.txid, c.afterUnit],
   });
   if (units.rows.length === 0) return { transactions: [], chunking: null, more: false };
+  // The units this chunk may draw on, while it has room (the last one maybe
+  // in part); what they hold is counted exactly below.
   const ids: string[] = [];
-  let total = 0;
+  let n = -c.skipRows;
+  let chars = 0;
   for (const u of units.rows.slice(0, CHUNK_UNITS)) {
-    if (ids.length > 0 && total + u.n > max) break;
+    if (ids.length > 0 && (n >= max || chars >= maxChars)) break;
     ids.push(u.uid);
-    total += u.n;
+    n += u.n;
+    chars += u.chars;
   }
-  const last = ids.length === units.rows.length;
-  const { rows } = await db.query<UnitRow>({
+  const { rows } = await db.query<UnitRow & { uid: string }>({
     name: "bs-read-unit-changes",
     // The txid too: the units' index leads with it (a scan of every unit otherwise).
-    text: `${UNITS} WHERE c.txid = $1::xid8 AND c.id = ANY($2::bigint[]) ORDER BY c.id`,
+    text: `SELECT c.id::text AS uid, ${UNITS.slice("SELECT ".length)} WHERE c.txid = $1::xid8 AND c.id = ANY($2::bigint[]) ORDER BY c.id`,
     values: [c.txid, ids],
   });
-  const t: WireTxn = { ...header(txn.rows[0], clock), chunkIndex: c.nextChunk, lastChunk: last, changes: rows.flatMap(changesOf) };
-  return {
-    transactions: [t],
-    chunking: last ? null : { txid: c.txid, nextChunk: c.nextChunk + 1, afterUnit: ids[ids.length - 1] },
-    more: true,
-  };
+  const changes: WireChange[] = [];
+  let taken = 0;
+  let next: Chunking | null = null;
+  let before = c.afterUnit;
+  for (let i = 0; i < rows.length && !next; i++) {
+    const all = changesOf(rows[i]);
+    let r = i === 0 ? c.skipRows : 0;
+    for (; r < all.length; r++) {
+      const size = charsOf(all[r]);
+      if (changes.length > 0 && (changes.length >= max || taken + size > maxChars)) break;
+      changes.push(all[r]);
+      taken += size;
+    }
+    if (r < all.length) next = { txid: c.txid, nextChunk: c.nextChunk + 1, afterUnit: before, skipRows: r };
+    before = rows[i].uid;
+  }
+  if (!next && ids.length < units.rows.length) next = { txid: c.txid, nextChunk: c.nextChunk + 1, afterUnit: before, skipRows: 0 };
+  const t: WireTxn = { ...header(txn.rows[0], clock), chunkIndex: c.nextChunk, lastChunk: next === null, changes };
+  return { transactions: [t], chunking: next, more: true };
 }
 
 /**

@@ -123,6 +123,9 @@ export async function runSession(env: SessionEnv, token: string, version: string
     wakeUp();
   }
 
+  /** Most changes per upstream batch: ours, or the hub's (Welcome) if lower. */
+  let maxChanges = env.batchMaxChanges;
+
   /** Own transactions reported in batches applied but not yet committed (an open chunked transaction). */
   let reportedUncommitted: string[] = [];
 
@@ -144,7 +147,7 @@ export async function runSession(env: SessionEnv, token: string, version: string
       }
       const mark = env.localMark();
       const readStart = performance.now();
-      const batch = await readBatch(env.pool, [...inFlight], env.batchMaxChanges, chunking, env.clock);
+      const batch = await readBatch(env.pool, [...inFlight], maxChanges, chunking, env.clock);
       if (abort.signal.aborted) return;
       // Also when nothing came: a large transaction whose chunks were being
       // sent may be gone meanwhile (the hub had it whole, reported it DUPLICATE
@@ -157,7 +160,7 @@ export async function runSession(env: SessionEnv, token: string, version: string
         continue;
       }
       const n = batch.transactions.reduce((s, t) => s + t.changes.length, 0);
-      lastPartial = !batch.more && !batch.chunking && n < env.batchMaxChanges;
+      lastPartial = !batch.more && !batch.chunking && n < maxChanges;
       const id = nextBatchId++;
       // The txid list costs a string per transaction: only when someone reads it.
       // readMs and the send time split a change's path (bench latency's legTimelineMs has the txids).
@@ -261,6 +264,8 @@ export async function runSession(env: SessionEnv, token: string, version: string
         established = true;
         heartbeatMs = p.value.heartbeatIntervalMs || heartbeatMs;
         log.info({ session: p.value.sessionId, head: p.value.headSeq.toString(), resume: p.value.resumeFrom.toString() }, "connected to hub");
+        // The hub refuses larger batches: its limit wins over ours.
+        if (p.value.maxBatchChanges > 0 && p.value.maxBatchChanges < maxChanges) maxChanges = p.value.maxBatchChanges;
         sender().catch((e) => { log.error({ err: e }, "sending local changes failed"); stop(e); });
         unreported().then(nack).catch((e) => { log.error({ err: e }, "reporting quarantined transactions failed"); stop(e); });
         return;
