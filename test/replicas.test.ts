@@ -125,6 +125,16 @@ describe("hub replicas, the Redis bridge and restarts", function () {
     }
   });
 
+  it("keeps a branch's batches within the hub's limit when the hub's is the lower", async () => {
+    // The agents ask for up to 500 changes a batch; this hub takes 100.
+    const h = await hub({ maxBatchChanges: 100 });
+    const a = await site(h, "smallhub", "s1");
+    const b = await site(h, "smallhub", "s2");
+    await a.db.pool.query("INSERT INTO items SELECT g, 'small', 1, 1, NULL, now() FROM generate_series(1, 300) g");
+    await waitFor("300 rows through a hub taking 100 a batch", async () =>
+      (await b.db.pool.query("SELECT count(*)::int AS n FROM items")).rows[0].n === 300, 10_000);
+  });
+
   it("keeps the tenant sequence gap-free and visible in order under concurrent writers on two replicas", async () => {
     const h1 = await hub();
     const h2 = await hub();
