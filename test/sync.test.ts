@@ -100,6 +100,18 @@ describe("core sync path", function () {
     assert.equal(await digest(a.db.pool, "items"), await digest(b.db.pool, "items"));
   });
 
+  it("moves aside a transaction with a row larger than a message can carry, and keeps syncing the rest", async () => {
+    await a.db.pool.query("INSERT INTO items VALUES (710001, 'huge', 1, 1, $1, now())", ["y".repeat(5_000_000)]);
+    await a.db.pool.query("INSERT INTO items VALUES (710002, 'after the huge one', 1, 1, NULL, now())");
+    await waitFor("the next transaction on B", async () => (await b.db.pool.query("SELECT 1 FROM items WHERE id = 710002")).rowCount === 1, 15_000);
+    const aside = await a.db.pool.query("SELECT error, rows::text LIKE '%710001%' AS row_kept FROM _branchsync.rejected WHERE error LIKE '%more than one SyncStream message carries%'");
+    assert.equal(aside.rowCount, 1, "set aside, with why");
+    assert.ok(aside.rows[0].row_kept, "its row kept for an operator");
+    assert.equal((await b.db.pool.query("SELECT 1 FROM items WHERE id = 710001")).rowCount, 0);
+    // Gone from the change log, and the rest of the test's rows compare equal.
+    await a.db.pool.query("DELETE FROM items WHERE id = 710001");
+  });
+
   it("does not echo applied changes back to the hub", async () => {
     await a.db.pool.query("INSERT INTO items VALUES (100, 'echo', 1, 1, 'e', now())");
     await waitFor("row on B", async () => (await b.db.pool.query("SELECT 1 FROM items WHERE id = 100")).rowCount === 1);

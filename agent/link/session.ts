@@ -11,7 +11,7 @@ import {
   AgentMessageSchema, Outcome, QuarantineOutcome, QuarantineVerb, type HubMessage, type AgentMessage, type BatchAck, type ChangeBatch,
   type ConflictNotice, type QuarantineAction,
 } from "../../gen/branchsync/v1/sync_pb.ts";
-import { openSyncStream, type AgentCall } from "../../lib/wire.ts";
+import { openSyncStream, MAX_MESSAGE_BYTES, type AgentCall } from "../../lib/wire.ts";
 import { encodeUpstreamBatch, encodeAck } from "../../lib/protowire.ts";
 import { msSince, type Logger } from "../../lib/log.ts";
 import type { LocalTable } from "../capture/introspect.ts";
@@ -123,6 +123,21 @@ export async function runSession(env: SessionEnv, token: string, version: string
     wakeUp();
   }
 
+  /**
+   * Batches keep to BATCH_CHARS, so only a single change can outgrow a
+   * message: a row that can never be sent. Its transaction is moved aside
+   * like one the hub rejected, or it would hold back every later one.
+   */
+  async function setAsideTooLarge(txns: { originTxn: bigint; changes: { table: string }[] }[], bytes: number) {
+    if (txns.length !== 1 || txns[0].changes.length !== 1) {
+      throw new Error(`an upstream batch of ${bytes} bytes (${txns.length} transactions) is over the ${MAX_MESSAGE_BYTES}-byte message limit: a bug in batching`);
+    }
+    const txid = txns[0].originTxn.toString();
+    const error = `a row of ${txns[0].changes[0].table} takes ${bytes} bytes, more than one SyncStream message carries (${MAX_MESSAGE_BYTES}); its transaction cannot be synced`;
+    log.error({ txid, bytes }, `${error}; moved to _branchsync.rejected`);
+    await setAside(env.pool, txid, error);
+  }
+
   /** Most changes per upstream batch: ours, or the hub's (Welcome) if lower. */
   let maxChanges = env.batchMaxChanges;
 
@@ -168,9 +183,15 @@ export async function runSession(env: SessionEnv, token: string, version: string
         log.debug({ batch: id.toString(), readMs: msSince(readStart),
           txns: batch.transactions.map((t) => `${t.originTxn}#${t.chunkIndex}${t.lastChunk ? "L" : ""}:${t.changes.length}`) }, "sending batch");
       }
+      const message = encodeUpstreamBatch(id, batch.transactions);
+      if (message.length > MAX_MESSAGE_BYTES) {
+        await setAsideTooLarge(batch.transactions, message.length);
+        chunking = null;
+        continue;
+      }
       for (const t of batch.transactions) inFlight.add(t.originTxn.toString());
       awaiting.add(id);
-      if (!abort.signal.aborted) call.write(encodeUpstreamBatch(id, batch.transactions));
+      if (!abort.signal.aborted) call.write(message);
       // Everything committed was taken: read again only once something new
       // commits (the mark predates the read, so no commit is missed). This
       // spares a busy branch an empty read after every batch.
