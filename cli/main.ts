@@ -11,6 +11,7 @@ import { SchemaError } from "../agent/capture/introspect.ts";
 import { BindingError } from "../agent/capture/install.ts";
 import { ADMIN_USAGE } from "./usage.ts";
 import { ensureAdminTokenFile } from "./adminToken.ts";
+import { storageUnavailable, whereIs } from "../lib/pgerrors.ts";
 
 // Each command imports only what it runs: the CLI starts in a fraction of
 // the time, which operators and the tests both feel.
@@ -35,6 +36,12 @@ function onSignals(stop: () => Promise<void>) {
   process.on("SIGTERM", handler);
 }
 
+/** A start-up failure to connect, worded so an operator knows which setting to look at (exit code 1: not bad config, maybe not up yet). */
+function unreachable(e: unknown, what: string, setting: string, url: string): unknown {
+  if (!storageUnavailable(e)) return e;
+  return new Error(`cannot reach ${what} at ${whereIs(url)} (${setting}): ${(e as Error).message}; is PostgreSQL running and reachable there?`);
+}
+
 async function main(argv: string[]): Promise<void> {
   const [cmd, ...rest] = argv;
   const { flags, positional } = splitArgs(rest);
@@ -49,7 +56,7 @@ async function main(argv: string[]): Promise<void> {
         console.log(`admin token: in ${file} (set ADMIN_TOKEN to choose one)`);
       }
       const { startHub } = await import("../hub/main.ts");
-      const hub = await startHub(cfg);
+      const hub = await startHub(cfg).catch((e) => { throw unreachable(e, "the hub database", "DATABASE_URL", cfg.databaseUrl); });
       const shown = cfg.host === "0.0.0.0" ? "127.0.0.1" : cfg.host;
       console.log(`branchsync hub ready: SyncStream grpc://${shown}:${hub.grpcPort}  control http://${shown}:${hub.httpPort} (Auth/Admin, /healthz, /metrics)`);
       onSignals(() => hub.close());
@@ -60,7 +67,7 @@ async function main(argv: string[]): Promise<void> {
       const cfg = parseConfig(agentSpec, flags, process.env);
       applyHeapGrowth(cfg.heapGrowingPercent);
       const { startAgent } = await import("../agent/main.ts");
-      const agent = await startAgent(cfg);
+      const agent = await startAgent(cfg).catch((e) => { throw unreachable(e, "the branch database", "LOCAL_DATABASE_URL", cfg.localDatabaseUrl); });
       console.log(`branchsync agent running for ${cfg.tenantId}/${cfg.branchId}, tables ${cfg.trackedTables.join(", ")}`);
       onSignals(() => agent.stop());
       return;

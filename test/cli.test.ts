@@ -3,6 +3,7 @@ import { spawn, spawnSync } from "node:child_process";
 import path from "node:path";
 import { ITEMS_DDL, startCluster, type Cluster } from "./support/cluster.ts";
 import { createDb, PG_BASE, waitFor, withDb } from "./support/db.ts";
+import { freePort } from "./support/ports.ts";
 
 const BIN = path.resolve(import.meta.dirname, "../bin/branchsync.mjs");
 
@@ -59,6 +60,21 @@ describe("the branchsync CLI", function () {
       assert.equal(r.code, 2, `${args.join(" ")} ${JSON.stringify(env)}: exit ${r.code}, stderr ${r.err}`);
       assert.match(r.err, re);
       assert.equal(r.err.trim().split("\n").length, 1, `one line expected, got: ${r.err}`);
+    }
+  });
+
+  it("names the database it cannot reach at start-up, and which setting points there, without its password (exit code 1)", async () => {
+    const port = await freePort(5960);
+    for (const [args, env, what] of [
+      [["agent"], { HUB_URL: "http://127.0.0.1:1", HUB_AUTH_URL: "http://127.0.0.1:2", TENANT_ID: "t", BRANCH_ID: "b", API_KEY: "k", TRACKED_TABLES: "items",
+        LOCAL_DATABASE_URL: `postgresql://app:s3cret@127.0.0.1:${port}/shop` }, `the branch database at 127.0.0.1:${port}/shop (LOCAL_DATABASE_URL)`],
+      [["hub"], { DATABASE_URL: `postgresql://postgres:s3cret@127.0.0.1:${port}/hubdb`, ADMIN_TOKEN: "x", GRPC_PORT: "0", HTTP_PORT: "0" }, `the hub database at 127.0.0.1:${port}/hubdb (DATABASE_URL)`],
+    ] as const) {
+      const r = await runAsync([...args], { ...env });
+      assert.equal(r.code, 1, r.err);
+      assert.equal(r.err.trim().split("\n").length, 1, `one line expected, got: ${r.err}`);
+      assert.ok(r.err.includes(`cannot reach ${what}: connect ECONNREFUSED`), r.err);
+      assert.ok(!r.err.includes("s3cret"), "no password in the message");
     }
   });
 
