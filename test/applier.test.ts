@@ -4,9 +4,9 @@ import pg from "pg";
 import { createDb, watchQueries, type TestDb } from "./support/db.ts";
 import { ITEMS_DDL } from "./support/cluster.ts";
 import { introspect } from "../agent/capture/introspect.ts";
-import { installCapture } from "../agent/capture/install.ts";
 import { makeApplier, ONE_TRIP_PAUSE_MS, type Applier } from "../agent/apply/applier.ts";
 import { ChangeBatchSchema, TransactionSchema, ChangeSchema, Op, type ChangeBatch } from "../gen/branchsync/v1/sync_pb.ts";
+import { captureItems } from "./support/capture.ts";
 
 const row = (id: number, sku: string) => JSON.stringify({ id, sku, qty: 1, price: 2.5, note: null, updated_at: "2026-01-01T00:00:00+00:00" });
 
@@ -31,8 +31,7 @@ describe("applier (branch database level)", function () {
   before(async () => {
     db = await createDb("applier", ITEMS_DDL);
     watchQueries(db.pool, { sent: () => { queries++; } });
-    const c = await db.pool.connect();
-    try { await installCapture(c, [await introspect(c, "public.items")], "t", "b"); } finally { c.release(); }
+    await captureItems(db.pool);
     const tables = [await introspect(db.pool as unknown as pg.ClientBase, "public.items")];
     applier = makeApplier(db.pool, tables);
     // The first apply on a connection prepares its statements.
@@ -130,8 +129,7 @@ describe("applier commits: synchronous_commit of apply transactions", function (
 
   before(async () => {
     db = await createDb("applysync", SEEN_DDL);
-    const c = await db.pool.connect();
-    try { await installCapture(c, [await introspect(c, "public.items")], "t", "b"); } finally { c.release(); }
+    await captureItems(db.pool);
     tables = [await introspect(db.pool as unknown as pg.ClientBase, "public.items")];
   });
   after(async () => { await db?.drop(); });

@@ -11,6 +11,7 @@ import { Op } from "../gen/branchsync/v1/sync_pb.ts";
 import { startHousekeeping, DEAD_ROWS_THRESHOLD } from "../agent/capture/housekeeping.ts";
 import { quiet } from "./support/cluster.ts";
 import { plansDuring } from "./support/plans.ts";
+import { captureItems } from "./support/capture.ts";
 
 describe("change capture (branch database level)", function () {
   this.timeout(30_000);
@@ -33,8 +34,7 @@ describe("change capture (branch database level)", function () {
   }
 
   async function install() {
-    const c = await db.pool.connect();
-    try { return await installCapture(c, [await introspect(c, "public.items")], "t", "b"); } finally { c.release(); }
+    return captureItems(db.pool);
   }
 
   it("records the base cursor, the changed columns with old values, and keeps units readable across the json migration", async () => {
@@ -410,8 +410,7 @@ describe("reading large transactions in chunks (branch database level)", functio
   let db: TestDb;
   before(async () => {
     db = await createDb("chunks", ITEMS_DDL);
-    const c = await db.pool.connect();
-    try { await installCapture(c, [await introspect(c, "public.items")], "t", "b"); } finally { c.release(); }
+    await captureItems(db.pool);
   });
   after(async () => { await db?.drop(); });
   beforeEach(async () => { await db.pool.query("DELETE FROM items; DELETE FROM _branchsync.changes; DELETE FROM _branchsync.txns"); });

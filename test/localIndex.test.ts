@@ -5,12 +5,12 @@ import { createDb, watchQueries, type TestDb } from "./support/db.ts";
 import { plansDuring } from "./support/plans.ts";
 import { ITEMS_DDL } from "./support/cluster.ts";
 import { introspect } from "../agent/capture/introspect.ts";
-import { installCapture } from "../agent/capture/install.ts";
 import { setAside } from "../agent/capture/reader.ts";
 import { makeApplier, type Applier } from "../agent/apply/applier.ts";
 import { makeLocalIndex } from "../agent/apply/localIndex.ts";
 import { cleanSql } from "../agent/apply/clean.ts";
 import { ChangeBatchSchema, TransactionSchema, ChangeSchema, Op, type ChangeBatch } from "../gen/branchsync/v1/sync_pb.ts";
+import { captureItems } from "./support/capture.ts";
 
 const row = (id: number, sku: string) => JSON.stringify({ id, sku, qty: 1, price: 2.5, note: null, updated_at: "2026-01-01T00:00:00+00:00" });
 
@@ -36,8 +36,7 @@ describe("local versions kept across batches (a branch with a local backlog)", f
   before(async () => {
     db = await createDb("localidx", ITEMS_DDL);
     watchQueries(db.pool, { returned: (results) => { for (const r of results) rowsRead += r?.rows?.length ?? 0; } });
-    const c = await db.pool.connect();
-    try { await installCapture(c, [await introspect(c, "public.items")], "t", "b"); } finally { c.release(); }
+    await captureItems(db.pool);
     applier = makeApplier(db.pool, [await introspect(db.pool as unknown as pg.ClientBase, "public.items")]);
   });
   after(async () => { await db?.drop(); });
@@ -105,8 +104,7 @@ describe("local versions: the queue renumbered by hand, and a stricter isolation
       db.pool = new pg.Pool({ connectionString: db.url, max: 6 });
       db.pool.on("error", () => undefined);
     }
-    const c = await db.pool.connect();
-    try { await installCapture(c, [await introspect(c, "public.items")], "t", "b"); } finally { c.release(); }
+    await captureItems(db.pool);
     applier = makeApplier(db.pool, [await introspect(db.pool as unknown as pg.ClientBase, "public.items")]);
     await db.pool.query("BEGIN; SET LOCAL branchsync.applying = 'on'; INSERT INTO items SELECT g, 'base', 1, 1, NULL, now() FROM generate_series(1, 100) g; COMMIT");
   }
@@ -192,8 +190,7 @@ describe("a branch's long local backlog, whatever the queue's statistics", funct
   let db: TestDb;
   before(async () => {
     db = await createDb("backlogplan", ITEMS_DDL);
-    const c = await db.pool.connect();
-    try { await installCapture(c, [await introspect(c, "public.items")], "t", "b"); } finally { c.release(); }
+    await captureItems(db.pool);
   });
   after(async () => { await db?.drop(); });
 
