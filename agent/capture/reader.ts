@@ -118,10 +118,13 @@ async function readChunk(db: pg.Pool, c: Chunking, max: number, clock: Clock, ma
   if (txn.rows.length === 0) return { transactions: [], chunking: null, more: false };
   // One unit more than a chunk may take, to know whether this chunk is the
   // last: a transaction whose remaining units were exactly a full read
-  // otherwise got a chunk not marked last, and then none.
+  // otherwise got a chunk not marked last, and then none. Sizes in bytes
+  // (octet_length reads a stored value's size from its header; length()
+  // would decompress every unit to count characters, and the chosen ones
+  // are read again below).
   const units = await db.query<{ uid: string; n: number; chars: number }>({
     name: "bs-read-units",
-    text: `SELECT u.id::text AS uid, u.n, length(u.keys) + length(u.rows) + coalesce(length(u.prevs), 0) AS chars
+    text: `SELECT u.id::text AS uid, u.n, octet_length(u.keys) + octet_length(u.rows) + coalesce(octet_length(u.prevs), 0) AS chars
              FROM _branchsync.changes u WHERE u.txid = $1::xid8 AND u.id > $2::bigint ORDER BY u.id LIMIT ${CHUNK_UNITS + 1}`,
     values: [c.txid, c.afterUnit],
   });
