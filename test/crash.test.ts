@@ -18,7 +18,7 @@ describe("crash safety", function () {
     c = await startCluster();
     await c.addTenant("crash");
     // Small batches make the stream long enough to be cut in the middle.
-    a = await c.addBranch("crash", "writer", ITEMS_DDL, ["items"], { batchMaxChanges: 150 });
+    a = await c.addBranch("crash", "writer", ITEMS_DDL + ";" + AUDIT_DDL, ["items"], { batchMaxChanges: 150 });
     b = await c.addBranch("crash", "reader", ITEMS_DDL + ";" + AUDIT_DDL, ["items"], { batchMaxChanges: 150 });
   });
   after(async () => {
@@ -26,15 +26,19 @@ describe("crash safety", function () {
     await c?.close();
   });
 
-  /**
-   * Writes `txns` transactions of `rows` rows on the writer (ids from `base`)
-   * while killing either agent or both at random points a few times, then
-   * checks both branches match, the reader applied each row once and the
-   * hub stored each transaction once.
-   */
+  /** Kills either agent or both, and starts again what is down. */
+  async function killAgents(rnd: () => number) {
+    const victim = rnd() < 0.5 ? "b" : rnd() < 0.5 ? "a" : "both";
+    for (const v of victim === "both" ? ["a", "b"] : [victim]) await kill9(procs.get(v)!);
+    await new Promise((r) => setTimeout(r, 50 + rnd() * 300));
+    for (const v of ["a", "b"]) {
+      const p = procs.get(v)!;
+      if (p.exitCode !== null || p.signalCode !== null) procs.set(v, spawnAgent(v === "a" ? a.config : b.config));
+    }
+  }
+
+  /** The writer's transactions through agent kills, a few times; the reader writes nothing. */
   async function killWhileWriting(txns: number, rows: number, base: number): Promise<void> {
-    const rnd = seeded(testSeed());
-    const total = txns * rows;
     procs.set("a", spawnAgent(a.config));
     procs.set("b", spawnAgent(b.config));
     // Rows written before capture is installed are not changes; wait for it.
@@ -42,80 +46,59 @@ describe("crash safety", function () {
       await waitFor("capture installed", async () =>
         (await br.db.pool.query("SELECT to_regclass('_branchsync.state') IS NOT NULL AS ok")).rows[0].ok, 20_000);
     }
-    const writing = (async () => {
-      for (let t = 0; t < txns; t++) {
-        const lo = base + t * rows + 1;
-        await a.db.pool.query(`INSERT INTO items SELECT g, 'crash', g % 7, g / 3.0, md5(g::text), now() FROM generate_series(${lo}, ${lo + rows - 1}) g`);
-      }
-    })();
-    const count = async () => (await b.db.pool.query("SELECT count(*)::int AS n FROM items WHERE id > $1", [base])).rows[0].n as number;
-    let kills = 0;
-    // Kill at random points while rows are still arriving, a few times.
-    for (let round = 0; round < 4; round++) {
-      const target = Math.floor(total * (0.1 + rnd() * 0.7));
-      await waitFor(`${target} rows on the reader`, async () => (await count()) >= target, 60_000, 5);
-      if ((await count()) >= total) break;
-      const victim = rnd() < 0.5 ? "b" : rnd() < 0.5 ? "a" : "both";
-      for (const v of victim === "both" ? ["a", "b"] : [victim]) {
-        await kill9(procs.get(v)!);
-        kills++;
-      }
-      await new Promise((r) => setTimeout(r, 50 + rnd() * 300));
-      for (const v of ["a", "b"]) {
-        const p = procs.get(v)!;
-        if (p.exitCode !== null || p.signalCode !== null) procs.set(v, spawnAgent(v === "a" ? a.config : b.config));
-      }
+    try {
+      const kills = await writeThrough(c, a, b, "crash", { east: { txns, rows }, west: { txns: 0, rows: 0 }, rounds: 4, base }, killAgents);
+      assert.ok(kills > 0, "the test must actually kill something");
+    } finally {
+      for (const p of procs.values()) await kill9(p);
     }
-    await writing;
-    await waitFor(`all ${total} rows on the reader`, async () => (await count()) === total, 60_000);
-    await waitFor("writer's log drained", async () =>
-      (await a.db.pool.query("SELECT count(*)::int AS n FROM _branchsync.changes")).rows[0].n === 0, 30_000);
-    for (const p of procs.values()) await kill9(p);
-    assert.ok(kills > 0, "the test must actually kill something");
-    assert.equal(await digest(b.db.pool, "items"), await digest(a.db.pool, "items"));
-    const audit = await b.db.pool.query("SELECT op, count(*)::int AS n, count(DISTINCT id)::int AS d FROM audit WHERE id > $1 GROUP BY op", [base]);
-    assert.deepEqual(audit.rows, [{ op: "INSERT", n: total, d: total }], "every row applied exactly once, never re-applied");
   }
 
   it("kill -9 of both agents mid-stream of 10,000 rows: identical afterwards, nothing applied twice", async () => {
     await killWhileWriting(100, 100, 0);
-    const hub = await c.hubDb.pool.query("SELECT sum(n_changes)::int AS n, count(DISTINCT origin_txn)::int AS t FROM tenant_crash.log");
-    assert.deepEqual(hub.rows[0], { n: 10_000, t: 100 }, "the hub stored every transaction once");
   });
 
   it("kill -9 of both agents mid-stream of transactions larger than a batch: each arrives whole, once", async () => {
     // 2,000 rows against 150-change batches: in chunks up and down.
     const before = (await c.hubDb.pool.query("SELECT seq::int FROM tenant_crash.head")).rows[0].seq as number;
     await killWhileWriting(8, 2000, 1_000_000);
-    const hub = await c.hubDb.pool.query(`SELECT sum(n)::int AS n, count(*)::int AS t, bool_and(whole) AS whole, min(parts)::int AS fewest FROM (
-        SELECT seq, sum(n_changes) AS n, count(*) AS parts, count(*) = max(part) + 1 AND count(*) FILTER (WHERE last_part) = 1 AND bool_or(last_part AND part = 0) IS NOT TRUE AS whole
+    const hub = await c.hubDb.pool.query(`SELECT bool_and(whole) AS whole, min(parts)::int AS fewest FROM (
+        SELECT seq, count(*) AS parts, count(*) = max(part) + 1 AND count(*) FILTER (WHERE last_part) = 1 AND bool_or(last_part AND part = 0) IS NOT TRUE AS whole
           FROM tenant_crash.log WHERE seq > $1 GROUP BY seq) s`, [before]);
-    assert.deepEqual(hub.rows[0], { n: 16_000, t: 8, whole: true, fewest: hub.rows[0].fewest }, "the hub stored every transaction once, with all its parts");
+    assert.equal(hub.rows[0].whole, true, "every transaction stored with all its parts");
     assert.ok(hub.rows[0].fewest > 1, "each travelled in chunks");
   });
 });
 
+/** Transactions a branch writes in a failure test: how many, and rows in each. */
+interface Writes { txns: number; rows: number }
+
 /**
- * Two branches writing at once while `fail` breaks something at random
- * points, up to `rounds` times: east `eastTxns` 100-row transactions, west
- * `westTxns` 50-row ones. Then every row must be on both branches, applied
+ * Both branches write at once (ids above `base`: east's from base, west's
+ * from base + 10,000,000) while `fail` breaks something at random points,
+ * up to `rounds` times. Then every row must be on both branches, applied
  * once (their audit tables), and in the hub's log once per transaction, in
  * a gap-free sequence. Returns how many times it failed something.
  */
-async function twoWayThrough(c: Cluster, east: Branch, west: Branch, tenant: string,
-  sizes: { eastTxns: number; westTxns: number; rounds: number }, fail: (rnd: () => number) => Promise<void>): Promise<number> {
+async function writeThrough(c: Cluster, east: Branch, west: Branch, tenant: string,
+  o: { east: Writes; west: Writes; rounds: number; base?: number }, fail: (rnd: () => number) => Promise<void>): Promise<number> {
   const rnd = seeded(testSeed());
-  const eastRows = sizes.eastTxns * 100;
-  const total = eastRows + sizes.westTxns * 50;
-  const writes = [
-    (async () => { for (let t = 0; t < sizes.eastTxns; t++) await east.db.pool.query(`INSERT INTO items SELECT g, 'east', g % 7, g / 3.0, md5(g::text), now() FROM generate_series(${t * 100 + 1}, ${t * 100 + 100}) g`); })(),
-    (async () => { for (let t = 0; t < sizes.westTxns; t++) await west.db.pool.query(`INSERT INTO items SELECT g, 'west', g % 5, g / 7.0, NULL, now() FROM generate_series(${100_000 + t * 50 + 1}, ${100_000 + t * 50 + 50}) g`); })(),
-  ];
-  const count = async (br: Branch) => (await br.db.pool.query("SELECT count(*)::int AS n FROM items")).rows[0].n as number;
+  const base = o.base ?? 0;
+  const head = async () => Number((await c.hubDb.pool.query(`SELECT seq FROM tenant_${tenant}.head`)).rows[0].seq);
+  const before = await head();
+  const total = o.east.txns * o.east.rows + o.west.txns * o.west.rows;
+  const write = async (br: Branch, w: Writes, from: number) => {
+    for (let t = 0; t < w.txns; t++) {
+      const lo = from + t * w.rows + 1;
+      await br.db.pool.query(`INSERT INTO items SELECT g, $1, g % 7, g / 3.0, md5(g::text), now() FROM generate_series(${lo}, ${lo + w.rows - 1}) g`, [br.branchId]);
+    }
+  };
+  const writes = [write(east, o.east, base), write(west, o.west, base + 10_000_000)];
+  const count = async (br: Branch) => (await br.db.pool.query("SELECT count(*)::int AS n FROM items WHERE id > $1", [base])).rows[0].n as number;
   let failures = 0;
-  for (let round = 0; round < sizes.rounds; round++) {
+  for (let round = 0; round < o.rounds; round++) {
     const target = Math.floor(total * (0.1 + rnd() * 0.55));
-    await waitFor(`${target} rows on west`, async () => (await count(west)) >= target, 60_000, 5);
+    await waitFor(`${target} rows on ${west.branchId}`, async () => (await count(west)) >= target, 60_000, 5);
     if ((await count(west)) >= total) break;
     await fail(rnd);
     failures++;
@@ -128,16 +111,19 @@ async function twoWayThrough(c: Cluster, east: Branch, west: Branch, tenant: str
   }
   assert.equal(await digest(west.db.pool, "items"), await digest(east.db.pool, "items"));
   for (const br of [east, west]) {
-    const audit = await br.db.pool.query("SELECT op, count(*)::int AS n, count(DISTINCT id)::int AS d FROM audit GROUP BY op");
+    const audit = await br.db.pool.query("SELECT op, count(*)::int AS n, count(DISTINCT id)::int AS d FROM audit WHERE id > $1 GROUP BY op", [base]);
     assert.deepEqual(audit.rows, [{ op: "INSERT", n: total, d: total }], `${br.branchId}: every row written or applied exactly once`);
   }
   const log = await c.hubDb.pool.query(
-    `SELECT origin_branch AS b, sum(n_changes)::int AS n, count(DISTINCT origin_txn)::int AS t, count(*)::int AS entries FROM tenant_${tenant}.log GROUP BY 1 ORDER BY 1`);
-  assert.deepEqual(log.rows, [{ b: east.branchId, n: eastRows, t: sizes.eastTxns, entries: sizes.eastTxns }, { b: west.branchId, n: total - eastRows, t: sizes.westTxns, entries: sizes.westTxns }],
-    "the hub stored every transaction once");
-  const seqs = await c.hubDb.pool.query(`SELECT count(*)::int AS n, max(seq)::int AS top FROM tenant_${tenant}.log`);
-  const txns = sizes.eastTxns + sizes.westTxns;
-  assert.deepEqual(seqs.rows[0], { n: txns, top: txns }, "a gap-free sequence");
+    `SELECT origin_branch AS b, sum(n_changes)::int AS n, count(DISTINCT origin_txn)::int AS t, count(DISTINCT seq)::int AS seqs FROM tenant_${tenant}.log
+      WHERE seq > $1 GROUP BY 1 ORDER BY 1`, [before]);
+  const expected = ([[east, o.east], [west, o.west]] as const).filter(([, w]) => w.txns > 0)
+    .map(([br, w]) => ({ b: br.branchId, n: w.txns * w.rows, t: w.txns, seqs: w.txns }));
+  assert.deepEqual(log.rows, expected.sort((x, y) => x.b.localeCompare(y.b)), "the hub stored every transaction once, under one sequence number");
+  const txns = o.east.txns + o.west.txns;
+  assert.equal(await head(), before + txns, "a gap-free sequence");
+  const entries = await c.hubDb.pool.query(`SELECT count(DISTINCT seq)::int AS n FROM tenant_${tenant}.log WHERE seq > $1`, [before]);
+  assert.equal(entries.rows[0].n, txns, "no sequence number missing");
   return failures;
 }
 
@@ -172,7 +158,7 @@ describe("crash safety: a hub replica is killed", function () {
 
   it("kill -9 of the hub mid-stream both ways: every transaction stored once, both branches identical, every row applied once", async () => {
     await Promise.all([a.start(), b.start()]);
-    const kills = await twoWayThrough(c, a, b, "hubcrash", { eastTxns: 100, westTxns: 50, rounds: 3 }, async (rnd) => {
+    const kills = await writeThrough(c, a, b, "hubcrash", { east: { txns: 100, rows: 100 }, west: { txns: 50, rows: 50 }, rounds: 3 }, async (rnd) => {
       await kill9(hub!.child);
       await new Promise((r) => setTimeout(r, 50 + rnd() * 500));
       await start();
@@ -279,7 +265,7 @@ describe("crash safety: the hub's PostgreSQL crashes", function () {
     const ended = new Set<string>();
     const watch = setInterval(() => { for (const ag of agents) { const e = ag.status().lastError; if (e) ended.add(e.split(":")[0]); } }, 2);
     try {
-      const crashes = await twoWayThrough(c, a, b, "hubpg", { eastTxns: 60, westTxns: 40, rounds: 2 }, async (rnd) => {
+      const crashes = await writeThrough(c, a, b, "hubpg", { east: { txns: 60, rows: 100 }, west: { txns: 40, rows: 50 }, rounds: 2 }, async (rnd) => {
         await server.crash();
         await new Promise((r) => setTimeout(r, 100 + rnd() * 500));
         await server.start();
