@@ -2,8 +2,12 @@ import assert from "node:assert/strict";
 import pg from "pg";
 import { ensureTenantCurrent, migrate } from "../hub/store/migrate.ts";
 import { createTenant, tenantSchema } from "../hub/store/tenants.ts";
-import { appendBatch, readAfter, saveCursor } from "../hub/store/log.ts";
+import { appendBatch, readAfter, saveCursor, type AppendResult } from "../hub/store/log.ts";
+
+/** Conflicts an append decided (they come back counted per table and strategy). */
+const decided = (r: AppendResult) => r.conflicts.reduce((n, c) => n + c.n, 0);
 import { loadVersions } from "../hub/store/rowState.ts";
+import { changesAt } from "../hub/store/images.ts";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { TransactionSchema, Op } from "../gen/branchsync/v1/sync_pb.ts";
 import { createDb, type TestDb } from "./support/db.ts";
@@ -177,17 +181,17 @@ describe("the tenant log (store level)", function () {
     // would see it, so a's next transaction passing shows the check was skipped.
     await pool.query(`INSERT INTO ${R}.row_state(tbl, key, op, seq, branch, exact, hlc) VALUES ('public.t', '[2]', 'U', 1, 'y', true, 1)`);
     const inRun = await appendBatch(pool, R, "a", [txn(2, [2], 0n)], new Map());
-    assert.deepEqual({ outcomes: inRun.outcomes, conflicts: inRun.conflicts.length }, { outcomes: [{ kind: "accepted", seq: 2n }], conflicts: 0 });
+    assert.deepEqual({ outcomes: inRun.outcomes, conflicts: decided(inRun) }, { outcomes: [{ kind: "accepted", seq: 2n }], conflicts: 0 });
     // b appends (seq 3): a's run is over, and a's transaction based before b's write is checked (and concurrent).
     await appendBatch(pool, R, "b", [txn(1, [3, 4], 2n)], new Map());
     const afterRun = await appendBatch(pool, R, "a", [txn(3, [3], 2n)], new Map());
-    assert.equal(afterRun.conflicts.length, 1, "a's change met b's concurrent version");
+    assert.equal(decided(afterRun), 1, "a's change met b's concurrent version");
     // A plain append starts a new run of a's at 5; a transaction based at 2
     // began before b's write, so it is still checked and meets b's [4].
     const runStart = await appendBatch(pool, R, "a", [txn(4, [9], 4n)], new Map());
-    assert.deepEqual({ outcomes: runStart.outcomes, conflicts: runStart.conflicts.length }, { outcomes: [{ kind: "accepted", seq: 5n }], conflicts: 0 });
+    assert.deepEqual({ outcomes: runStart.outcomes, conflicts: decided(runStart) }, { outcomes: [{ kind: "accepted", seq: 5n }], conflicts: 0 });
     const oldBase = await appendBatch(pool, R, "a", [txn(5, [4], 2n)], new Map());
-    assert.equal(oldBase.conflicts.length, 1, "a transaction based before its run must still be checked");
+    assert.equal(decided(oldBase), 1, "a transaction based before its run must still be checked");
   });
 
   it("probes row versions by key in a connection that first appended when row_state was small", async () => {
@@ -325,11 +329,13 @@ describe("the tenant log (store level)", function () {
     await appendBatch(pool, K, "x", txn("public.s", Op.UPDATE, 1, '{"id": 1, "qty": 8, "p": "a2"}', '{"qty": [10], "p": ["a"]}', 1n, 20n), merge);
     // y (had seq 1) changes the price with an earlier clock: it loses, the row stays (seq 3 records the decision).
     const lost = await appendBatch(pool, K, "y", txn("public.s", Op.UPDATE, 1, '{"id": 1, "qty": 10, "p": "b"}', '{"p": ["a"]}', 1n, 15n), merge);
-    assert.deepEqual(lost.conflicts.map((c) => [c.winnerBranch, c.loserBranch]), [["x", "y"]]);
+    assert.equal(decided(lost), 1);
+    const ledger = await pool.query(`SELECT winner_branch, loser_branch FROM ${K}.conflicts WHERE seq = $1`, [String((lost.outcomes[0] as { seq: bigint }).seq)]);
+    assert.deepEqual(ledger.rows.map((r) => [r.winner_branch, r.loser_branch]), [["x", "y"]]);
     // y skipped seq 2 while its change was pending, so its row is still qty 10. It sells 1, with its cursor at 2:
     // that change must add its delta to the kept row (10 + (9 - 10) = 7 on top of 8 is 7), not overwrite it with 9.
     const sale = await appendBatch(pool, K, "y", txn("public.s", Op.UPDATE, 1, '{"id": 1, "qty": 9, "p": "b"}', '{"qty": [10]}', 2n, 30n), merge);
-    assert.equal(sale.conflicts.length, 1, "the loser's change is concurrent with the row it has not seen");
+    assert.equal(decided(sale), 1, "the loser's change is concurrent with the row it has not seen");
     const merged = await row((sale.outcomes[0] as { seq: bigint }).seq);
     const decoded = (await import("../lib/protowire.ts")).decodeTxn(merged.body, 0, merged.body.length);
     assert.equal(JSON.parse(decoded.changes[0].row).qty, 7, `no sale lost: ${decoded.changes[0].row}`);
@@ -337,14 +343,60 @@ describe("the tenant log (store level)", function () {
     await appendBatch(pool, K, "x", txn("public.t", Op.INSERT, 1, '{"id": 1, "v": "x1"}', "", 0n, 40n), new Map());
     await appendBatch(pool, K, "x", txn("public.t", Op.UPDATE, 1, '{"id": 1, "v": "x2"}', "", 5n, 60n), new Map());
     const tLost = await appendBatch(pool, K, "y", txn("public.t", Op.UPDATE, 1, '{"id": 1, "v": "y1"}', "", 5n, 50n), new Map());
-    assert.equal(tLost.conflicts.length, 1);
+    assert.equal(decided(tLost), 1);
     // z had applied seq 6 and edits: sequential, no conflict, whatever y lost (invariant 5).
     const z = await appendBatch(pool, K, "z", txn("public.t", Op.UPDATE, 1, '{"id": 1, "v": "z1"}', "", 6n, 70n), new Map());
-    assert.deepEqual({ conflicts: z.conflicts.length, plain: z.plain }, { conflicts: 0, plain: true }, "a third branch's sequential edit");
+    assert.deepEqual({ conflicts: decided(z), plain: z.plain }, { conflicts: 0, plain: true }, "a third branch's sequential edit");
     // x wins again (seq 9); y loses again (seq 10); y's next change based at 9 comes before it applied seq 10.
     await appendBatch(pool, K, "x", txn("public.t", Op.UPDATE, 1, '{"id": 1, "v": "x3"}', "", 8n, 90n), new Map());
     await appendBatch(pool, K, "y", txn("public.t", Op.UPDATE, 1, '{"id": 1, "v": "y2"}', "", 8n, 80n), new Map());
     const again = await appendBatch(pool, K, "y", txn("public.t", Op.UPDATE, 1, '{"id": 1, "v": "y3"}', "", 9n, 100n), new Map());
-    assert.equal(again.conflicts.length, 1, "append_plain sees the loser's change as concurrent too");
+    assert.equal(decided(again), 1, "append_plain sees the loser's change as concurrent too");
+  });
+
+  it("logs a transaction of many chunks in steps, and reads an image out of it a page at a time", async () => {
+    await createTenant(pool, "many", "many");
+    const M = tenantSchema("many");
+    const PARTS = 60;
+    const ROWS = 200; // 200 rows of ~1 kB per part: 12,000 changes, 12 MB, more than two steps
+    const note = "n".repeat(1000);
+    const part = (i: number) => {
+      // Row 0 is written by every part: the log must keep the last part's version.
+      const changes = Array.from({ length: ROWS }, (_, r) => {
+        const id = r === 0 ? 0 : i * ROWS + r;
+        const op = r === 0 && i > 0 ? Op.UPDATE : Op.INSERT;
+        return { table: "public.t", op, key: `[${id}]`, row: `{"id": ${id}, "part": ${i}, "note": "${note}"}`, prev: "" };
+      });
+      const last = i === PARTS - 1;
+      const body = toBinary(TransactionSchema, create(TransactionSchema, { originTxn: 77n, chunkIndex: i, lastChunk: last, changes }));
+      return { originTxn: 77n, chunkIndex: i, lastChunk: last, nChanges: ROWS, body, changes, baseSeq: 0n, hlc: 5n };
+    };
+    for (let i = 0; i < PARTS - 1; i++) assert.deepEqual((await appendBatch(pool, M, "hq", [part(i)], new Map())).outcomes, [{ kind: "staged" }]);
+    const done = await appendBatch(pool, M, "hq", [part(PARTS - 1)], new Map());
+    assert.deepEqual(done.outcomes, [{ kind: "accepted", seq: 1n }]);
+    const log = await pool.query(`SELECT part, last_part, n_changes FROM ${M}.log WHERE seq = 1 ORDER BY part`);
+    assert.deepEqual(log.rows.map((r) => r.part), Array.from({ length: PARTS }, (_, i) => i), "every part, in order, under one seq");
+    assert.deepEqual(log.rows.filter((r) => r.last_part).map((r) => r.part), [PARTS - 1], "only the last part is marked last");
+    assert.equal((await pool.query(`SELECT seq::int FROM ${M}.head`)).rows[0].seq, 1);
+    assert.equal((await pool.query(`SELECT count(*)::int AS n FROM ${M}.pending_chunks`)).rows[0].n, 0);
+    assert.equal((await pool.query(`SELECT count(*)::int AS n FROM ${M}.row_state`)).rows[0].n, PARTS * (ROWS - 1) + 1);
+    const v0 = (await loadVersions(pool, M, [{ table: "public.t", key: "[0]" }])).get("public.t\u0000[0]");
+    assert.equal(v0?.seq, 1n);
+    // A resend after it was logged is a duplicate, whichever chunk comes first.
+    assert.deepEqual((await appendBatch(pool, M, "hq", [part(0)], new Map())).outcomes, [{ kind: "duplicate", seq: 1n }]);
+
+    let largest = 0;
+    const measured = {
+      query: async (...args: unknown[]) => {
+        const r = await (pool.query as (...a: unknown[]) => Promise<pg.QueryResult>)(...args);
+        largest = Math.max(largest, r.rows.reduce((n, row) => n + (row.body?.length ?? 0), 0));
+        return r;
+      },
+    } as unknown as pg.Pool;
+    const images = await changesAt(measured, M, [{ seq: 1n, table: "public.t", key: "[0]" }, { seq: 1n, table: "public.t", key: "[201]" }]);
+    assert.equal(JSON.parse(images.get("1\u0000public.t\u0000[0]")!.row).part, PARTS - 1, "the transaction's last change to the row");
+    assert.equal(JSON.parse(images.get("1\u0000public.t\u0000[201]")!.row).part, 1);
+    const partBytes = Number((await pool.query(`SELECT max(octet_length(body)) AS n FROM ${M}.log`)).rows[0].n);
+    assert.ok(largest <= (4 << 20) + partBytes, `one query brought ${largest} bytes of bodies; the whole transaction is ${PARTS * partBytes}`);
   });
 });

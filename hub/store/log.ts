@@ -62,17 +62,51 @@ export interface AppendResult {
   /** Appended by append_plain: each accepted transaction is one entry holding exactly the body it came with. */
   plain?: boolean;
   /** Conflicts recorded, for metrics. */
-  conflicts: ConflictRecord[];
+  conflicts: ConflictCount[];
 }
 
-/** A whole transaction about to enter the log, with all its parts. */
+/**
+ * A whole transaction about to enter the log. Only its last part is held
+ * here: the parts before it wait in pending_chunks and are read a few at a
+ * time while it is written (see appendGeneral).
+ */
 interface Sequenced {
   id: string;
   seq: bigint;
   baseSeq: bigint;
   hlc: bigint;
-  parts: { part: number; n: number; body: Uint8Array; changes: WireChange[]; rewrites: Map<number, WireChange>; conflicts: number }[];
+  /** Parts 0..staged-1 are in pending_chunks. */
+  staged: number;
+  last: Part;
 }
+
+/** One part of a sequenced transaction, on its way into the log. */
+interface Part {
+  txn: Sequenced;
+  part: number;
+  last: boolean;
+  n: number;
+  body: Uint8Array;
+  changes: WireChange[];
+  rewrites: Map<number, WireChange>;
+  conflicts: number;
+}
+
+/**
+ * How much of a batch the general path resolves and writes at once. A
+ * transaction of thousands of chunks (an initial upload) passes through in
+ * steps of this size, so the hub's memory holds one step, not the whole
+ * transaction (invariant 4: bounded memory). Each step sees the row
+ * versions and log entries the earlier ones wrote, in the same database
+ * transaction, just as a later batch would.
+ */
+const STEP_CHANGES = 5000;
+const STEP_BYTES = 4 << 20;
+/** Staged parts read per query: each is at most one message (4 MiB), and arrives as hex text. */
+const PARTS_PER_READ = 2;
+
+/** Conflicts decided, counted per table and strategy (for metrics). */
+export interface ConflictCount { table: string; strategy: string; n: number }
 
 /**
  * Appends a session's batch: dedup, chunk staging, sequencing, conflict
@@ -132,7 +166,11 @@ async function appendPlain(pool: pg.Pool, schema: string, branch: string, txns: 
   return { outcomes: txns.map((_, i) => ({ kind: "accepted", seq: before + BigInt(i + 1) })), head: before + BigInt(txns.length), conflicts: [], plain: true };
 }
 
-/** Everything else: resends, chunks, conflicts; several statements in one transaction. */
+/**
+ * Everything else: resends, chunks, conflicts; several statements in one
+ * transaction. Sequencing is decided first; then the parts go through
+ * resolution and into the log in steps (writeSteps).
+ */
 async function appendGeneral(
   pool: pg.Pool, schema: string, branch: string, txns: IncomingTxn[], policies: Map<string, Policy>,
 ): Promise<AppendResult> {
@@ -160,21 +198,19 @@ async function appendGeneral(
         outcomes.push({ kind: "staged" });
         continue;
       }
-      const parts = t.chunkIndex > 0 ? await stagedParts(c, schema, branch, t) : [];
-      if (parts === null) {
+      if (t.chunkIndex > 0 && !(await allStaged(c, schema, branch, t))) {
         outcomes.push({ kind: "rejected", error: `transaction ${id}: chunks 0..${t.chunkIndex - 1} not all received; resend it from chunk 0` });
         continue;
       }
       if (t.chunkIndex > 0) staged.push(id);
       head += 1n;
       known.set(id, head);
-      parts.push({ part: t.chunkIndex, n: t.nChanges, body: t.body, changes: t.changes, rewrites: new Map(), conflicts: 0 });
-      complete.push({ id, seq: head, baseSeq: t.baseSeq, hlc: t.hlc, parts });
+      const seqd = { id, seq: head, baseSeq: t.baseSeq, hlc: t.hlc, staged: t.chunkIndex } as Sequenced;
+      seqd.last = { txn: seqd, part: t.chunkIndex, last: true, n: t.nChanges, body: t.body, changes: t.changes, rewrites: new Map(), conflicts: 0 };
+      complete.push(seqd);
       outcomes.push({ kind: "accepted", seq: head });
     }
-    const { versions, conflicts } = await resolveAll(c, schema, branch, complete, policies);
-    await writeLog(c, schema, branch, complete, versions, head, staged);
-    await insertConflicts(c, schema, conflicts);
+    const conflicts = await writeSteps(c, schema, branch, complete, policies, { head, staged });
     await c.query("COMMIT");
     return { outcomes, head, conflicts };
   } catch (e) {
@@ -197,38 +233,84 @@ async function stageChunk(c: pg.PoolClient, schema: string, branch: string, t: I
     [branch, id, t.chunkIndex, t.nChanges, Buffer.from(t.body)]);
 }
 
-/** The earlier chunks of a transaction whose last chunk arrived, or null if some are missing. */
-async function stagedParts(c: pg.PoolClient, schema: string, branch: string, t: IncomingTxn): Promise<Sequenced["parts"] | null> {
+/** Whether chunks 0..chunkIndex-1 of a transaction whose last chunk arrived are all staged. */
+async function allStaged(c: pg.PoolClient, schema: string, branch: string, t: IncomingTxn): Promise<boolean> {
   const { rows } = await c.query(
-    `SELECT part, n_changes, body FROM ${schema}.pending_chunks WHERE origin_branch = $1 AND origin_txn = $2 AND part < $3 ORDER BY part`,
+    `SELECT count(*)::int AS n FROM ${schema}.pending_chunks WHERE origin_branch = $1 AND origin_txn = $2 AND part < $3`,
     [branch, t.originTxn.toString(), t.chunkIndex]);
-  if (rows.length !== t.chunkIndex) return null;
-  return rows.map((r) => ({ part: r.part, n: r.n_changes, body: r.body, changes: decodeTxn(r.body, 0, r.body.length).changes, rewrites: new Map(), conflicts: 0 }));
+  return rows[0].n === t.chunkIndex;
+}
+
+/** Staged parts from..to-1 of a transaction, decoded. */
+async function readStaged(c: pg.PoolClient, schema: string, branch: string, t: Sequenced, from: number, to: number): Promise<Part[]> {
+  const { rows } = await c.query(
+    `SELECT part, n_changes, body FROM ${schema}.pending_chunks WHERE origin_branch = $1 AND origin_txn = $2 AND part >= $3 AND part < $4 ORDER BY part`,
+    [branch, t.id, from, to]);
+  // allStaged counted them under the head lock, which every staging takes too.
+  if (rows.length !== to - from) throw new Error(`transaction ${t.id}: staged chunks ${from}..${to - 1} changed while it was being logged`);
+  return rows.map((r) => ({ txn: t, part: r.part, last: false, n: r.n_changes, body: r.body, changes: decodeTxn(r.body, 0, r.body.length).changes, rewrites: new Map(), conflicts: 0 }));
+}
+
+/**
+ * Every part of the sequenced transactions, in (seq, part) order, in steps
+ * of about STEP_CHANGES changes or STEP_BYTES; the last step also moves the
+ * head and drops the staged chunks.
+ */
+async function writeSteps(
+  c: pg.PoolClient, schema: string, branch: string, txns: Sequenced[], policies: Map<string, Policy>, end: { head: bigint; staged: string[] },
+): Promise<ConflictCount[]> {
+  const counts = new Map<string, ConflictCount>();
+  let step: Part[] = [];
+  let changes = 0;
+  let bytes = 0;
+  const flush = async (final: boolean) => {
+    const { versions, conflicts } = await resolveAll(c, schema, branch, step, policies);
+    await writeLog(c, schema, branch, step, versions, final ? end : null);
+    await insertConflicts(c, schema, conflicts);
+    for (const r of conflicts) {
+      const k = `${r.table}\u0000${r.strategy}`;
+      const n = counts.get(k);
+      if (n) n.n++; else counts.set(k, { table: r.table, strategy: r.strategy, n: 1 });
+    }
+    step = []; changes = 0; bytes = 0;
+  };
+  // A full step is written before the next part joins, so the last step,
+  // which moves the head, is never empty.
+  const add = async (p: Part) => {
+    if (changes >= STEP_CHANGES || bytes >= STEP_BYTES) await flush(false);
+    step.push(p); changes += p.changes.length; bytes += p.body.length;
+  };
+  for (const t of txns) {
+    for (let from = 0; from < t.staged; from += PARTS_PER_READ) {
+      for (const p of await readStaged(c, schema, branch, t, from, Math.min(t.staged, from + PARTS_PER_READ))) await add(p);
+    }
+    await add(t.last);
+  }
+  await flush(true);
+  return [...counts.values()];
 }
 
 const ROW_OPS: Record<number, RowOp> = { [Op.INSERT]: "I", [Op.UPDATE]: "U", [Op.DELETE]: "D" };
 
 /**
- * Runs every change of the batch past the row versions (conflict/resolve.ts),
- * in sequence order, so a later transaction of the batch sees the versions
- * an earlier one left. Records rewrites where the resolved row differs from
- * what the origin wrote.
+ * Runs every change of a step past the row versions (conflict/resolve.ts),
+ * in sequence order, so a later transaction of the step sees the versions
+ * an earlier one left (and a later step sees them in row_state). Records
+ * rewrites where the resolved row differs from what the origin wrote.
  */
-async function resolveAll(c: pg.PoolClient, schema: string, branch: string, txns: Sequenced[], policies: Map<string, Policy>) {
+async function resolveAll(c: pg.PoolClient, schema: string, branch: string, parts: Part[], policies: Map<string, Policy>) {
   const keys = new Map<string, { table: string; key: string }>();
-  for (const t of txns) for (const p of t.parts) for (const ch of p.changes) keys.set(rowId(ch.table, ch.key), { table: ch.table, key: ch.key });
+  for (const p of parts) for (const ch of p.changes) keys.set(rowId(ch.table, ch.key), { table: ch.table, key: ch.key });
   const stored = await loadVersions(c, schema, [...keys.values()]);
-  // Images of stored versions that some change of the batch is concurrent with:
+  // Images of stored versions that some change of the step is concurrent with:
   // by seq, or (a loser's change based before the decision that kept the row)
   // by the version's lost map, whose image is still the one at st.seq.
   // Without it such a change would be decided whole-row against no image.
   const needed: { seq: bigint; table: string; key: string }[] = [];
-  for (const t of txns) {
-    for (const p of t.parts) {
-      for (const ch of p.changes) {
-        const st = stored.get(rowId(ch.table, ch.key));
-        if (st && st.op !== "D" && concurrent(st, { base: t.baseSeq, branch })) needed.push({ seq: st.seq, table: ch.table, key: ch.key });
-      }
+  for (const p of parts) {
+    for (const ch of p.changes) {
+      const st = stored.get(rowId(ch.table, ch.key));
+      if (st && st.op !== "D" && concurrent(st, { base: p.txn.baseSeq, branch })) needed.push({ seq: st.seq, table: ch.table, key: ch.key });
     }
   }
   const storedImages = await changesAt(c, schema, needed);
@@ -242,30 +324,29 @@ async function resolveAll(c: pg.PoolClient, schema: string, branch: string, txns
     return { st, image: img };
   };
   const conflicts: ConflictRecord[] = [];
-  for (const t of txns) {
-    for (const p of t.parts) {
-      p.changes.forEach((ch, i) => {
-        const id = rowId(ch.table, ch.key);
-        const before = versionOf(id, ch.table, ch.key);
-        const policy = policyOf(policies, ch.table);
-        const op = ROW_OPS[ch.op];
-        const v = resolve(policy, before?.st, before?.image ?? null, { op, row: ch.row, prev: ch.prev, branch, hlc: t.hlc, base: t.baseSeq, seq: t.seq });
-        current.set(id, { st: v.state, image: v.result });
-        if (!v.conflict) return;
-        p.conflicts++;
-        const wrote = op === "D" ? null : ch.row;
-        if (v.result !== wrote) {
-          p.rewrites.set(i, v.result === null
-            ? { table: ch.table, op: Op.DELETE, key: ch.key, row: before?.image ?? ch.row, prev: "" }
-            : { table: ch.table, op: Op.UPDATE, key: ch.key, row: v.result, prev: "" });
-        }
-        conflicts.push({
-          seq: t.seq, table: ch.table, key: ch.key, kind: v.conflict.kind, strategy: policy.strategy,
-          existingBranch: before!.st.branch, incomingBranch: branch, existingRow: before!.image, incomingRow: wrote,
-          resultRow: v.result, winnerBranch: v.conflict.winner, loserBranch: v.conflict.loser, reason: v.conflict.reason, status: v.conflict.status,
-        });
+  for (const p of parts) {
+    const t = p.txn;
+    p.changes.forEach((ch, i) => {
+      const id = rowId(ch.table, ch.key);
+      const before = versionOf(id, ch.table, ch.key);
+      const policy = policyOf(policies, ch.table);
+      const op = ROW_OPS[ch.op];
+      const v = resolve(policy, before?.st, before?.image ?? null, { op, row: ch.row, prev: ch.prev, branch, hlc: t.hlc, base: t.baseSeq, seq: t.seq });
+      current.set(id, { st: v.state, image: v.result });
+      if (!v.conflict) return;
+      p.conflicts++;
+      const wrote = op === "D" ? null : ch.row;
+      if (v.result !== wrote) {
+        p.rewrites.set(i, v.result === null
+          ? { table: ch.table, op: Op.DELETE, key: ch.key, row: before?.image ?? ch.row, prev: "" }
+          : { table: ch.table, op: Op.UPDATE, key: ch.key, row: v.result, prev: "" });
+      }
+      conflicts.push({
+        seq: t.seq, table: ch.table, key: ch.key, kind: v.conflict.kind, strategy: policy.strategy,
+        existingBranch: before!.st.branch, incomingBranch: branch, existingRow: before!.image, incomingRow: wrote,
+        resultRow: v.result, winnerBranch: v.conflict.winner, loserBranch: v.conflict.loser, reason: v.conflict.reason, status: v.conflict.status,
       });
-    }
+    });
   }
   const versions = new Map<string, RowVersion>();
   for (const [id, v] of current) versions.set(id, v.st);
@@ -273,33 +354,43 @@ async function resolveAll(c: pg.PoolClient, schema: string, branch: string, txns
 }
 
 /** Encodes a part again with its resolved changes. */
-function rewritten(p: Sequenced["parts"][number]): Buffer {
+function rewritten(p: Part): Buffer {
   if (p.rewrites.size === 0) return Buffer.from(p.body);
   const t = fromBinary(TransactionSchema, p.body);
   for (const [i, ch] of p.rewrites) t.changes[i] = create(ChangeSchema, ch);
   return Buffer.from(toBinary(TransactionSchema, t));
 }
 
-async function writeLog(c: pg.PoolClient, schema: string, branch: string, txns: Sequenced[], versions: Map<string, RowVersion>, head: bigint, staged: string[]) {
-  if (txns.length === 0) return;
-  const rows = { seq: [] as string[], part: [] as number[], txn: [] as string[], last: [] as boolean[], n: [] as number[], conf: [] as number[], body: [] as Buffer[] };
-  for (const t of txns) {
-    t.parts.forEach((p, i) => {
-      rows.seq.push(t.seq.toString()); rows.part.push(p.part); rows.txn.push(t.id); rows.last.push(i === t.parts.length - 1);
-      rows.n.push(p.n); rows.conf.push(p.conflicts); rows.body.push(rewritten(p));
-    });
+/** A step's parts into the log and their rows' versions into row_state; with `end`, also the head and the staged chunks. */
+async function writeLog(
+  c: pg.PoolClient, schema: string, branch: string, parts: Part[], versions: Map<string, RowVersion>, end: { head: bigint; staged: string[] } | null,
+) {
+  if (parts.length === 0) return;
+  const rows = { seq: [] as string[], part: [] as number[], txn: [] as string[], last: [] as boolean[], n: [] as number[], conf: [] as number[], len: [] as number[] };
+  const bodies: Buffer[] = [];
+  for (const p of parts) {
+    const body = rewritten(p);
+    rows.seq.push(p.txn.seq.toString()); rows.part.push(p.part); rows.txn.push(p.txn.id); rows.last.push(p.last);
+    rows.n.push(p.n); rows.conf.push(p.conflicts); rows.len.push(body.length); bodies.push(body);
   }
-  const up = versionsUpsert(schema, versions, 11);
-  await c.query({
-    name: `append-${schema}`,
-    text: `WITH ins AS (INSERT INTO ${schema}.log(seq, part, origin_branch, origin_txn, last_part, n_changes, conflicts, body)
-                        SELECT s, p, $1, t, l, n, k, b FROM unnest($2::bigint[], $3::int[], $4::bigint[], $5::bool[], $6::int[], $7::int[], $8::bytea[]) AS u(s, p, t, l, n, k, b)),
-                hd AS (UPDATE ${schema}.head SET seq = $9, run_branch = ''),
-                pc AS (DELETE FROM ${schema}.pending_chunks WHERE origin_branch = $1 AND origin_txn = ANY($10::bigint[])),
-                rs AS (${up.sql})
-           SELECT 1`,
-    values: [branch, rows.seq, rows.part, rows.txn, rows.last, rows.n, rows.conf, rows.body, head.toString(), staged, ...up.values],
-  });
+  const up = versionsUpsert(schema, versions, end ? 12 : 10);
+  // The bodies travel as one binary parameter, cut apart by their lengths:
+  // a bytea[] parameter would be hex text, twice their size, on the JS heap.
+  const ins = `INSERT INTO ${schema}.log(seq, part, origin_branch, origin_txn, last_part, n_changes, conflicts, body)
+                 SELECT s, p, $1, t, l, n, k, substring($9::bytea FROM (sum(len) OVER (ORDER BY ord) - len + 1)::int FOR len)
+                   FROM unnest($2::bigint[], $3::int[], $4::bigint[], $5::bool[], $6::int[], $7::int[], $8::int[]) WITH ORDINALITY AS u(s, p, t, l, n, k, len, ord)`;
+  const values = [branch, rows.seq, rows.part, rows.txn, rows.last, rows.n, rows.conf, rows.len, Buffer.concat(bodies)];
+  await c.query(end
+    ? {
+      name: `append-${schema}`,
+      text: `WITH ins AS (${ins}),
+                  hd AS (UPDATE ${schema}.head SET seq = $10, run_branch = ''),
+                  pc AS (DELETE FROM ${schema}.pending_chunks WHERE origin_branch = $1 AND origin_txn = ANY($11::bigint[])),
+                  rs AS (${up.sql})
+             SELECT 1`,
+      values: [...values, end.head.toString(), end.staged, ...up.values],
+    }
+    : { name: `append-step-${schema}`, text: `WITH ins AS (${ins}), rs AS (${up.sql}) SELECT 1`, values: [...values, ...up.values] });
 }
 
 /** Log entries after (seq, part), in order; at most `limit` rows. */

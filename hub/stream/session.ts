@@ -206,7 +206,7 @@ export function startSession(identity: Identity, deps: SessionDeps, io: SessionI
     if (log.isLevelEnabled("debug")) {
       log.debug({ batch: b.batchId.toString(), txns: valid.length, appendMs: msSince(received) }, "appended batch");
     }
-    for (const c of res.conflicts) metrics.conflicts.inc({ tenant: identity.tenantId, table: c.table, strategy: c.strategy });
+    for (const c of res.conflicts) metrics.conflicts.inc({ tenant: identity.tenantId, table: c.table, strategy: c.strategy }, c.n);
     let j = 0;
     const final = outcomes.map((o) => o ?? res.outcomes[j++]);
     downstream.noteAppended(valid, res);

@@ -24,9 +24,9 @@ export interface HubProcess { child: ChildProcess; ready: Promise<void> }
  * dial again). `ready` resolves once it prints that it serves, and rejects
  * if it exits first.
  */
-export function spawnHub(databaseUrl: string, grpcPort: number, httpPort: number, adminToken: string): HubProcess {
+export function spawnHub(databaseUrl: string, grpcPort: number, httpPort: number, adminToken: string, extraEnv: Record<string, string> = {}): HubProcess {
   const env = {
-    ...process.env, DATABASE_URL: databaseUrl, REDIS_URL: process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379", HOST: "127.0.0.1",
+    ...process.env, ...extraEnv, DATABASE_URL: databaseUrl, REDIS_URL: process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379", HOST: "127.0.0.1",
     GRPC_PORT: String(grpcPort), HTTP_PORT: String(httpPort), ADMIN_TOKEN: adminToken, DRAIN_SECONDS: "0", PG_POOL_SIZE: "10",
     LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? "warn",
   };
