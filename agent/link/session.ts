@@ -38,6 +38,14 @@ export interface SessionEnv {
   onConflict?(n: ConflictNotice): void;
   /** Aborted when the agent stops: the session cancels its stream. */
   stopping: AbortSignal;
+  /**
+   * Aborted when the branch database may have restarted (its connection was
+   * lost). A crash undoes the last applies committed without waiting for
+   * their flush, cursor and all; this session's position downstream is then
+   * ahead of the database, and only a new session, resuming from the cursor
+   * the database kept, gets those changes sent again (invariant 1).
+   */
+  localLost?: AbortSignal;
 }
 
 /** Upstream batches in flight at once: enough to hide a round trip. */
@@ -271,6 +279,12 @@ export async function runSession(env: SessionEnv, token: string, version: string
   const onStopping = () => stop(new Error("agent stopping"));
   if (env.stopping.aborted) onStopping();
   env.stopping.addEventListener("abort", onStopping, { once: true });
+  const onLocalLost = () => {
+    if (!abort.signal.aborted) log.warn("branch database connection lost: reconnecting to resume from the cursor the database kept");
+    stop(new Error("branch database connection lost"));
+  };
+  if (env.localLost?.aborted) onLocalLost();
+  env.localLost?.addEventListener("abort", onLocalLost, { once: true });
 
   const heartbeat = setInterval(() => {
     if (Date.now() - lastHeard > 3 * heartbeatMs) stop(new Error("hub silent for three heartbeat intervals"));
@@ -324,6 +338,7 @@ export async function runSession(env: SessionEnv, token: string, version: string
   const err = await ended;
   clearInterval(heartbeat);
   env.stopping.removeEventListener("abort", onStopping);
+  env.localLost?.removeEventListener("abort", onLocalLost);
   abort.abort();
   wakeUp();
   await applyRun;
