@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import type pg from "pg";
 import { createDb, type TestDb } from "./support/db.ts";
 import { ITEMS_DDL } from "./support/cluster.ts";
 import { introspect } from "../agent/capture/introspect.ts";
@@ -467,5 +468,24 @@ describe("reading large transactions in chunks (branch database level)", functio
     const got = await chunks(500);
     assert.deepEqual(got.map((c) => [c.ids.length, c.last]), [[256, false], [256, true]]);
     assert.deepEqual(got.flatMap((c) => c.ids), inOrder(512));
+  });
+
+  it("reads nothing, not an empty chunk, when the transaction's units go while a chunk is read (it was sequenced meanwhile)", async () => {
+    await db.pool.query("INSERT INTO items SELECT g, 's', 1, 1, NULL, now() FROM generate_series(1, 600) g");
+    const first = await readBatch(db.pool, [], 100, null, makeClock(0));
+    assert.ok(first.chunking, "a chunked transaction");
+    // The applier deletes a transaction's units once the hub reports it
+    // sequenced (a resend came back DUPLICATE); here just after the chunk
+    // reader sized the next chunk's units and before it read them.
+    const racing = {
+      query: async (...args: unknown[]) => {
+        const r = await (db.pool.query as (...a: unknown[]) => Promise<pg.QueryResult>)(...args);
+        if ((args[0] as { name?: string }).name === "bs-read-units") await db.pool.query("DELETE FROM _branchsync.changes");
+        return r;
+      },
+    } as unknown as pg.Pool;
+    const next = await readBatch(racing, [first.transactions[0].originTxn.toString()], 100, first.chunking, makeClock(0));
+    // An empty transaction would go to the hub, be refused and set aside with an error.
+    assert.deepEqual({ txns: next.transactions.length, chunking: next.chunking }, { txns: 0, chunking: null });
   });
 });

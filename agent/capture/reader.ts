@@ -146,6 +146,10 @@ async function readChunk(db: pg.Pool, c: Chunking, max: number, clock: Clock, ma
     text: `SELECT c.id::text AS uid, ${UNITS.slice("SELECT ".length)} WHERE c.txid = $1::xid8 AND c.id = ANY($2::bigint[]) ORDER BY c.id`,
     values: [c.txid, ids],
   });
+  // Gone since the units were sized: the hub reported the transaction
+  // sequenced (a resend came back DUPLICATE) and its units were deleted, all
+  // at once. An empty chunk would be refused and set aside as an error.
+  if (rows.length === 0) return { transactions: [], chunking: null, more: false };
   const changes: WireChange[] = [];
   let taken = 0;
   let next: Chunking | null = null;
