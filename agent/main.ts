@@ -202,8 +202,8 @@ export async function startAgent(cfg: AgentConfig, log: Logger = makeLogger("age
   // before a second restart, so it too starts again once the connection is back.
   let localLost = new AbortController();
   let startedWhileDown = false;
-  listener.onLost(() => localLost.abort());
-  listener.onBack(() => { if (startedWhileDown) localLost.abort(); });
+  listener.onLost(() => localLost.abort("lost"));
+  listener.onBack(() => { if (startedWhileDown) localLost.abort("back"); });
   const loop = (async () => {
     while (!stopped) {
       try {

@@ -43,7 +43,9 @@ export interface SessionEnv {
    * lost). A crash undoes the last applies committed without waiting for
    * their flush, cursor and all; this session's position downstream is then
    * ahead of the database, and only a new session, resuming from the cursor
-   * the database kept, gets those changes sent again (invariant 1).
+   * the database kept, gets those changes sent again (invariant 1). Its
+   * reason is "back" when the connection returned and this session had
+   * begun while it was down (a second restart could have come after its start).
    */
   localLost?: AbortSignal;
 }
@@ -280,8 +282,11 @@ export async function runSession(env: SessionEnv, token: string, version: string
   if (env.stopping.aborted) onStopping();
   env.stopping.addEventListener("abort", onStopping, { once: true });
   const onLocalLost = () => {
-    if (!abort.signal.aborted) log.warn("branch database connection lost: reconnecting to resume from the cursor the database kept");
-    stop(new Error("branch database connection lost"));
+    const why = env.localLost?.reason === "back"
+      ? "branch database connection back, and this session began while it was down"
+      : "branch database connection lost";
+    if (!abort.signal.aborted) log.warn(`${why}: starting again from the cursor the database kept`);
+    stop(new Error(why));
   };
   if (env.localLost?.aborted) onLocalLost();
   env.localLost?.addEventListener("abort", onLocalLost, { once: true });
