@@ -69,7 +69,6 @@ async function listenLocal(url: string, log: Logger) {
   // read and its wait would sit unsent until the poll.
   let notified = 0;
   const wake = () => { notified++; for (const w of waiters) w(); };
-  const onLost = new Set<() => void>();
   const onBack = new Set<() => void>();
   const connect = async () => {
     const c = new pg.Client({ connectionString: url });
@@ -78,7 +77,6 @@ async function listenLocal(url: string, log: Logger) {
       if (client !== c) return;
       log.warn({ err: err.message }, "LISTEN connection lost; polling the change log until it is back");
       client = null;
-      for (const f of onLost) f();
       void reconnect();
     });
     try {
@@ -124,10 +122,14 @@ async function listenLocal(url: string, log: Logger) {
         abort.addEventListener("abort", done, { once: true });
       });
     },
-    /** The dedicated connection doubles as the watch on the database: every connection dies with a restart. */
-    isUp: () => client !== null,
-    onLost: (f: () => void) => onLost.add(f),
-    onBack: (f: () => void) => onBack.add(f),
+    /**
+     * Called each time the dedicated connection is back after it was lost.
+     * Every connection dies with a restart of the server (a crash of one
+     * backend restarts them all), so this is when to look whether one undid
+     * something; a connection merely dropped (idle_session_timeout, a
+     * firewall) calls it too.
+     */
+    onBack: (f: () => void) => { onBack.add(f); return () => { onBack.delete(f); }; },
     async close() { stopped = true; await client?.end().catch(() => undefined); },
   };
 }
@@ -196,25 +198,15 @@ export async function startAgent(cfg: AgentConfig, log: Logger = makeLogger("age
     return token.value;
   }
 
-  // A session learns its cursor from the database when it starts; after a
-  // restart of the database that cursor may be older (see localLost). A
-  // session that started while the connection was down may have read it
-  // before a second restart, so it too starts again once the connection is back.
-  let localLost = new AbortController();
-  let startedWhileDown = false;
-  listener.onLost(() => localLost.abort("lost"));
-  listener.onBack(() => { if (startedWhileDown) localLost.abort("back"); });
   const loop = (async () => {
     while (!stopped) {
       try {
         const t = await getToken();
         state.sessions++;
-        localLost = new AbortController();
-        startedWhileDown = !listener.isUp();
         const res = await runSession({
           pool, client, tables, tenantId: cfg.tenantId, branchId: cfg.branchId,
           batchMaxChanges: cfg.batchMaxChanges, batchLingerMs: cfg.batchLingerMs, pollMs: cfg.pollMs,
-          applier, clock, log, waitLocal: listener.wait, localMark: listener.mark, stopping: stopping.signal, localLost: localLost.signal,
+          applier, clock, log, waitLocal: listener.wait, localMark: listener.mark, stopping: stopping.signal, onLocalBack: listener.onBack,
           onCursor: (c) => { state.cursor = c; state.connected = true; },
           onConflict: (n) => agent.onConflict?.(n),
         }, t, AGENT_VERSION);

@@ -7,6 +7,7 @@ import { introspect } from "../agent/capture/introspect.ts";
 import { makeApplier, ONE_TRIP_PAUSE_MS, type Applier } from "../agent/apply/applier.ts";
 import { ChangeBatchSchema, TransactionSchema, ChangeSchema, Op, type ChangeBatch } from "../gen/branchsync/v1/sync_pb.ts";
 import { captureItems } from "./support/capture.ts";
+import { CURSOR_MOVED_SQLSTATE } from "../agent/capture/install.ts";
 
 const row = (id: number, sku: string) => JSON.stringify({ id, sku, qty: 1, price: 2.5, note: null, updated_at: "2026-01-01T00:00:00+00:00" });
 
@@ -223,5 +224,39 @@ describe("applier commits: synchronous_commit of apply transactions", function (
     assert.equal(await sku(40), "T", "a local change sequenced after the incoming one is kept, also after a crash");
     await applier.apply(batch(25n, [{ seq: 24n, changes: [[Op.INSERT, 43, "y"]] }, { seq: 25n, changes: [[Op.UPDATE, 40, "other25"]] }], [{ originTxn: t, seq: 23n }]));
     assert.equal(await sku(40), "other25");
+  });
+
+  it("moves the cursor only from where the session left it: after a restart took applies back, the next apply fails and changes nothing, on both paths", async () => {
+    await seen();
+    await db.pool.query("DELETE FROM _branchsync.changes; DELETE FROM _branchsync.txns; UPDATE _branchsync.state SET cursor = 30");
+    const applier = makeApplier(db.pool, tables);
+    const ids = async () => (await db.pool.query("SELECT id FROM items WHERE id >= 60 ORDER BY id")).rows.map((r) => Number(r.id));
+    const cursorNow = async () => BigInt((await db.pool.query("SELECT cursor FROM _branchsync.state")).rows[0].cursor);
+    applier.resume(30n);
+    await applier.apply(batch(31n, [{ seq: 31n, changes: [[Op.INSERT, 60, "a"]] }]));
+    await applier.apply(batch(32n, [{ seq: 32n, changes: [[Op.INSERT, 61, "b"]] }]));
+    assert.equal(applier.position(), 32n);
+    // What a crash leaves when the apply of 32 had not been flushed: its row and cursor move gone.
+    // (Marked as an apply, so capture does not record the delete as a local change.)
+    await db.pool.query("BEGIN; SET LOCAL branchsync.applying = 'on'; DELETE FROM items WHERE id = 61; UPDATE _branchsync.state SET cursor = 31; COMMIT");
+    // The one-trip path (a plain batch) ...
+    await assert.rejects(applier.apply(batch(33n, [{ seq: 33n, changes: [[Op.INSERT, 62, "c"]] }])),
+      (e: { code?: string; message: string }) => e.code === CURSOR_MOVED_SQLSTATE && /holds cursor 31, not 32/.test(e.message));
+    // ... and the path of chunked transactions (its cursor moves at the last chunk).
+    const chunk = (i: number, last: boolean) => {
+      const b = batch(last ? 33n : 0n, [{ seq: 33n, changes: [[Op.INSERT, 70 + i, "chunk"]] }]);
+      b.transactions[0].chunkIndex = i; b.transactions[0].lastChunk = last;
+      return b;
+    };
+    await applier.apply(chunk(0, false));
+    await assert.rejects(applier.apply(chunk(1, true)), (e: { code?: string }) => e.code === CURSOR_MOVED_SQLSTATE);
+    assert.deepEqual(await ids(), [60], "neither batch left a row");
+    assert.equal(await cursorNow(), 31n, "nor moved the cursor");
+    // The next session resumes from what the database kept and gets 32 again.
+    await applier.abort();
+    applier.resume(await cursorNow());
+    await applier.apply(batch(33n, [{ seq: 32n, changes: [[Op.INSERT, 61, "b"]] }, { seq: 33n, changes: [[Op.INSERT, 62, "c"]] }]));
+    assert.deepEqual(await ids(), [60, 61, 62]);
+    assert.equal(await cursorNow(), 33n);
   });
 });

@@ -123,6 +123,41 @@ describe("core sync path", function () {
     assert.equal(fromB.rows[0].n, 0, "hub log holds B's echo of A's row");
   });
 
+  /** Ends B's LISTEN connection (as a firewall or idle_session_timeout would) and waits until the agent has a new one. */
+  async function dropListen(): Promise<void> {
+    const listening = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()";
+    const before = (await b.db.pool.query(listening)).rows.map((r) => r.pid as number);
+    assert.equal(before.length, 1, "one LISTEN connection");
+    await b.db.pool.query("SELECT pg_terminate_backend($1)", [before[0]]);
+    await waitFor("a new LISTEN connection", async () => (await b.db.pool.query(listening)).rows.some((r) => r.pid !== before[0]), 10_000);
+  }
+
+  it("keeps its session when only its database connection dropped, and starts again when a restart took applies back", async () => {
+    const sessions = () => b.agent!.status().sessions;
+    const onB = async (id: number) => (await b.db.pool.query("SELECT 1 FROM items WHERE id = $1", [id])).rowCount === 1;
+    const caughtUp = async () => (await b.db.pool.query("SELECT cursor::text FROM _branchsync.state")).rows[0].cursor
+      === (await c.hubDb.pool.query("SELECT seq::text FROM tenant_acme.head")).rows[0].seq;
+    await waitFor("B caught up", caughtUp);
+    const first = sessions();
+    await dropListen();
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(sessions(), first, "a dropped connection is not a restart: the session goes on");
+    await a.db.pool.query("INSERT INTO items VALUES (9001, 'after the drop', 1, 1, NULL, now())");
+    await waitFor("row 9001 on B", () => onB(9001));
+    await waitFor("B caught up", caughtUp);
+    // What a crash of B's server leaves when the apply of 9001 was not yet
+    // flushed: its row, its audit and its cursor move gone. Nothing more comes
+    // from the hub, so no apply would notice; the connection's return does.
+    const cursor = BigInt((await b.db.pool.query("SELECT cursor FROM _branchsync.state")).rows[0].cursor);
+    await b.db.pool.query(`BEGIN; SET LOCAL branchsync.applying = 'on'; DELETE FROM items WHERE id = 9001; DELETE FROM audit WHERE id = 9001;
+      UPDATE _branchsync.state SET cursor = ${cursor - 1n}; COMMIT`);
+    await dropListen();
+    await waitFor("row 9001 on B again", () => onB(9001), 10_000);
+    assert.equal(sessions(), first + 1, "one new session, from the cursor the database kept");
+    const audit = await b.db.pool.query("SELECT op, count(*)::int AS n FROM audit WHERE id = 9001 GROUP BY op");
+    assert.deepEqual(audit.rows, [{ op: "INSERT", n: 1 }], "applied once in what the database kept");
+  });
+
   it("serves a branch the entries this replica has just committed without reading the log", async () => {
     const reads0 = await logReads();
     for (let i = 0; i < 10; i++) {

@@ -94,6 +94,15 @@ export type RetryOutcome = { outcome: "applied" | "discarded" } | { outcome: "fa
 
 export interface Applier {
   apply(batch: ChangeBatch): Promise<ApplyResult>;
+  /**
+   * Where the database's cursor is as a session begins (it read it there).
+   * Each apply then moves the cursor only from where the previous one left
+   * it, and fails (SQLSTATE CURSOR_MOVED_SQLSTATE) if a restart of the
+   * database took applies back meanwhile; see _branchsync.move_cursor.
+   */
+  resume(cursor: bigint): void;
+  /** The cursor as the last committed apply (or resume) left it; null when not known. */
+  position(): bigint | null;
   /** Rolls back a half-received chunked transaction (stream ended). */
   abort(): Promise<void>;
   /** True while a chunked transaction holds a local transaction open. */
@@ -151,6 +160,8 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[], opts: ApplierOp
    * needs: two DELETEs were a fifth of its cost per batch.
    */
   let lowestRecorded: bigint | null | undefined;
+  /** The cursor as the last apply (or the session's start) left it; null: not known. */
+  let cursorAt: bigint | null = null;
 
   const statementOf = (table: string) => {
     const s = sql.get(table);
@@ -274,7 +285,7 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[], opts: ApplierOp
     const passed = `'{${passing.map((o) => num(o.originTxn)).join(",")}}'::xid8[]`;
     const state = (passing.length > 0 ? `DELETE FROM _branchsync.changes WHERE txid = ANY(${passed});
                                           DELETE FROM _branchsync.txns WHERE txid = ANY(${passed});\n` : "") +
-      `UPDATE _branchsync.state SET cursor = ${cursor}, hlc = greatest(hlc, ${num(hlc)})`;
+      `SELECT _branchsync.move_cursor(${cursorAt === null ? "NULL" : num(cursorAt)}, ${cursor}, ${num(hlc)})`;
     if (cleans(batch)) {
       return {
         low: true,
@@ -336,12 +347,13 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[], opts: ApplierOp
     if (end.low) noteLowestOf(r);
     open = null;
     c.release();
+    cursorAt = batch.cursorAfter;
     return { cursor: batch.cursorAfter, quarantined };
   }
 
   const oneTrip = makeOneTrip({
     tables: tables.map((t) => ({ name: t.name, ...tableSql(t, TRIP_ROWS) })),
-    checkTracked: statementOf, ownSequenced, cleans, noteLowest, synchronousCommit: opts.synchronousCommit,
+    checkTracked: statementOf, ownSequenced, cleans, noteLowest, cursorAt: () => cursorAt, synchronousCommit: opts.synchronousCommit,
   });
 
   return {
@@ -361,6 +373,7 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[], opts: ApplierOp
             if (batch.transactions.length > 0) index = makeLocalIndex();
             open = null;
             c.release();
+            cursorAt = batch.cursorAfter;
             return { cursor: batch.cursorAfter, quarantined: [] };
           }
           // Sent back: its statement's transaction is over, nothing to undo.
@@ -379,8 +392,11 @@ export function makeApplier(pool: pg.Pool, tables: LocalTable[], opts: ApplierOp
         throw e;
       }
     },
+    resume(cursor) { cursorAt = cursor; },
+    position: () => cursorAt,
     async abort() {
       skipping = null;
+      cursorAt = null;
       if (open) await finish(open);
       // What the next session finds may be older than what was applied: a
       // crash of the database undoes the last commits made without waiting

@@ -36,6 +36,8 @@ export interface OneTripDeps {
   /** Whether the cursor move should also drop passed local transactions and report the lowest recorded seq. */
   cleans(batch: ChangeBatch): boolean;
   noteLowest(low: string | null): void;
+  /** Where the cursor must be for this apply to move it (null: not known, no check); see _branchsync.move_cursor. */
+  cursorAt(): bigint | null;
   /** synchronous_commit of its transaction (see ApplierOptions). */
   synchronousCommit: string;
 }
@@ -64,8 +66,9 @@ function functionSql(tables: OneTripDeps["tables"], synchronousCommit: string): 
       ELSIF p_tbl[i] = ${i} THEN ${t.del};`).join("\n      ");
   // The signature before run kinds, which CREATE OR REPLACE would leave beside this one.
   return `DROP FUNCTION IF EXISTS _branchsync.apply_trip(bigint, xid8[], bigint[], xid8[], bigint, bigint, boolean, int[], boolean[], json);
+  DROP FUNCTION IF EXISTS _branchsync.apply_trip(bigint, xid8[], bigint[], xid8[], bigint, bigint, boolean, int[], "char"[], json);
   CREATE OR REPLACE FUNCTION _branchsync.apply_trip(p_low bigint, p_own_txid xid8[], p_own_seq bigint[], p_passing xid8[],
-    p_cursor bigint, p_hlc bigint, p_clean boolean, p_tbl int[], p_kind "char"[], p_rows json) RETURNS text LANGUAGE plpgsql AS $f$
+    p_cursor bigint, p_hlc bigint, p_clean boolean, p_tbl int[], p_kind "char"[], p_rows json, p_from bigint) RETURNS text LANGUAGE plpgsql AS $f$
   DECLARE ${TRIP_ROWS} json; i bigint; low text;
   BEGIN
     -- Its local-change check must see writers that committed while it
@@ -92,7 +95,7 @@ function functionSql(tables: OneTripDeps["tables"], synchronousCommit: string): 
       DELETE FROM _branchsync.changes WHERE txid = ANY(p_passing);
       DELETE FROM _branchsync.txns WHERE txid = ANY(p_passing);
     END IF;
-    UPDATE _branchsync.state SET cursor = p_cursor, hlc = greatest(hlc, p_hlc);
+    PERFORM _branchsync.move_cursor(p_from, p_cursor, p_hlc);
     IF p_clean THEN
       ${cleanSql("p_cursor")};
       SELECT min(seq)::text INTO low FROM _branchsync.txns WHERE seq IS NOT NULL;
@@ -126,12 +129,12 @@ export function makeOneTrip(d: OneTripDeps): OneTrip {
       try {
         const { rows } = await c.query({
           name: "bs-apply-trip",
-          text: "SELECT _branchsync.apply_trip($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) AS low",
+          text: "SELECT _branchsync.apply_trip($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) AS low",
           values: [
             foreign ? low!.toString() : null, staying.map((o) => o.originTxn.toString()), staying.map((o) => o.seq.toString()),
             passing.map((o) => o.originTxn.toString()), batch.cursorAfter.toString(), hlc.toString(), clean,
             runs.map((r) => index.get(r.table)!), `{${runs.map((r) => (r.del ? KIND.del : r.fresh ? KIND.fresh : KIND.upsert)).join(",")}}`,
-            `[${runs.map((r) => r.json).join(",")}]`,
+            `[${runs.map((r) => r.json).join(",")}]`, d.cursorAt()?.toString() ?? null,
           ],
         });
         if (clean) d.noteLowest(rows[0].low);

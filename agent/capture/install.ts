@@ -33,6 +33,9 @@ export const APPLY_LOCK = 0x62726e63;
 /** SQLSTATE of _branchsync.require_no_local_after: not a data error, just "take the careful path". */
 export const LOCAL_PENDING_SQLSTATE = "BSLCL";
 
+/** SQLSTATE of _branchsync.move_cursor: the cursor is not where the session left it (not a data error: start again). */
+export const CURSOR_MOVED_SQLSTATE = "BSCUR";
+
 /** Most row changes in one capture unit (and so the smallest upstream chunk). */
 export const UNIT_ROWS = 250;
 
@@ -176,6 +179,22 @@ CREATE OR REPLACE FUNCTION _branchsync.require_no_local_after(low bigint) RETURN
 BEGIN
   IF EXISTS (SELECT 1 FROM _branchsync.txns WHERE seq IS NULL OR seq > low) THEN
     RAISE EXCEPTION 'local changes may supersede incoming rows' USING ERRCODE = '${LOCAL_PENDING_SQLSTATE}';
+  END IF;
+END $$;
+-- Every apply moves the cursor here, from where the session last left it
+-- (NULL: not known, no check). A crash undoes applies committed without
+-- waiting for their flush, cursor and all; a session that kept running past
+-- it would move the cursor on from a position the database no longer holds,
+-- and what was undone would never be sent again. Raising instead aborts the
+-- apply, and the next session resumes from the cursor the database kept.
+CREATE OR REPLACE FUNCTION _branchsync.move_cursor(p_from bigint, p_to bigint, p_hlc bigint) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE at bigint;
+BEGIN
+  UPDATE _branchsync.state SET cursor = p_to, hlc = greatest(hlc, p_hlc) WHERE p_from IS NULL OR cursor = p_from RETURNING cursor INTO at;
+  IF at IS NULL THEN
+    SELECT cursor INTO at FROM _branchsync.state;
+    RAISE EXCEPTION 'the branch database holds cursor %, not % where this session left it (a restart undid applied batches?): starting again from %', at, p_from, at
+      USING ERRCODE = '${CURSOR_MOVED_SQLSTATE}';
   END IF;
 END $$;
 -- The sender's read (agent/capture/reader.ts readBatch): the oldest unsent

@@ -16,6 +16,7 @@ import { encodeUpstreamBatch, encodeAck } from "../../lib/protowire.ts";
 import { msSince, type Logger } from "../../lib/log.ts";
 import type { LocalTable } from "../capture/introspect.ts";
 import { readBatch, setAside, type Chunking } from "../capture/reader.ts";
+import { CURSOR_MOVED_SQLSTATE } from "../capture/install.ts";
 import type { Applier, Quarantined } from "../apply/applier.ts";
 import type { Clock } from "../capture/clock.ts";
 
@@ -39,15 +40,16 @@ export interface SessionEnv {
   /** Aborted when the agent stops: the session cancels its stream. */
   stopping: AbortSignal;
   /**
-   * Aborted when the branch database may have restarted (its connection was
-   * lost). A crash undoes the last applies committed without waiting for
-   * their flush, cursor and all; this session's position downstream is then
-   * ahead of the database, and only a new session, resuming from the cursor
-   * the database kept, gets those changes sent again (invariant 1). Its
-   * reason is "back" when the connection returned and this session had
-   * begun while it was down (a second restart could have come after its start).
+   * Subscribes to the branch database's connection coming back after it was
+   * lost (returns the unsubscribe). A crash undoes the last applies
+   * committed without waiting for their flush, cursor and all; this
+   * session's position downstream is then ahead of the database, and only a
+   * new session, resuming from the cursor the database kept, gets those
+   * changes sent again (invariant 1). The applier's cursor check
+   * (Applier.resume) stops the session at its next apply anyway: this is
+   * for a branch that receives nothing more for a while.
    */
-  localLost?: AbortSignal;
+  onLocalBack?(f: () => void): () => void;
 }
 
 /** Upstream batches in flight at once: enough to hide a round trip. */
@@ -59,6 +61,7 @@ export interface SessionResult { established: boolean; error?: grpc.ServiceError
 
 export async function runSession(env: SessionEnv, token: string, version: string): Promise<SessionResult> {
   const cursorRow = await env.pool.query("SELECT cursor FROM _branchsync.state");
+  env.applier.resume(BigInt(cursorRow.rows[0].cursor));
   // No await between opening the call and attaching its listeners: an
   // 'error' emitted with no listener would crash the agent.
   const call: AgentCall = openSyncStream(env.client, token, env.tenantId);
@@ -265,7 +268,8 @@ export async function runSession(env: SessionEnv, token: string, version: string
         }
       }
     } catch (e) {
-      log.error({ err: e }, "applying changes from the hub (or recording what the hub acked) failed; will reconnect and retry from the durable cursor");
+      if ((e as { code?: unknown }).code === CURSOR_MOVED_SQLSTATE) log.warn((e as Error).message);
+      else log.error({ err: e }, "applying changes from the hub (or recording what the hub acked) failed; will reconnect and retry from the durable cursor");
       stop(e as Error);
     } finally {
       applying = false;
@@ -281,15 +285,16 @@ export async function runSession(env: SessionEnv, token: string, version: string
   const onStopping = () => stop(new Error("agent stopping"));
   if (env.stopping.aborted) onStopping();
   env.stopping.addEventListener("abort", onStopping, { once: true });
-  const onLocalLost = () => {
-    const why = env.localLost?.reason === "back"
-      ? "branch database connection back, and this session began while it was down"
-      : "branch database connection lost";
-    if (!abort.signal.aborted) log.warn(`${why}: starting again from the cursor the database kept`);
-    stop(new Error(why));
-  };
-  if (env.localLost?.aborted) onLocalLost();
-  env.localLost?.addEventListener("abort", onLocalLost, { once: true });
+  const unsubscribeBack = env.onLocalBack?.(() => {
+    const at = env.applier.position();
+    env.pool.query("SELECT cursor FROM _branchsync.state").then(({ rows }) => {
+      const kept = BigInt(rows[0].cursor);
+      // Applies only move it forward: lower means a restart took some back.
+      if (at === null || kept >= at || abort.signal.aborted) return;
+      log.warn({ kept: kept.toString(), applied: at.toString() }, "the branch database restarted and kept an older cursor than this session applied: starting again from it");
+      stop(new Error("the branch database lost applied batches in a restart"));
+    }, (e) => { log.warn({ err: (e as Error).message }, "reading the cursor after the branch database came back failed; starting again"); stop(e as Error); });
+  });
 
   const heartbeat = setInterval(() => {
     if (Date.now() - lastHeard > 3 * heartbeatMs) stop(new Error("hub silent for three heartbeat intervals"));
@@ -343,7 +348,7 @@ export async function runSession(env: SessionEnv, token: string, version: string
   const err = await ended;
   clearInterval(heartbeat);
   env.stopping.removeEventListener("abort", onStopping);
-  env.localLost?.removeEventListener("abort", onLocalLost);
+  unsubscribeBack?.();
   abort.abort();
   wakeUp();
   await applyRun;
