@@ -180,8 +180,10 @@ export async function runSession(env: SessionEnv, token: string, version: string
       // Also when nothing came: a large transaction whose chunks were being
       // sent may be gone meanwhile (the hub had it whole, reported it DUPLICATE
       // and the cursor passed it), and reading its next chunk would find
-      // nothing for ever.
+      // nothing for ever. Then the other pending transactions are read at once.
+      const wasChunking = chunking !== null;
       chunking = batch.chunking;
+      if (batch.transactions.length === 0 && wasChunking) continue;
       if (batch.transactions.length === 0) {
         await Promise.race([env.waitLocal(env.pollMs, abort.signal, mark), new Promise<void>((r) => { wakeSender = r; })]);
         wakeSender = null;
