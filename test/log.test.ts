@@ -8,6 +8,7 @@ import { appendBatch, readAfter, saveCursor, type AppendResult } from "../hub/st
 const decided = (r: AppendResult) => r.conflicts.reduce((n, c) => n + c.n, 0);
 import { loadVersions } from "../hub/store/rowState.ts";
 import { changesAt } from "../hub/store/images.ts";
+import { decodeTxn, type WireChange } from "../lib/protowire.ts";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { TransactionSchema, Op } from "../gen/branchsync/v1/sync_pb.ts";
 import { createDb, type TestDb } from "./support/db.ts";
@@ -398,5 +399,54 @@ describe("the tenant log (store level)", function () {
     assert.equal(JSON.parse(images.get("1\u0000public.t\u0000[201]")!.row).part, 1);
     const partBytes = Number((await pool.query(`SELECT max(octet_length(body)) AS n FROM ${M}.log`)).rows[0].n);
     assert.ok(largest <= (4 << 20) + partBytes, `one query brought ${largest} bytes of bodies; the whole transaction is ${PARTS * partBytes}`);
+  });
+
+  it("decides a transaction logged in many steps exactly as one logged at once: column-merge, counters, rows changed in several steps", async () => {
+    const rnd = seeded(testSeed());
+    const merge = new Map([["public.s", { strategy: "column-merge" as const, branchPriority: [], deltaColumns: ["qty"] }]]);
+    const ROWS = 300;
+    const CHANGES = 6000; // more than one step's worth, in 60 parts; or as one part, which is always one step
+    const txnOf = (originTxn: bigint, changes: WireChange[], baseSeq: bigint, hlc: bigint, chunkIndex = 0, lastChunk = true) => {
+      const body = toBinary(TransactionSchema, create(TransactionSchema, { originTxn, chunkIndex, lastChunk, changes }));
+      return { originTxn, chunkIndex, lastChunk, nChanges: changes.length, body, changes, baseSeq, hlc };
+    };
+    // x inserts every row (seq 1), then changes the price of half of them (seq 2).
+    const inserts = Array.from({ length: ROWS }, (_, i) => ({ table: "public.s", op: Op.INSERT, key: `[${i + 1}]`, row: `{"id": ${i + 1}, "qty": 100, "p": "a"}`, prev: "" }));
+    const prices = Array.from({ length: ROWS / 2 }, (_, i) => ({ table: "public.s", op: Op.UPDATE, key: `[${i + 1}]`, row: `{"id": ${i + 1}, "qty": 100, "p": "x"}`, prev: `{"p": ["a"]}` }));
+    // y saw only seq 1: it sells (qty, a counter) and renames (p), each row many times, in one transaction.
+    const mine = new Map<number, { qty: number; p: string }>();
+    const ys: WireChange[] = [];
+    for (let i = 0; i < CHANGES; i++) {
+      const id = 1 + Math.floor(rnd() * ROWS);
+      const was = mine.get(id) ?? { qty: 100, p: "a" };
+      const now = rnd() < 0.7 ? { qty: was.qty - 1 - Math.floor(rnd() * 3), p: was.p } : { qty: was.qty, p: `y${i}` };
+      mine.set(id, now);
+      const prev = now.qty !== was.qty ? `{"qty": [${was.qty}]}` : `{"p": ["${was.p}"]}`;
+      ys.push({ table: "public.s", op: Op.UPDATE, key: `[${id}]`, row: `{"id": ${id}, "qty": ${now.qty}, "p": "${now.p}"}`, prev });
+    }
+    const outcome = async (tenant: string, parts: number) => {
+      await createTenant(pool, tenant, tenant);
+      const T = tenantSchema(tenant);
+      await appendBatch(pool, T, "x", [txnOf(1n, inserts, 0n, 10n)], merge);
+      await appendBatch(pool, T, "x", [txnOf(2n, prices, 1n, 20n)], merge);
+      const per = CHANGES / parts;
+      for (let i = 0; i < parts; i++) {
+        const r = await appendBatch(pool, T, "y", [txnOf(9n, ys.slice(i * per, (i + 1) * per), 1n, 30n, i, i === parts - 1)], merge);
+        assert.equal(r.outcomes[0].kind, i === parts - 1 ? "accepted" : "staged");
+      }
+      const logged = await pool.query(`SELECT body FROM ${T}.log WHERE seq = 3 ORDER BY part`);
+      const rows = logged.rows.flatMap((r) => decodeTxn(r.body, 0, r.body.length).changes.map((c) => `${c.op} ${c.key} ${c.row}`));
+      const state = await pool.query(`SELECT tbl, key, op, seq::text, branch, exact, hlc::text, cols::text, lost::text FROM ${T}.row_state ORDER BY tbl, key`);
+      const ledger = await pool.query(`SELECT seq::text, key, kind, existing_branch, incoming_branch, existing_row, incoming_row, result_row, winner_branch, status
+                                         FROM ${T}.conflicts ORDER BY id`);
+      return { rows, state: state.rows, ledger: ledger.rows };
+    };
+    const stepped = await outcome("stepped", 60);
+    const whole = await outcome("whole", 1);
+    assert.equal(stepped.rows.length, CHANGES);
+    assert.ok(whole.ledger.length > 0, "y's changes conflict with x's prices");
+    assert.deepEqual(stepped.rows, whole.rows, "the same resolved rows in the log");
+    assert.deepEqual(stepped.state, whole.state, "the same row versions");
+    assert.deepEqual(stepped.ledger, whole.ledger, "the same conflicts recorded");
   });
 });
