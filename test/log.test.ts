@@ -11,7 +11,7 @@ import { changesAt } from "../hub/store/images.ts";
 import { decodeTxn, type WireChange } from "../lib/protowire.ts";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { TransactionSchema, Op } from "../gen/branchsync/v1/sync_pb.ts";
-import { createDb, type TestDb } from "./support/db.ts";
+import { createDb, watchQueries, type TestDb } from "./support/db.ts";
 import { seeded, testSeed } from "./support/process.ts";
 import { plansDuring } from "./support/plans.ts";
 
@@ -387,18 +387,24 @@ describe("the tenant log (store level)", function () {
     assert.deepEqual((await appendBatch(pool, M, "hq", [part(0)], new Map())).outcomes, [{ kind: "duplicate", seq: 1n }]);
 
     let largest = 0;
-    const measured = {
-      query: async (...args: unknown[]) => {
-        const r = await (pool.query as (...a: unknown[]) => Promise<pg.QueryResult>)(...args);
-        largest = Math.max(largest, r.rows.reduce((n, row) => n + (row.body?.length ?? 0), 0));
-        return r;
-      },
-    } as unknown as pg.Pool;
+    let trips = 0;
+    const measured = new pg.Pool({ connectionString: db.url, max: 1 });
+    watchQueries(measured, {
+      sent: () => { trips++; },
+      returned: (rs) => { for (const r of rs) largest = Math.max(largest, r.rows.reduce((n, row) => n + (row.body?.length ?? 0), 0)); },
+    });
     const images = await changesAt(measured, M, [{ seq: 1n, table: "public.t", key: "[0]" }, { seq: 1n, table: "public.t", key: "[201]" }]);
     assert.equal(JSON.parse(images.get("1\u0000public.t\u0000[0]")!.row).part, PARTS - 1, "the transaction's last change to the row");
     assert.equal(JSON.parse(images.get("1\u0000public.t\u0000[201]")!.row).part, 1);
     const partBytes = Number((await pool.query(`SELECT max(octet_length(body)) AS n FROM ${M}.log`)).rows[0].n);
     assert.ok(largest <= (4 << 20) + partBytes, `one query brought ${largest} bytes of bodies; the whole transaction is ${PARTS * partBytes}`);
+    // The common case, an image out of a small transaction, stays one round trip.
+    await appendBatch(pool, M, "hq", [{ ...part(0), originTxn: 78n, chunkIndex: 0, lastChunk: true }], new Map());
+    trips = 0;
+    const small = await changesAt(measured, M, [{ seq: 2n, table: "public.t", key: "[5]" }]);
+    assert.equal(JSON.parse(small.get("2\u0000public.t\u0000[5]")!.row).part, 0);
+    assert.equal(trips, 1, "one round trip for a one-part transaction");
+    await measured.end();
   });
 
   it("decides a transaction logged in many steps exactly as one logged at once: column-merge, counters, rows changed in several steps", async () => {

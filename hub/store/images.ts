@@ -18,25 +18,35 @@ export async function changesAt(c: pg.ClientBase | pg.Pool, schema: string, want
   if (wanted.length === 0) return out;
   const seqs = [...new Set(wanted.map((w) => w.seq.toString()))];
   const want = new Set(wanted.map((w) => `${w.seq}\u0000${rowId(w.table, w.key)}`));
-  // A transaction may have thousands of parts (an initial upload): they are
-  // read in pages of about PAGE_BYTES, each decoded and dropped.
-  const { rows: sizes } = await c.query(
-    `SELECT seq::text AS seq, part, octet_length(body) AS n FROM ${schema}.log WHERE seq = ANY($1::bigint[]) ORDER BY seq, part`, [seqs]);
-  for (let i = 0; i < sizes.length;) {
-    const page = { seq: [] as string[], part: [] as number[] };
-    for (let bytes = 0; i < sizes.length && (bytes === 0 || bytes + sizes[i].n <= PAGE_BYTES); i++) {
-      page.seq.push(sizes[i].seq); page.part.push(sizes[i].part); bytes += sizes[i].n;
-    }
-    const { rows } = await c.query(
-      `SELECT l.seq::text AS seq, l.body FROM unnest($1::bigint[], $2::int[]) AS w(seq, part) JOIN ${schema}.log l USING (seq, part) ORDER BY l.seq, l.part`,
-      [page.seq, page.part]);
+  const take = (rows: { seq: string; body: Buffer }[]) => {
     for (const r of rows) {
-      const t = decodeTxn(r.body, 0, r.body.length);
-      for (const ch of t.changes) {
+      for (const ch of decodeTxn(r.body, 0, r.body.length).changes) {
         const id = `${r.seq}\u0000${rowId(ch.table, ch.key)}`;
         if (want.has(id)) out.set(id, ch);
       }
     }
+  };
+  // A transaction may have thousands of parts (an initial upload): they are
+  // read in pages of about PAGE_BYTES, each decoded and dropped. The first
+  // page comes with every part's size, so the common case (small
+  // transactions) is one round trip; octet_length reads a stored value's
+  // size without fetching it.
+  const { rows: parts } = await c.query(
+    `SELECT seq::text AS seq, part, n, CASE WHEN upto <= $2 OR k = 1 THEN body END AS body
+       FROM (SELECT seq, part, body, octet_length(body) AS n, sum(octet_length(body)) OVER w AS upto, row_number() OVER w AS k
+               FROM ${schema}.log WHERE seq = ANY($1::bigint[]) WINDOW w AS (ORDER BY seq, part)) p
+      ORDER BY seq, part`, [seqs, PAGE_BYTES]);
+  take(parts.filter((r) => r.body !== null));
+  const rest = parts.filter((r) => r.body === null);
+  for (let i = 0; i < rest.length;) {
+    const page = { seq: [] as string[], part: [] as number[] };
+    for (let bytes = 0; i < rest.length && (bytes === 0 || bytes + rest[i].n <= PAGE_BYTES); i++) {
+      page.seq.push(rest[i].seq); page.part.push(rest[i].part); bytes += rest[i].n;
+    }
+    const { rows } = await c.query(
+      `SELECT l.seq::text AS seq, l.body FROM unnest($1::bigint[], $2::int[]) AS w(seq, part) JOIN ${schema}.log l USING (seq, part) ORDER BY l.seq, l.part`,
+      [page.seq, page.part]);
+    take(rows);
   }
   return out;
 }
